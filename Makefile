@@ -1,0 +1,56 @@
+# voiceclf — the front door. Every target sets itself up (`make setup`) first.
+SHELL := /bin/bash
+PY := .venv/bin/python
+STAMP := .venv/.voiceclf-installed
+
+DATA ?= $(error set DATA=<corpus folder or manifest.csv>)
+OUT ?=
+FEATURES ?= features
+DIR ?= $(error set DIR=<folder of recordings>)
+JOBS ?= -1
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: setup test demo features train score ui server bench airflow-check clean
+
+setup: $(STAMP)
+
+# Idempotent: reinstalls only when pyproject.toml changes. torch first, pinned to the CPU build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,dask]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m jobs.demo
+
+features: setup
+	$(PY) -m jobs.featurize $(DATA) --out $(or $(OUT),features) --jobs $(JOBS)
+
+train: setup
+	$(PY) -m jobs.train --features $(FEATURES) --jobs $(JOBS)
+
+score: setup
+	$(PY) -m jobs.score $(DIR) --out $(or $(OUT),report.csv) --jobs $(JOBS)
+
+# The MLflow UI on the embedded store (or MLFLOW_TRACKING_URI's server), on loopback.
+ui: setup
+	$(PY) -m jobs.tracking_ui ui --host $(HOST) --port $(PORT)
+
+# A tracking server for a team: SQLite backend in mlruns/, artifacts served by the server.
+server: setup
+	$(PY) -m jobs.tracking_ui server --host $(HOST) --port $(PORT)
+
+bench: setup
+	$(PY) -m bench.run
+
+airflow-check:
+	bash jobs/airflow/check.sh
+
+clean:
+	rm -rf features reports demo report.csv bench/work

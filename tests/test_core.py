@@ -1,0 +1,105 @@
+"""FeatureConfig, features.windows and GenderCNN: the contracts other parts rely on."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from voiceclf import features
+from voiceclf.config import ConfigError, FeatureConfig
+from voiceclf.model import GenderCNN, n_parameters
+
+SR = 16000
+
+
+def voice(seconds: float, f0: float = 120.0, lead_s: float = 0.3, tail_s: float = 0.3, seed: int = 0) -> np.ndarray:
+    """A harmonic tone with silence around it: enough structure for the MFCC and pitch channels."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    tone = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 8))
+    y = np.concatenate([np.zeros(int(lead_s * SR)), 0.3 * tone, np.zeros(int(tail_s * SR))])
+    return (y + 1e-4 * rng.standard_normal(len(y))).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_round_trip_and_shape():
+    cfg = FeatureConfig(feature_set="mfcc_deltas", top_db=30.0)
+    assert FeatureConfig.from_json(cfg.to_json()) == cfg
+    assert json.loads(cfg.to_json())["feature_set"] == "mfcc_deltas"
+    assert FeatureConfig().shape == (3, 98, 12)
+
+
+@pytest.mark.parametrize("field,value", [("feature_set", "spectrogram"), ("sample_rate", 100), ("hop_s", 2.0), ("n_mfcc", 80), ("lifter", -1), ("hop_s", 0.505)])
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        FeatureConfig(**{field: value})
+
+
+def test_config_from_dict_rejects_unknown_and_mistyped_fields():
+    with pytest.raises(ConfigError, match="unknown field"):
+        FeatureConfig.from_dict({**FeatureConfig().to_dict(), "warp": 1})
+    with pytest.raises(ConfigError, match="n_mels"):
+        FeatureConfig.from_dict({"n_mels": "many"})
+
+
+# ----------------------------------------------------------------------------- features
+def test_windows_shape_dtype_and_finite():
+    w = features.extract(voice(2.0))
+    assert w.features.dtype == np.float32 and w.features.shape[1:] == (3, 98, 12)
+    assert len(w) == 1 + int((2.0 - 1.0) // 0.5)  # 1-s windows, 0.5-s hop over ~2 s of speech
+    assert np.isfinite(w.features).all()
+    # offsets are on the original time line: the first window starts where the speech does
+    assert abs(w.offsets_s[0] - 0.3) < 0.05 and np.allclose(np.diff(w.offsets_s), 0.5, atol=0.02)
+
+
+def test_short_clip_gives_one_padded_window_and_silence_none():
+    w = features.extract(voice(0.4))
+    assert len(w) == 1 and 0.35 < w.speech_s[0] < 0.5
+    assert features.windows(np.zeros(SR, np.float32)).shape == (0, 3, 98, 12)
+    assert features.windows(np.zeros(0, np.float32)).shape == (0, 3, 98, 12)
+
+
+def test_feature_sets_differ_only_in_channel_2():
+    y = voice(1.5)
+    a = features.windows(y, FeatureConfig(feature_set="mfcc_pitch"))
+    b = features.windows(y, FeatureConfig(feature_set="mfcc_deltas"))
+    np.testing.assert_array_equal(a[:, :2], b[:, :2])
+    assert np.abs(a[:, 2] - b[:, 2]).max() > 1.0
+
+
+def test_pitch_channel_follows_f0():
+    """The pitch band with most energy moves up with the fundamental: the cue MFCCs smooth away."""
+    low = features.windows(voice(1.0, f0=100.0))[0, 2].mean(axis=0).argmax()
+    high = features.windows(voice(1.0, f0=220.0))[0, 2].mean(axis=0).argmax()
+    assert high > low + 2
+
+
+def test_mfcc_matches_librosa_reference_per_window():
+    """Channel 0 of a window equals librosa's MFCC computed on that second of audio alone."""
+    import librosa
+
+    cfg = FeatureConfig()
+    y = voice(1.0, lead_s=0.0, tail_s=0.0)
+    w = features.windows(y, cfg)
+    pe = librosa.effects.preemphasis(y, coef=cfg.pre_emphasis)
+    ref = librosa.feature.mfcc(y=pe, sr=SR, n_mfcc=12, n_fft=400, hop_length=160, center=False, n_mels=40, lifter=22, window="hann")
+    assert ref.shape == (12, 98)
+    # the 80 dB floor of power_to_db is taken over the whole track in both cases: same here (one window)
+    np.testing.assert_allclose(w[0, 0], ref.T, rtol=1e-3, atol=1e-2)
+
+
+# ----------------------------------------------------------------------------- model
+def test_gender_cnn_matches_model_card():
+    m = GenderCNN()
+    assert n_parameters(m) == 609_602
+    assert [(n, tuple(p.shape)) for n, p in m.named_parameters()][0] == ("conv1.weight", (32, 3, 3, 3))
+    assert m(torch.zeros(5, 3, 98, 12)).shape == (5, 2)
+    # standardisation buffers travel in the state dict but are not trainable parameters
+    assert {"mean", "std"} <= set(m.state_dict()) and all(p is not m.mean for p in m.parameters())
+
+
+def test_fit_standardisation_sets_per_channel_coefficient_stats():
+    x = np.random.default_rng(0).normal(5.0, 3.0, (200, 3, 98, 12)).astype(np.float32)
+    m = GenderCNN().fit_standardisation(x)
+    assert m.mean.shape == (3, 1, 12)
+    assert np.allclose(m.mean.numpy(), 5.0, atol=0.1) and np.allclose(m.std.numpy(), 3.0, atol=0.1)

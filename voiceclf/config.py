@@ -1,0 +1,156 @@
+"""FeatureConfig v1 and settings read from the environment.
+
+The FeatureConfig is the one definition of how audio becomes model input. It is
+stored in every shard's metadata and logged with every model, so scoring always
+uses the config a model was trained with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Class order of the model card: index 0 is female, index 1 is male.
+LABELS = ("female", "male")
+
+FEATURE_SETS = ("mfcc_pitch", "mfcc_deltas")
+
+#: The repository root (the folder holding ``voiceclf/``); the embedded MLflow store lives under it.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Every parameter that turns a recording into (3, 98, 12) model input.
+
+    Times are in seconds, frequencies in Hz, lengths in samples at ``sample_rate``.
+    """
+
+    version: int = 1
+    feature_set: str = "mfcc_pitch"
+    # decoding and clean-up
+    sample_rate: int = 16000
+    highpass_hz: float = 50.0  # DC and rumble removal (the reference data carries heavy rumble)
+    highpass_order: int = 4
+    max_duration_s: float = 3600.0  # longer recordings are refused (configurable cap)
+    silence_peak_dbfs: float = -70.0  # a recording whose peak is below this holds no speech
+    target_peak: float = 0.9  # level normalisation: peak amplitude after clean-up
+    # voice activity and windowing
+    top_db: float = 35.0  # voiced = within top_db of the loudest frame (librosa.effects.split)
+    window_s: float = 1.0
+    hop_s: float = 0.5
+    # ch 0/1: the model card's MFC
+    pre_emphasis: float = 0.97
+    n_fft: int = 400  # 25 ms
+    hop_length: int = 160  # 10 ms
+    n_mels: int = 40
+    n_mfcc: int = 12
+    lifter: int = 22
+    delta_width: int = 9
+    # ch 2 of mfcc_pitch: log power pooled into bands where voice fundamentals live
+    pitch_n_fft: int = 2048
+    pitch_fmin: float = 60.0
+    pitch_fmax: float = 420.0
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, field: str, expected: str) -> None:
+            if not cond:
+                raise ConfigError(
+                    f"FeatureConfig.{field}: expected {expected}, got {getattr(self, field)!r}"
+                )
+
+        need(self.version == 1, "version", "1 (the only version this code implements)")
+        need(self.feature_set in FEATURE_SETS, "feature_set", f"one of {FEATURE_SETS}")
+        need(isinstance(self.sample_rate, int) and self.sample_rate >= 8000, "sample_rate", "an int >= 8000")
+        need(0 < self.highpass_hz < self.sample_rate / 2, "highpass_hz", "a frequency between 0 and Nyquist")
+        need(1 <= self.highpass_order <= 10, "highpass_order", "an int in 1..10")
+        need(self.max_duration_s > 0, "max_duration_s", "a positive number of seconds")
+        need(self.silence_peak_dbfs < 0, "silence_peak_dbfs", "a negative dBFS value")
+        need(0 < self.target_peak <= 1, "target_peak", "a value in (0, 1]")
+        need(self.top_db > 0, "top_db", "a positive number of dB")
+        need(self.window_s > 0, "window_s", "a positive number of seconds")
+        need(0 < self.hop_s <= self.window_s, "hop_s", "a positive number of seconds <= window_s")
+        # windows are strided views of one frame sequence: a window hop must be whole frames
+        need(self.hop_samples % self.hop_length == 0, "hop_s", "a multiple of hop_length samples")
+        need(self.window_samples >= self.n_fft, "window_s", "at least n_fft samples")
+        need(0 <= self.pre_emphasis < 1, "pre_emphasis", "a value in [0, 1)")
+        need(self.n_fft > 0 and self.hop_length > 0, "n_fft", "positive n_fft and hop_length")
+        need(0 < self.n_mfcc <= self.n_mels, "n_mfcc", "0 < n_mfcc <= n_mels")
+        need(self.lifter >= 0, "lifter", "an int >= 0")
+        need(self.delta_width >= 3 and self.delta_width % 2 == 1, "delta_width", "an odd int >= 3")
+        need(self.pitch_n_fft >= self.n_fft, "pitch_n_fft", "an int >= n_fft")
+        need(0 < self.pitch_fmin < self.pitch_fmax < self.sample_rate / 2, "pitch_fmin", "0 < pitch_fmin < pitch_fmax < Nyquist")
+
+    # -- derived sizes ----------------------------------------------------
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_s * self.sample_rate))
+
+    @property
+    def hop_samples(self) -> int:
+        return int(round(self.hop_s * self.sample_rate))
+
+    @property
+    def n_frames(self) -> int:
+        """Frames per window (98 for the defaults: 1 s, 25 ms frames, 10 ms hop, no centring)."""
+        return 1 + (self.window_samples - self.n_fft) // self.hop_length
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape of one window's features, channels first."""
+        return (3, self.n_frames, self.n_mfcc)
+
+    # -- serialisation ------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"FeatureConfig: unknown field(s) {unknown}; this code cannot reproduce that config"
+            )
+        kwargs = {}
+        for name, value in d.items():
+            typ = type(known[name].default)
+            try:
+                kwargs[name] = typ(value) if typ in (int, float) else value
+            except (TypeError, ValueError):
+                raise ConfigError(f"FeatureConfig.{name}: expected {typ.__name__}, got {value!r}") from None
+            if typ is int and float(value) != kwargs[name]:
+                raise ConfigError(f"FeatureConfig.{name}: expected an int, got {value!r}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeatureConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"FeatureConfig: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError("FeatureConfig: expected a JSON object")
+        return cls.from_dict(d)
+
+    def replace(self, **changes) -> "FeatureConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the embedded SQLite store under ``<repo>/mlruns``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlruns' / 'mlflow.db'}"
+
+
+def default_artifact_root() -> str:
+    """Where runs of the embedded store keep their artifacts."""
+    return (REPO_ROOT / "mlruns" / "artifacts").as_uri()

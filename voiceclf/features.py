@@ -1,0 +1,124 @@
+"""Waveform → 1-s windows over voiced speech → (3, 98, 12) float32 arrays (FeatureConfig v1).
+
+Frame-level features are computed once over the whole speech track and the windows
+are strided views of those frames, so a window costs no extra STFT: everything is
+vectorised over frames and windows.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import librosa
+import numpy as np
+
+from voiceclf.config import FeatureConfig
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The model input cut from one recording.
+
+    features : (n, 3, n_frames, n_mfcc) float32, channels first.
+    offsets_s : (n,) start of each window in the original recording, in seconds.
+    speech_s : (n,) seconds of real (not padded) speech inside each window.
+    """
+
+    features: np.ndarray
+    offsets_s: np.ndarray
+    speech_s: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_basis(cfg: FeatureConfig) -> np.ndarray:
+    return librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels)
+
+
+@functools.lru_cache(maxsize=8)
+def _pitch_bands(cfg: FeatureConfig) -> np.ndarray:
+    # Mel spacing is nearly linear below 1 kHz: 12 evenly spread triangular bands over 60–420 Hz,
+    # each a few STFT bins wide at n_fft 2048 (7.8 Hz per bin), so the band that holds F0 shows.
+    return librosa.filters.mel(
+        sr=cfg.sample_rate, n_fft=cfg.pitch_n_fft, n_mels=cfg.n_mfcc,
+        fmin=cfg.pitch_fmin, fmax=cfg.pitch_fmax, norm=None,
+    )
+
+
+def voiced_intervals(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """Voiced regions of a cleaned waveform, as (k, 2) sample indices [start, end).
+
+    A recording whose peak is below ``cfg.silence_peak_dbfs`` has none: the relative
+    threshold of ``librosa.effects.split`` alone would call the loudest noise speech.
+    """
+    if y.size == 0 or 20 * np.log10(np.max(np.abs(y)) + 1e-12) < cfg.silence_peak_dbfs:
+        return np.zeros((0, 2), dtype=np.int64)
+    return librosa.effects.split(
+        y, top_db=cfg.top_db, frame_length=cfg.n_fft * 2, hop_length=cfg.hop_length
+    ).astype(np.int64)
+
+
+def frame_features(track: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """Per-frame features of a speech track: (3, n_mfcc, T) float32, T = 1 + (len - n_fft) // hop.
+
+    Frame t covers samples [t*hop, t*hop + n_fft) (``center=False``), as the model card's MFC.
+    """
+    emphasised = librosa.effects.preemphasis(track, coef=cfg.pre_emphasis)
+    power = np.abs(librosa.stft(
+        emphasised, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window="hann", center=False
+    )) ** 2
+    log_mel = librosa.power_to_db(_mel_basis(cfg) @ power, ref=1.0, amin=1e-10, top_db=80.0)
+    mfcc = librosa.feature.mfcc(S=log_mel, n_mfcc=cfg.n_mfcc, dct_type=2, norm="ortho", lifter=cfg.lifter)
+    delta = librosa.feature.delta(mfcc, width=cfg.delta_width, order=1)
+    if cfg.feature_set == "mfcc_deltas":
+        third = librosa.feature.delta(mfcc, width=cfg.delta_width, order=2)
+    else:
+        # Pad so the long frame t is centred where MFCC frame t is (t*hop + n_fft/2): the two align
+        # frame for frame. The raw track, not the pre-emphasised one, keeps the low bands' energy.
+        pad = (cfg.pitch_n_fft - cfg.n_fft) // 2
+        long_power = np.abs(librosa.stft(
+            np.pad(track, (pad, pad)), n_fft=cfg.pitch_n_fft, hop_length=cfg.hop_length,
+            window="hann", center=False,
+        )) ** 2
+        third = librosa.power_to_db(_pitch_bands(cfg) @ long_power, ref=1.0, amin=1e-10, top_db=80.0)
+    return np.stack([mfcc, delta, third]).astype(np.float32)
+
+
+def extract(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> Windows:
+    """Cut a cleaned waveform (mono, ``cfg.sample_rate``) into model-input windows.
+
+    The voiced regions are joined into one speech track; windows of ``cfg.window_s`` step by
+    ``cfg.hop_s`` over it. A track shorter than one window is zero-padded symmetrically into one
+    window. No voiced region gives n = 0 windows.
+    """
+    sr, win, hop = cfg.sample_rate, cfg.window_samples, cfg.hop_samples
+    intervals = voiced_intervals(y, cfg)
+    empty = Windows(np.zeros((0, *cfg.shape), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
+    if len(intervals) == 0:
+        return empty
+    track = np.concatenate([y[s:e] for s, e in intervals])
+    lead = 0
+    if len(track) < win:
+        lead = (win - len(track)) // 2
+        track = np.pad(track, (lead, win - len(track) - lead))
+    n = 1 + (len(track) - win) // hop
+    frames = frame_features(track, cfg)  # (3, n_mfcc, T)
+    step = hop // cfg.hop_length
+    # (3, n_mfcc, n, n_frames) strided view → (n, 3, n_frames, n_mfcc): frames on axis -2.
+    views = np.lib.stride_tricks.sliding_window_view(frames, cfg.n_frames, axis=2)[:, :, ::step][:, :, :n]
+    features = np.ascontiguousarray(views.transpose(2, 0, 3, 1))
+
+    # Map each window's first speech sample back to the original recording's time line.
+    starts = np.arange(n) * hop - lead
+    track_pos = np.concatenate([[0], np.cumsum(intervals[:, 1] - intervals[:, 0])])
+    k = np.clip(np.searchsorted(track_pos, np.maximum(starts, 0), side="right") - 1, 0, len(intervals) - 1)
+    offsets = (intervals[k, 0] + np.maximum(starts, 0) - track_pos[k]) / sr
+    speech = np.minimum(starts + win, track_pos[-1]) - np.maximum(starts, 0)
+    return Windows(features, offsets.astype(np.float32), (speech / sr).astype(np.float32))
+
+
+def windows(waveform: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """(n, 3, 98, 12) float32 model input of a cleaned waveform; n = 0 means no speech found."""
+    return extract(waveform, cfg).features

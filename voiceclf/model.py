@@ -1,0 +1,45 @@
+"""GenderCNN: the model card's CNN, with input standardisation carried inside the module."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class GenderCNN(nn.Module):
+    """Conv(3→32) → pool → Conv(32→64) → pool → Linear(4608→128) → Linear(128→2).
+
+    Input (N, 3, 98, 12) float32, output (N, 2) logits (class 0 female, 1 male).
+    ``mean``/``std`` buffers (per channel × coefficient, shape (3, 1, 12)) standardise the
+    input; they are fitted on training data with :meth:`fit_standardisation` and travel
+    with the saved model, and they are not trainable parameters (609,602 are).
+    """
+
+    def __init__(self, n_frames: int = 98, n_coeffs: int = 12) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(3, 1, n_coeffs))
+        self.register_buffer("std", torch.ones(3, 1, n_coeffs))
+        self.conv1 = nn.Conv2d(3, 32, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(64 * (n_frames // 4) * (n_coeffs // 4), 128)
+        self.fc2 = nn.Linear(128, 2)
+
+    def fit_standardisation(self, x: np.ndarray | torch.Tensor) -> "GenderCNN":
+        """Set the input mean/std from training windows x of shape (N, 3, 98, 12)."""
+        x = torch.as_tensor(x, dtype=torch.float32)
+        self.mean.copy_(x.mean(dim=(0, 2), keepdim=True)[0])
+        self.std.copy_(x.std(dim=(0, 2), keepdim=True)[0].clamp_min(1e-3))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
+def n_parameters(model: nn.Module) -> int:
+    """Trainable parameters (609,602 for GenderCNN)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
