@@ -1,0 +1,1 @@
+"""voiceclf: batch classification of adult male vs female voices."""

@@ -1,0 +1,306 @@
+"""Any audio file → mono float32 at ``FeatureConfig.sample_rate``, cleaned.
+
+Decoding is done by libsndfile (through ``soundfile``): WAV (8-bit unsigned, 16/24/32-bit
+int, 32-bit float, with or without extra chunks such as ``bext``), FLAC, OGG Vorbis and MP3.
+Clean-up is the same for every file, so a model never sees a difference that comes from
+the container rather than the voice: downmix, resample, DC removal, high-pass, peak level.
+
+Every way a file can fail becomes a typed :class:`AudioError` whose ``code`` is a short
+machine-readable reason and whose message names the file and the cause.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import os
+from dataclasses import dataclass
+
+import librosa
+import numpy as np
+import scipy.signal
+import soundfile as sf
+
+from voiceclf.config import FeatureConfig
+
+__all__ = [
+    "Audio",
+    "AudioError",
+    "CorruptAudioError",
+    "EmptyAudioError",
+    "NotAudioError",
+    "TooLongError",
+    "clean",
+    "load",
+    "sniff",
+]
+
+# libsndfile reports every failure as one of these; LibsndfileError derives from both.
+_SF_ERRORS = (sf.SoundFileError, RuntimeError)
+
+# Enough leading bytes for every magic-number check below.
+_MAGIC_LEN = 12
+
+
+# -- errors -----------------------------------------------------------------------------
+class AudioError(Exception):
+    """A file could not be turned into audio.
+
+    Attributes
+    ----------
+    path : str
+        The file concerned (as given by the caller).
+    code : str
+        Short machine-readable reason: ``"corrupt"``, ``"empty"``, ``"not_audio"`` or
+        ``"too_long"`` for the subclasses.
+    cause : str
+        Human-readable cause, without the path.
+    """
+
+    code = "audio_error"
+
+    def __init__(self, path: str | os.PathLike, cause: str) -> None:
+        # Keep (path, cause) as args so the exception pickles across worker processes.
+        super().__init__(os.fspath(path), cause)
+        self.path = os.fspath(path)
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.cause}"
+
+
+class CorruptAudioError(AudioError):
+    """The file looks like an audio container (by its magic bytes) but cannot be decoded."""
+
+    code = "corrupt"
+
+
+class EmptyAudioError(AudioError):
+    """The file has zero bytes, or decodes to zero frames."""
+
+    code = "empty"
+
+
+class NotAudioError(AudioError):
+    """The file is not in any format libsndfile recognises (e.g. text renamed ``.wav``)."""
+
+    code = "not_audio"
+
+
+class TooLongError(AudioError):
+    """The recording is longer than ``FeatureConfig.max_duration_s`` (read from the header)."""
+
+    code = "too_long"
+
+
+# -- result -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Audio:
+    """A decoded, cleaned recording.
+
+    Attributes
+    ----------
+    samples : np.ndarray
+        float32, shape (n,), mono, at ``sample_rate``; peak amplitude ``target_peak``
+        unless the recording is silent.
+    sample_rate : int
+        Rate of ``samples``, in Hz (``FeatureConfig.sample_rate``).
+    source_sample_rate : int
+        Rate of the file as stored, in Hz.
+    duration_s : float
+        Duration of the original recording, in seconds (decoded frames / source rate).
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    source_sample_rate: int
+    duration_s: float
+
+
+# -- helpers ----------------------------------------------------------------------------
+def _looks_like_audio_container(head: bytes) -> bool:
+    """Whether the leading bytes carry the magic of a container this module decodes.
+
+    Used only to tell "audio, but damaged" (corrupt) from "not audio at all" once
+    libsndfile has refused a file.
+    """
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return True
+    if head[:4] in (b"fLaC", b"OggS") or head[:3] == b"ID3":
+        return True
+    if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0:
+        # MPEG audio frame sync (11 set bits); reject the reserved version (01) and
+        # layer (00) codes so that arbitrary 0xFFEx bytes are less likely to match.
+        version, layer = (head[1] >> 3) & 0b11, (head[1] >> 1) & 0b11
+        return version != 0b01 and layer != 0b00
+    return False
+
+
+def _sf_error(path: str, head: bytes, err: Exception) -> AudioError:
+    """Map a soundfile/libsndfile failure to the typed error, by the file's magic bytes."""
+    # soundfile's message starts with "Error opening <BytesIO ...>:"; keep libsndfile's reason.
+    reason = str(err).rsplit(": ", 1)[-1] if "Error opening" in str(err) else str(err)
+    if _looks_like_audio_container(head):
+        return CorruptAudioError(path, f"looks like audio but cannot be decoded ({reason})")
+    return NotAudioError(
+        path, f"not a recognised audio format (expected WAV, FLAC, OGG or MP3; libsndfile: {reason})"
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _highpass_sos(rate: int, cutoff_hz: float, order: int) -> np.ndarray:
+    """Butterworth high-pass as second-order sections; cached since every file reuses it."""
+    return scipy.signal.butter(order, cutoff_hz, btype="highpass", fs=rate, output="sos")
+
+
+def clean(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """Remove DC and rumble, then normalise the peak level.
+
+    Parameters
+    ----------
+    y : np.ndarray
+        Mono waveform, shape (n,), at ``cfg.sample_rate`` Hz, finite values.
+    cfg : FeatureConfig
+        Uses ``highpass_hz`` (Hz), ``highpass_order``, ``silence_peak_dbfs`` (dBFS) and
+        ``target_peak`` (linear amplitude).
+
+    Returns
+    -------
+    np.ndarray
+        float32, shape (n,). The peak is ``cfg.target_peak``, except when the cleaned peak
+        is below ``cfg.silence_peak_dbfs``: then the level is left as is, because
+        amplifying a silent recording would turn its noise floor into "speech" for voice
+        activity detection.
+    """
+    x = np.asarray(y, dtype=np.float64)  # filter in float64: the poles sit close to 1
+    if x.ndim != 1:
+        raise ValueError(f"clean: expected a 1-D mono waveform, got shape {x.shape}")
+    if x.size == 0:
+        return x.astype(np.float32)
+    # Subtracting the mean first spares the causal filter a large start-up step on DC.
+    x = x - x.mean()
+    sos = _highpass_sos(cfg.sample_rate, float(cfg.highpass_hz), cfg.highpass_order)
+    # Start the filter in the steady state for the first sample, as if the signal had always
+    # been there: a zero initial state would add a start-up step that leaves a DC residue.
+    x, _ = scipy.signal.sosfilt(sos, x, zi=scipy.signal.sosfilt_zi(sos) * x[0])
+    peak = float(np.max(np.abs(x)))
+    if peak > 0 and 20.0 * np.log10(peak) >= cfg.silence_peak_dbfs:
+        x = x * (cfg.target_peak / peak)
+    return x.astype(np.float32)
+
+
+# -- public API -------------------------------------------------------------------------
+def sniff(path_or_bytes: str | os.PathLike | bytes) -> bool:
+    """Whether libsndfile can open this as audio, judged from the header only.
+
+    Decides "audio or not" by content, not by file extension. Cheap: only the header
+    is parsed (``soundfile.info``), no samples are decoded.
+
+    Parameters
+    ----------
+    path_or_bytes : str, os.PathLike or bytes
+        A file path, or the file's contents.
+
+    Returns
+    -------
+    bool
+        True when ``soundfile.info`` succeeds; False for empty, unreadable, missing or
+        unrecognised input (never raises for those).
+    """
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        if len(path_or_bytes) == 0:
+            return False
+        source: str | io.BytesIO = io.BytesIO(bytes(path_or_bytes))
+    else:
+        source = os.fspath(path_or_bytes)
+    try:
+        sf.info(source)
+    except (*_SF_ERRORS, OSError, ValueError):
+        return False
+    return True
+
+
+def load(
+    path: str | os.PathLike,
+    cfg: FeatureConfig = FeatureConfig(),
+    *,
+    data: bytes | None = None,
+) -> Audio:
+    """Decode an audio file to mono float32 at ``cfg.sample_rate`` and clean it.
+
+    Steps: decode (libsndfile, float32) → downmix (mean of channels) → resample to
+    ``cfg.sample_rate`` (soxr HQ) → :func:`clean` (DC removal, Butterworth high-pass,
+    peak normalisation).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file. When ``data`` is given it is only used in error messages.
+    cfg : FeatureConfig
+        Uses ``sample_rate`` (Hz), ``max_duration_s`` (s) and the fields used by :func:`clean`.
+    data : bytes, optional
+        The file's contents, when the caller has read them already (e.g. to hash them);
+        decoded from memory instead of reading the file again.
+
+    Returns
+    -------
+    Audio
+
+    Raises
+    ------
+    EmptyAudioError
+        Zero bytes, or zero decoded frames (code ``"empty"``).
+    NotAudioError
+        Not a format libsndfile recognises (code ``"not_audio"``).
+    CorruptAudioError
+        Has audio magic bytes but cannot be decoded, or decodes to NaN/inf (code ``"corrupt"``).
+    TooLongError
+        Header duration above ``cfg.max_duration_s`` (code ``"too_long"``); checked before
+        decoding so a huge file costs no memory.
+    OSError
+        ``data`` is None and the file cannot be read (missing, a folder, no permission).
+    """
+    name = os.fspath(path)
+    if data is None:
+        size = os.path.getsize(name)
+        with open(name, "rb") as f:
+            head = f.read(_MAGIC_LEN)
+    else:
+        size = len(data)
+        head = bytes(data[:_MAGIC_LEN])
+    if size == 0:
+        raise EmptyAudioError(name, "file is empty (0 bytes)")
+
+    def source() -> str | io.BytesIO:
+        # A fresh stream for each open: libsndfile leaves a BytesIO positioned anywhere.
+        return name if data is None else io.BytesIO(data)
+
+    try:
+        info = sf.info(source())
+    except _SF_ERRORS as e:
+        raise _sf_error(name, head, e) from None
+    if info.duration > cfg.max_duration_s:
+        raise TooLongError(
+            name,
+            f"duration {info.duration:.1f} s is above the limit of {cfg.max_duration_s:g} s "
+            "(FeatureConfig.max_duration_s)",
+        )
+
+    try:
+        y, sr = sf.read(source(), dtype="float32", always_2d=True)
+    except _SF_ERRORS as e:
+        raise _sf_error(name, head, e) from None
+    if y.shape[0] == 0:
+        raise EmptyAudioError(name, f"no audio frames (header: {info.format}/{info.subtype})")
+    if not np.all(np.isfinite(y)):
+        raise CorruptAudioError(name, "decoded samples contain NaN or infinity")
+
+    duration_s = y.shape[0] / sr
+    mono = y.mean(axis=1, dtype=np.float32)
+    if sr != cfg.sample_rate:
+        mono = librosa.resample(mono, orig_sr=sr, target_sr=cfg.sample_rate, res_type="soxr_hq")
+    return Audio(
+        samples=clean(mono, cfg),
+        sample_rate=cfg.sample_rate,
+        source_sample_rate=int(sr),
+        duration_s=float(duration_s),
+    )
