@@ -1,0 +1,154 @@
+"""What every job shares: exit codes, one-line errors, logs or progress bars, output locks, signals."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+# Exit codes, the same for every job (README "Exit codes"): cron and Airflow act on them.
+OK = 0  # the batch ran (rows with per-file errors included)
+FAILURE = 1  # the job could not do its work (model not loadable, tracking server down, ...)
+USAGE = 2  # bad arguments or inputs: missing directory, unreadable output, label problems
+LOCKED = 3  # another run holds the lock on the same output
+FILE_ERRORS = 4  # --fail-on-error and at least one file failed
+INTERRUPTED = 130  # SIGINT/SIGTERM: nothing partial was left under a final name; rerun to finish
+
+console = Console(stderr=True)
+log = logging.getLogger("voiceclf")
+
+
+class JobError(Exception):
+    """Ends a job with a one-line message and an exit code."""
+
+    def __init__(self, message: str, code: int = FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread on SIGTERM (SIGINT gives KeyboardInterrupt), so finally-blocks clean up."""
+
+
+def interactive() -> bool:
+    return console.is_terminal and not os.environ.get("CI")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("mlflow", "alembic", "urllib3", "distributed", "numba", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def main_wrapper(job: str, run) -> None:
+    """Run ``run()`` (which returns an exit code) and turn failures into one line + exit code."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        code = run()
+    except JobError as e:
+        console.print(f"[bold red]voiceclf {job}: error:[/] {e}", highlight=False, soft_wrap=True)
+        code = e.code
+    except (KeyboardInterrupt, Interrupted) as e:
+        console.print(f"voiceclf {job}: interrupted ({e or 'SIGINT'}); no partial output was kept, rerun to finish", highlight=False)
+        code = INTERRUPTED
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path, wait: bool = False):
+    """An exclusive lock beside ``target`` (a directory or a file) for the duration of a run.
+
+    Two cron runs of the same job on the same output must not interleave their writes: the second
+    exits with LOCKED, or blocks until the first is done with ``wait``.
+    """
+    target = Path(target)
+    lock_path = target / ".voiceclf.lock" if target.is_dir() else target.with_name(f".{target.name}.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise JobError(f"{target} is locked by a running job (pid {holder}); rerun with --wait to queue behind it", LOCKED) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Reporter:
+    """A rich progress bar on a terminal; timestamped log lines every ``every`` items otherwise (cron, Airflow)."""
+
+    def __init__(self, description: str, total: int, unit: str = "files", every: int | None = None) -> None:
+        self.description, self.total, self.unit = description, total, unit
+        self.every = every or max(1, min(500, total // 10 or 1))
+        self.done = self.errors = 0
+        self.start = time.perf_counter()
+        self._bar = None
+        if interactive():
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TextColumn("[red]{task.fields[errors]}"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+            )
+
+    def __enter__(self) -> "Reporter":
+        log.info("%s: %d %s to do", self.description, self.total, self.unit)
+        if self._bar:
+            self._bar.start()
+            self._task = self._bar.add_task(self.description, total=self.total, rate="", errors="")
+        return self
+
+    def advance(self, n: int = 1, errors: int = 0, note: str = "") -> None:
+        before = self.done
+        self.done += n
+        self.errors += errors
+        if self._bar:
+            self._bar.update(
+                self._task, completed=self.done, rate=f"{self.rate:.1f} {self.unit}/s",
+                errors=f"{self.errors} errors" if self.errors else "", description=f"{self.description} {note}".strip(),
+            )
+        elif self.done // self.every != before // self.every or self.done == self.total:
+            log.info("%s: %d/%d %s, %d errors, %.1f %s/s %s", self.description, self.done, self.total, self.unit, self.errors, self.rate, self.unit, note)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(self.seconds, 1e-9)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar:
+            self._bar.stop()
+
+
+def summary_table(title: str, rows: dict) -> None:
+    """The end-of-job summary: a small table on a terminal, one log line otherwise."""
+    if interactive():
+        from rich.table import Table
+
+        t = Table(title=title, show_header=False)
+        for k, v in rows.items():
+            t.add_row(k, str(v))
+        console.print(t)
+    else:
+        log.info("%s: %s", title, ", ".join(f"{k}={v}" for k, v in rows.items()))

@@ -1,0 +1,116 @@
+"""featurize: audio folders → Parquet feature shards, in parallel.
+
+    python -m jobs.featurize SRC [SRC ...] --out DIR [--jobs N] [--feature-set NAME]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from jobs import _cli
+from jobs._cli import JobError, log
+from voiceclf import batch, corpus, parallel, shards
+from voiceclf.config import FEATURE_SETS, ConfigError, FeatureConfig
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.featurize",
+        description="Turn labelled audio folders into Parquet feature shards (one row per 1-s window). "
+        "Accepted layouts: AudioMNIST (<root>/<NN>/*.wav + audioMNIST_meta.txt), label folders "
+        "(<root>/female/**, <root>/male/**), or a manifest CSV (path,label[,speaker]). "
+        "Incremental: files already in OUT (by sha256) are skipped.",
+        epilog="Exit codes: 0 ok (per-file errors are listed in OUT/errors.csv), 1 failure, 2 bad arguments or inputs, "
+        "3 OUT is locked by another run, 4 file errors with --fail-on-error, 130 interrupted.",
+    )
+    p.add_argument("sources", nargs="+", metavar="SRC", help="corpus root folder or manifest .csv (several allowed)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for part-*.parquet and errors.csv")
+    p.add_argument("--jobs", type=int, default=-1, help="parallel workers (-1 = all cores; default %(default)s)")
+    p.add_argument("--feature-set", choices=FEATURE_SETS, default=FeatureConfig.feature_set, help="third channel: pitch bands or delta-deltas (default %(default)s)")
+    p.add_argument("--shard-rows", type=int, default=2048, help="windows per shard, bounds memory (default %(default)s)")
+    p.add_argument("--allow-unlabelled", action="store_true", help="accept a plain folder of audio with no labels")
+    p.add_argument("--fail-on-error", action="store_true", help="exit 4 when any file could not be featurized")
+    p.add_argument("--backend", choices=parallel.BACKENDS, default="loky", help="joblib backend (default %(default)s)")
+    p.add_argument("--scheduler", help="Dask scheduler address for --backend dask, e.g. tcp://host:8786")
+    p.add_argument("--wait", action="store_true", help="if another run holds OUT, wait for it instead of exiting 3")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.shard_rows < 1:
+        p.error("--shard-rows must be >= 1")
+    if args.jobs == 0:
+        p.error("--jobs must be -1 (all cores) or >= 1")
+    return args
+
+
+def discover(sources: list[str], allow_unlabelled: bool) -> list[batch.Item]:
+    items: list[batch.Item] = []
+    for src in sources:
+        try:
+            df = corpus.discover(src, require_labels=not allow_unlabelled)
+        except corpus.CorpusError as e:
+            raise JobError(str(e), _cli.USAGE) from None
+        for row in df.itertuples(index=False):
+            items.append(batch.Item(path=row.path, source=row.source, speaker=row.speaker, label=row.label))
+    return items
+
+
+def prepare_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise JobError(f"cannot create output folder {out}: {e.strerror}", _cli.USAGE) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise JobError(f"output folder {out} is not writable", _cli.USAGE)
+
+
+def run(args: argparse.Namespace) -> int:
+    _cli.setup_logging(args.verbose)
+    items = discover(args.sources, args.allow_unlabelled)
+    prepare_out(args.out)
+    cfg = FeatureConfig(feature_set=args.feature_set)
+    with _cli.output_lock(args.out, wait=args.wait):
+        try:
+            existing = shards.dir_config(args.out)
+        except (shards.ShardError, ConfigError) as e:
+            raise JobError(f"{args.out}: {e}", _cli.USAGE) from None
+        if existing is not None and existing != cfg:
+            raise JobError(f"{args.out} holds features made with another config ({existing.feature_set}); use another --out", _cli.USAGE)
+        done = shards.done_hashes(args.out)
+        for it in items:
+            it.sha256 = batch.sha256_file(it.abspath)
+        todo = [it for it in items if it.sha256 not in done]
+        log.info("featurize: %d files in %d source(s), %d already in %s, %d to do", len(items), len(args.sources), len(items) - len(todo), args.out, len(todo))
+        if not todo:
+            _cli.console.print(f"nothing new: all {len(items)} files are already in {args.out}", highlight=False)
+            return _cli.OK
+        writer = shards.ShardWriter(args.out, cfg, args.shard_rows)
+        windows = 0
+        try:
+            with parallel.engine(args.backend, args.scheduler), _cli.Reporter("featurize", len(todo)) as rep:
+                for results in parallel.imap(batch.featurize_batch, batch.batches(todo, args.jobs), n_jobs=args.jobs, cfg=cfg):
+                    for r in results:
+                        writer.add(r)
+                        windows += r.n_windows
+                    rep.advance(len(results), errors=sum(r.error is not None for r in results))
+        except parallel.EngineError as e:
+            raise JobError(str(e), _cli.USAGE) from None
+        finally:
+            # Shards hold whole files only, so flushing what is complete is safe even when interrupted:
+            # a rerun skips those files and does the rest.
+            writer.flush()
+        _cli.summary_table("featurize summary", {
+            "files": len(todo), "windows": windows, "errors": rep.errors, "shards written": len(writer.written),
+            "seconds": f"{rep.seconds:.1f}", "files/s": f"{rep.rate:.1f}", "output": str(args.out),
+        })
+        if rep.errors:
+            log.warning("%d file(s) gave no windows; see %s", rep.errors, args.out / shards.ERRORS)
+        return _cli.FILE_ERRORS if args.fail_on_error and rep.errors else _cli.OK
+
+
+def main(argv=None) -> None:
+    _cli.main_wrapper("featurize", lambda: run(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

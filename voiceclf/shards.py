@@ -1,0 +1,203 @@
+"""Parquet feature shards: schema, atomic writer, reader, and the incremental index.
+
+A featurize output directory holds ``part-NNNNN.parquet`` (one row per window, the
+FeatureConfig as JSON in the schema metadata) and ``errors.csv`` (one row per file that gave
+no windows), so every input file is accounted for.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from voiceclf.batch import Result
+from voiceclf.config import FeatureConfig
+
+CONFIG_KEY = b"voiceclf.feature_config"
+ERRORS = "errors.csv"
+# path, error, message are the contract; source and sha256 let a rerun skip files that already failed
+ERROR_COLUMNS = ["path", "error", "message", "source", "sha256"]
+_PART = re.compile(r"^part-(\d{5,})\.parquet$")
+
+
+class ShardError(ValueError):
+    """Shards are missing, unreadable, or were made with different FeatureConfigs."""
+
+
+def schema(cfg: FeatureConfig) -> pa.Schema:
+    size = int(np.prod(cfg.shape))
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("source", pa.string()),
+            ("sha256", pa.string()),
+            ("speaker", pa.string()),
+            ("label", pa.string()),
+            ("window", pa.int32()),
+            ("offset_s", pa.float32()),
+            ("duration_s", pa.float32()),
+            ("source_sample_rate", pa.int32()),
+            ("features", pa.list_(pa.float32(), size)),
+        ],
+        metadata={CONFIG_KEY: cfg.to_json().encode()},
+    )
+
+
+def _atomic_target(path: Path):
+    """A temp file beside ``path``; the caller renames it into place when complete."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def part_paths(out_dir: str | Path) -> list[Path]:
+    d = Path(out_dir)
+    return sorted(p for p in d.iterdir() if _PART.match(p.name)) if d.is_dir() else []
+
+
+class ShardWriter:
+    """Buffers results in order and writes a shard each time ``shard_rows`` windows are reached.
+
+    A file's windows never straddle two shards, so a shard on disk is complete for every file in
+    it, and an interrupted run can resume by skipping the files already present.
+    """
+
+    def __init__(self, out_dir: str | Path, cfg: FeatureConfig, shard_rows: int = 2048) -> None:
+        self.out_dir, self.cfg, self.shard_rows = Path(out_dir), cfg, shard_rows
+        self.schema = schema(cfg)
+        existing = [int(_PART.match(p.name).group(1)) for p in part_paths(self.out_dir)]
+        self.next_index = max(existing, default=-1) + 1
+        self._buffer: list[Result] = []
+        self._rows = 0
+        self.written: list[Path] = []
+        self.errors: list[dict] = []
+
+    def add(self, result: Result) -> None:
+        if result.error:
+            it = result.item
+            self.errors.append(dict(path=it.path, error=result.error, message=result.message, source=it.source, sha256=it.sha256 or ""))
+            return
+        self._buffer.append(result)
+        self._rows += result.n_windows
+        if self._rows >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self.written.append(self._write(self._buffer))
+            self._buffer, self._rows = [], 0
+        if self.errors:
+            append_errors(self.out_dir, self.errors)
+            self.errors = []
+
+    def _write(self, results: list[Result]) -> Path:
+        counts = [r.n_windows for r in results]
+        rep = lambda values: np.repeat(np.asarray(values, dtype=object), counts)  # noqa: E731
+        feats = np.concatenate([r.windows.features.reshape(len(r.windows), -1) for r in results])
+        columns = {
+            "path": rep([r.item.path for r in results]),
+            "source": rep([r.item.source for r in results]),
+            "sha256": rep([r.item.sha256 for r in results]),
+            "speaker": rep([r.item.speaker for r in results]),
+            "label": rep([r.item.label for r in results]),
+            "window": np.concatenate([np.arange(c, dtype=np.int32) for c in counts]),
+            "offset_s": np.concatenate([r.windows.offsets_s for r in results]),
+            "duration_s": np.concatenate([r.windows.speech_s for r in results]),
+            "source_sample_rate": np.repeat([r.source_sample_rate for r in results], counts).astype(np.int32),
+        }
+        arrays = [pa.array(columns[f.name], type=f.type) for f in self.schema if f.name != "features"]
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel(), pa.float32()), feats.shape[1]))
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        final = self.out_dir / f"part-{self.next_index:05d}.parquet"
+        tmp = _atomic_target(final)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.next_index += 1
+        return final
+
+
+def read_errors(out_dir: str | Path) -> pd.DataFrame:
+    path = Path(out_dir) / ERRORS
+    if not path.exists():
+        return pd.DataFrame(columns=ERROR_COLUMNS)
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def append_errors(out_dir: str | Path, rows: list[dict]) -> None:
+    """Add rows to errors.csv atomically (the whole file is rewritten, then renamed into place)."""
+    path = Path(out_dir) / ERRORS
+    old = read_errors(out_dir)
+    new = pd.DataFrame(rows, columns=ERROR_COLUMNS)
+    merged = pd.concat([old, new], ignore_index=True) if len(old) else new
+    # a file that failed before and fails again keeps one row: the latest reason
+    merged = merged.drop_duplicates(subset=["source", "path", "sha256"], keep="last")
+    tmp = _atomic_target(path)
+    try:
+        merged.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def shard_config(path: str | Path) -> FeatureConfig:
+    meta = pq.read_schema(path).metadata or {}
+    if CONFIG_KEY not in meta:
+        raise ShardError(f"{path}: no {CONFIG_KEY.decode()} metadata; not a voiceclf shard")
+    return FeatureConfig.from_json(meta[CONFIG_KEY].decode())
+
+
+def dir_config(out_dir: str | Path) -> FeatureConfig | None:
+    """The one FeatureConfig of a shard directory (None when it has no shards yet)."""
+    configs = {shard_config(p) for p in part_paths(out_dir)}
+    if len(configs) > 1:
+        raise ShardError(f"{out_dir}: shards made with {len(configs)} different FeatureConfigs")
+    return configs.pop() if configs else None
+
+
+def done_hashes(out_dir: str | Path) -> set[str]:
+    """sha256 of every file already accounted for (in a shard or in errors.csv)."""
+    hashes: set[str] = set()
+    for p in part_paths(out_dir):
+        hashes.update(pq.read_table(p, columns=["sha256"]).column("sha256").unique().to_pylist())
+    hashes.update(h for h in read_errors(out_dir).get("sha256", []) if h)
+    return hashes
+
+
+def read(dirs: list[str | Path] | str | Path, *, with_features: bool = True) -> tuple[pd.DataFrame, np.ndarray | None, FeatureConfig]:
+    """Read shard directories → (one row per window without features, features (N, 3, 98, 12), config).
+
+    All shards must share one FeatureConfig.
+    """
+    dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
+    parts = []
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise ShardError(f"{d}: no such feature directory (run `make features` first)")
+        found = part_paths(d)
+        if not found:
+            raise ShardError(f"{d}: no part-*.parquet shards in it (run `make features` first)")
+        parts += found
+    configs = {p: shard_config(p) for p in parts}
+    if len(set(configs.values())) > 1:
+        raise ShardError(
+            "the shards were made with different FeatureConfigs: "
+            + "; ".join(sorted({f"{c.feature_set} ({p.parent})" for p, c in configs.items()}))
+        )
+    cfg = next(iter(configs.values()))
+    tables = [pq.read_table(p, columns=None if with_features else [f.name for f in schema(cfg) if f.name != "features"]) for p in parts]
+    table = pa.concat_tables(tables)
+    feats = None
+    if with_features:
+        feats = table.column("features").combine_chunks().flatten().to_numpy().reshape(-1, *cfg.shape)
+        table = table.drop(["features"])
+    return table.to_pandas(), feats, cfg
