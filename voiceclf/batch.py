@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from voiceclf import audio, features
 from voiceclf.config import FeatureConfig
@@ -76,8 +77,13 @@ def featurize_file(item: Item, cfg: FeatureConfig) -> Result:
 
 
 def featurize_batch(items: list[Item], cfg: FeatureConfig) -> list[Result]:
-    """Worker entry point: one result per item, in order."""
-    return [featurize_file(it, cfg) for it in items]
+    """Worker entry point: one result per item, in order.
+
+    BLAS runs single-threaded here: parallelism comes from the worker processes, and a fixed
+    thread count keeps sums in one order, so features are bit-identical for any --jobs or backend.
+    """
+    with threadpool_limits(limits=1):
+        return [featurize_file(it, cfg) for it in items]
 
 
 def batches(items: list, n_jobs: int, max_size: int = 32) -> list[list]:

@@ -1,0 +1,72 @@
+"""Shared fixtures: a small synthetic corpus, its features, and a temporary SQLite tracking store.
+
+Everything is generated here: tests never need ../shared (a user's clone does not have it).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def run_job(job: str, *args, env: dict | None = None, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m jobs.<job> ARGS`` as a user would (no terminal: plain log lines), from the repo root."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None) if env is not None and env.get("MLFLOW_TRACKING_URI") is None else None
+    full_env = {k: v for k, v in full_env.items() if v is not None}
+    proc = subprocess.run([sys.executable, "-m", f"jobs.{job}", *map(str, args)], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"jobs.{job} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def tone(seconds: float = 0.6, sr: int = 16000, f0: float = 140.0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 6))).astype(np.float32)
+
+
+def plant_bad_files(folder: Path) -> dict[str, str]:
+    """Bad inputs a batch meets in real life; returns relative path → expected error code."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "notes.wav").write_text("this is a text file with a .wav name\n")
+    good = folder / "_tmp.wav"
+    sf.write(good, tone(), 16000, subtype="PCM_16")
+    raw = good.read_bytes()
+    good.unlink()
+    (folder / "corrupt.wav").write_bytes(raw[:12] + b"fmt " + b"\xff" * 40)
+    sf.write(folder / "silent.wav", np.zeros(16000, np.float32), 16000, subtype="PCM_16")
+    return {"empty.wav": "empty", "notes.wav": "not_audio", "corrupt.wav": "corrupt", "silent.wav": "no_speech"}
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """24 synthetic speakers (12 female, 12 male) × 16 clips in AudioMNIST layout, plus bad files in one speaker folder."""
+    from voiceclf import synth
+
+    root = tmp_path_factory.mktemp("corpus")
+    synth.make_corpus(root, speakers=24, clips=16, seed=0)
+    plant_bad_files(root / "01")
+    return root
+
+
+@pytest.fixture(scope="session")
+def features(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("features")
+    run_job("featurize", corpus, "--out", out, "--jobs", "2", check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> str:
+    """A fresh embedded-style SQLite tracking store for the session."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
