@@ -70,3 +70,54 @@ def features(corpus, tmp_path_factory) -> Path:
 def store(tmp_path_factory) -> str:
     """A fresh embedded-style SQLite tracking store for the session."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def champion(features, store) -> str:
+    """A champion trained on the synthetic corpus (1 grid point, 8 epochs) in the session's store."""
+    run_job("train", "--features", features, "--lr", "1e-3", "--epochs", "8", "--jobs", "1", env={"MLFLOW_TRACKING_URI": store}, check=True)
+    return store
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free loopback port (SQLite backend, served artifacts); stopped afterwards."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"), start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    server = type("Server", (), {"url": url, "proc": proc, "port": port})
+    yield server
+    import os
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -150,7 +150,3 @@ def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` when set, else the embedded SQLite store under ``<repo>/mlruns``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlruns' / 'mlflow.db'}"
 
-
-def default_artifact_root() -> str:
-    """Where runs of the embedded store keep their artifacts."""
-    return (REPO_ROOT / "mlruns" / "artifacts").as_uri()

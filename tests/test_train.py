@@ -1,0 +1,172 @@
+"""The train job: speaker-disjoint splits, runs in MLflow (SQLite store and a real server), the champion."""
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import run_job
+from voiceclf import shards, tracking
+from voiceclf import train as tr
+
+
+# ----------------------------------------------------------------------------- split
+@pytest.mark.parametrize("seed", range(20))
+def test_split_is_speaker_disjoint_and_holds_both_genders(seed):
+    rng = np.random.default_rng(seed)
+    n_f, n_m = rng.integers(3, 15), rng.integers(3, 40)
+    speakers = np.array([f"f{i}" for i in range(n_f)] + [f"m{i}" for i in range(n_m)])
+    labels = np.array([0] * n_f + [1] * n_m)
+    windows = rng.integers(0, len(speakers), 2000)  # many windows per speaker, shuffled
+    split = tr.split_speakers(speakers[windows], labels[windows], seed=seed)
+    sets = [set(split[s]) for s in tr.SPLITS]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert set().union(*sets) == set(speakers[windows])
+    for s in tr.SPLITS:
+        assert {sp[0] for sp in split[s]} == {"f", "m"}, s
+    assert split == tr.split_speakers(speakers[windows], labels[windows], seed=seed)  # seeded
+
+
+def test_split_refuses_one_gender_and_too_few_speakers():
+    with pytest.raises(tr.DataError, match="both genders"):
+        tr.split_speakers(np.array(["a", "b", "c"]), np.array([1, 1, 1]))
+    with pytest.raises(tr.DataError, match="at least 3"):
+        tr.split_speakers(np.array(["a", "b", "c", "d", "e"]), np.array([0, 0, 1, 1, 1]))
+
+
+# ----------------------------------------------------------------------------- end to end
+def check_grid_runs(uri: str, n_points: int, epochs: int) -> str:
+    """Parent + children with full histories and artifacts; returns the champion's run id."""
+    tracking.connect(uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("voiceclf")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == n_points and all(r.info.status == "FINISHED" for r in children)
+    for r in children:
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc"):
+            hist = client.get_metric_history(r.info.run_id, key)
+            assert [m.step for m in hist] == list(range(1, epochs + 1)), key
+        assert {"test_acc", "test_balanced_acc", "test_speaker_acc"} <= set(r.data.metrics)
+        assert {"lr", "epochs", "gamma", "batch_size", "augment", "seed", "data_fingerprint", "feature.n_mfcc", "feature.feature_set"} <= set(r.data.params)
+        arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"curves.png", "confusion_matrix.png", "split.json", "per_speaker.csv"} <= arts
+        split = client.download_artifacts(r.info.run_id, "split.json")
+        import json
+
+        sp = json.load(open(split))
+        assert not set(sp["train"]) & set(sp["test"])
+    mv = client.get_model_version_by_alias("voiceclf", "champion")
+    assert mv.tags["run_id"] in {r.info.run_id for r in children}
+    assert "feature_config" in mv.tags
+    return mv.tags["run_id"]
+
+
+def test_train_end_to_end_sqlite(features, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_job("train", "--features", features, "--lr", "1e-3,3e-4", "--epochs", "2", env={"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_grid_runs(uri, n_points=2, epochs=2)
+    assert (tmp_path / "artifacts").is_dir()  # artifacts live beside the database, whatever the cwd
+
+
+def test_train_against_a_real_mlflow_server(features, mlflow_server):
+    proc = run_job("train", "--features", features, "--lr", "1e-3,3e-4", "--epochs", "2", env={"MLFLOW_TRACKING_URI": mlflow_server.url})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_grid_runs(mlflow_server.url, n_points=2, epochs=2)
+    model = tracking.load()
+    assert model.version == "1" and model.cfg.feature_set == "mfcc_pitch"
+
+
+def test_registered_model_round_trips_predictions(features, tmp_path):
+    """models:/voiceclf@champion loads back (pt2, no pickled code) to the same predictions as the trained module."""
+    from voiceclf.model import GenderCNN
+
+    rows, x, cfg = shards.read(features)
+    data = tr.Data.from_shards(rows, x, cfg)
+    split = tr.split_speakers(data.speaker, data.y)
+    res = tr.train_point(tr.GridPoint(epochs=1), data, split)
+    assert res.error is None, res.error
+    model = GenderCNN()
+    model.load_state_dict(res.state_dict)
+    model.eval()
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = tracking.GridRuns.start("voiceclf", "round-trip", {"seed": 0})
+    run_id = runs.child("point", {})
+    uri = runs.log_point(run_id, res.history, res.test, artifacts={}, model=model, cfg=cfg, input_example=np.array(x[:2]))
+    tracking.register_champion(uri, run_id, res.test, cfg)
+    loaded = tracking.load("models:/voiceclf@champion")
+    assert loaded.cfg == cfg and loaded.version == "1"
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded.module(torch.from_numpy(x[:50])).numpy(), model(torch.from_numpy(x[:50])).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_champion_is_accurate_on_held_out_synthetic_speakers(champion):
+    tracking.connect(champion)
+    mv = MlflowClient().get_model_version_by_alias("voiceclf", "champion")
+    assert float(mv.tags["test_balanced_acc"]) >= 0.95
+
+
+def test_a_crashing_grid_point_is_marked_failed_and_the_others_finish(features, tmp_path, monkeypatch):
+    """Fault injection: one grid point's training raises; its child run is FAILED, the other is registered."""
+    import jobs.train as job
+
+    original = tr.train_point
+
+    def flaky(point, *a, **kw):
+        if point.lr == 3e-4:
+            point = tr.GridPoint(**{**tr.point_params(point), "batch_size": 0})  # range() step 0 raises inside training
+        return original(point, *a, **kw)
+
+    monkeypatch.setattr(tr, "train_point", flaky)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert job.run(job.parse_args(["--features", str(features), "--lr", "1e-3,3e-4", "--epochs", "1", "--jobs", "1"])) == 0
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("voiceclf").experiment_id])
+    status = {r.data.params.get("lr"): r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert status == {"0.001": "FINISHED", "0.0003": "FAILED"}
+    assert str(client.get_model_version_by_alias("voiceclf", "champion").version) == "1"
+
+
+# ----------------------------------------------------------------------------- failures
+def test_failures_exit_with_one_line(features, tmp_path):
+    uri = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        "missing": (["--features", tmp_path / "nope"], 2, "does not exist"),
+        "empty": (["--features", empty], 2, "no shards"),
+        "bad grid": (["--features", features, "--grid", tmp_path / "nope.toml"], 2, "grid file"),
+    }
+    for name, (args, code, text) in cases.items():
+        proc = run_job("train", *args, env=uri)
+        assert proc.returncode == code, (name, proc.stderr[-2000:])
+        assert text in proc.stderr and "Traceback" not in proc.stderr, name
+
+
+def test_single_gender_data_is_refused(tmp_path):
+    from voiceclf import synth
+
+    src = tmp_path / "src"
+    synth.make_corpus(src, speakers=8, clips=2, seed=5)
+    import json
+
+    meta = json.loads((src / "audioMNIST_meta.txt").read_text())
+    (src / "audioMNIST_meta.txt").write_text(json.dumps({k: {**v, "gender": "male"} for k, v in meta.items()}))
+    run_job("featurize", src, "--out", tmp_path / "f", "--jobs", "1", check=True)
+    proc = run_job("train", "--features", tmp_path / "f", env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
+    assert proc.returncode == 2 and "both genders" in proc.stderr
+
+
+def test_unreachable_tracking_server_fails_fast(features):
+    import time
+
+    from conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    t0 = time.time()
+    proc = run_job("train", "--features", features, env={"MLFLOW_TRACKING_URI": url})
+    assert proc.returncode == 1 and url in proc.stderr
+    assert time.time() - t0 < 30

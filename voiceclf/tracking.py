@@ -1,0 +1,247 @@
+"""The only module that talks to MLflow: tracking URIs, runs, logging, the registry, loading models.
+
+Logging goes through ``MlflowClient`` with explicit run ids (no global active run), so the parent
+of a grid search can log its children in any order and mark a crashed one FAILED.
+"""
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files, never windows
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from voiceclf.config import LABELS, ConfigError, FeatureConfig, default_tracking_uri  # noqa: E402
+
+EXPERIMENT = "voiceclf"
+MODEL_NAME = "voiceclf"
+ALIAS = "champion"
+DEFAULT_MODEL_URI = f"models:/{MODEL_NAME}@{ALIAS}"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store or the model cannot be reached or used; the message says what to do."""
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the tracking store failed mid-run (e.g. the server died)."""
+    import requests
+
+    return (MlflowException, requests.RequestException, TrackingError)
+
+
+def connect(uri: str | None = None) -> str:
+    """Point MLflow at ``uri`` (default: ``MLFLOW_TRACKING_URI``, else the embedded SQLite store).
+
+    A tracking server is checked first, so a job fails fast with the URI in the message instead of
+    retrying for minutes.
+    """
+    uri = uri or default_tracking_uri()
+    # Fail within ~15 s when a server dies mid-run, instead of MLflow's default of minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+                r.read()
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({reason}); start it (`make server`) or unset MLFLOW_TRACKING_URI") from None
+    elif scheme == "sqlite":
+        Path(urlparse(uri).path).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def _artifact_root(uri: str) -> str | None:
+    # A SQLite store keeps artifacts beside its database (mlruns/artifacts for the embedded one), so
+    # runs work from any working directory; a server decides for itself (None).
+    if urlparse(uri).scheme == "sqlite":
+        return str(Path(urlparse(uri).path).parent / "artifacts")  # a path: MLflow mangles file:/// URIs here
+    return None
+
+
+def experiment_id(name: str = EXPERIMENT) -> str:
+    client = MlflowClient()
+    try:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        return client.create_experiment(name, artifact_location=_artifact_root(mlflow.get_tracking_uri()))
+    except MlflowException as e:
+        raise TrackingError(f"tracking store {mlflow.get_tracking_uri()}: {e.message}") from None
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, str]:
+    return {f"{prefix}{k}": str(v) for k, v in d.items()}
+
+
+# ----------------------------------------------------------------------------- runs
+@dataclass
+class GridRuns:
+    """One parent run per train call and a nested child per grid point."""
+
+    experiment_id: str
+    parent_id: str
+
+    @classmethod
+    def start(cls, experiment: str, run_name: str, params: dict, tags: dict | None = None) -> "GridRuns":
+        exp = experiment_id(experiment)
+        client = MlflowClient()
+        run = client.create_run(exp, run_name=run_name, tags={"voiceclf.role": "grid", **(tags or {})})
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat(params).items()])
+        return cls(exp, run.info.run_id)
+
+    def child(self, name: str, params: dict) -> str:
+        client = MlflowClient()
+        run = client.create_run(self.experiment_id, run_name=name, tags={"mlflow.parentRunId": self.parent_id, "voiceclf.role": "grid_point"})
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat(params).items()])
+        return run.info.run_id
+
+    def log_point(self, run_id: str, history: list[dict], final: dict, *, artifacts: dict, model=None, cfg: FeatureConfig | None = None, input_example: np.ndarray | None = None) -> str | None:
+        """Per-epoch metrics (step = epoch), final metrics, JSON/figure artifacts and the model; returns the model URI."""
+        client = MlflowClient()
+        now = int(time.time() * 1000)
+        ms = [Metric(k, float(v), now, epoch) for epoch, row in enumerate(history, start=1) for k, v in row.items()]
+        ms += [Metric(k, float(v), now, len(history)) for k, v in final.items()]
+        for i in range(0, len(ms), 1000):  # MLflow caps a batch at 1000 metrics
+            client.log_batch(run_id, metrics=ms[i : i + 1000])
+        for name, obj in artifacts.items():
+            if hasattr(obj, "savefig"):
+                client.log_figure(run_id, obj, name)
+                plt.close(obj)
+            elif name.endswith(".csv"):
+                client.log_text(run_id, obj.to_csv(index=False), name)
+            else:
+                client.log_dict(run_id, obj, name)
+        if model is None:
+            return None
+        return log_model(run_id, model, cfg, input_example)
+
+    def finish(self, run_id: str, ok: bool = True, error: str | None = None) -> None:
+        client = MlflowClient()
+        if error:
+            client.log_text(run_id, error, "error.txt")
+            client.set_tag(run_id, "voiceclf.error", error.strip().splitlines()[-1][:500])
+        client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def log_summary(self, table, winner_run_id: str | None, winner_metrics: dict) -> None:
+        client = MlflowClient()
+        client.log_text(self.parent_id, table.to_csv(index=False), "grid_summary.csv")
+        client.log_text(self.parent_id, table.to_string(index=False), "grid_summary.txt")
+        if winner_run_id:
+            client.log_batch(self.parent_id, metrics=[Metric(f"best_{k}", float(v), int(time.time() * 1000), 0) for k, v in winner_metrics.items()], tags=[RunTag("voiceclf.winner_run_id", winner_run_id)])
+
+
+def log_model(run_id: str, model, cfg: FeatureConfig, input_example: np.ndarray) -> str:
+    """Log the model with the pytorch flavour in pt2 (torch.export) format: no pickled code.
+
+    The FeatureConfig goes into the MLmodel metadata, so the model carries the config it was trained with.
+    """
+    import torch
+    from mlflow.models import infer_signature
+
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(input_example)).numpy()
+    signature = infer_signature(input_example, out)
+    with mlflow.start_run(run_id=run_id, nested=True):
+        info = mlflow.pytorch.log_model(
+            model, name="model", serialization_format="pt2", signature=signature, input_example=input_example,
+            metadata={"feature_config": cfg.to_dict(), "labels": list(LABELS)},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )
+    return info.model_uri
+
+
+# ----------------------------------------------------------------------------- registry
+def register_champion(model_uri: str, run_id: str, metrics: dict, cfg: FeatureConfig) -> int:
+    """Register a new version of ``voiceclf`` from ``model_uri`` and give it the ``champion`` alias."""
+    client = MlflowClient()
+    tags = {"run_id": run_id, "feature_config": cfg.to_json(), **{k: f"{v:.4f}" for k, v in metrics.items()}}
+    # register_model links the version to the logged model (a server insists on it) and waits until READY
+    mv = mlflow.register_model(model_uri, MODEL_NAME, tags=tags)
+    if not client.get_registered_model(MODEL_NAME).description:
+        client.update_registered_model(MODEL_NAME, description="Adult female (0) vs male (1) voice classifier: the model-card CNN on 1-s MFC windows.")
+    client.set_registered_model_alias(MODEL_NAME, ALIAS, mv.version)
+    return int(mv.version)
+
+
+@dataclass
+class LoadedModel:
+    module: object  # a torch module: (N, 3, 98, 12) → (N, 2) logits
+    cfg: FeatureConfig
+    uri: str
+    version: str  # registry version, or "" for a runs:/ or logged-model URI
+
+
+def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
+    """Load a model and the FeatureConfig it was trained with; refuse one this code cannot reproduce."""
+    client = MlflowClient()
+    version = ""
+    if model_uri.startswith("models:/"):
+        ref = model_uri[len("models:/"):]
+        name, _, alias = ref.partition("@")
+        try:
+            if alias:
+                version = client.get_model_version_by_alias(name, alias).version
+            elif "/" in ref and ref.split("/", 1)[1].isdigit():
+                name, v = ref.split("/", 1)
+                version = client.get_model_version(name, v).version
+        except MlflowException:
+            raise TrackingError(f"no model registered as {name}{'@' + alias if alias else ''} in {mlflow.get_tracking_uri()} — run `make train` or `make demo` first") from None
+    try:
+        info = mlflow.models.get_model_info(model_uri)
+        module = mlflow.pytorch.load_model(model_uri)
+    except (MlflowException, OSError) as e:
+        raise TrackingError(f"cannot load {model_uri} from {mlflow.get_tracking_uri()}: {getattr(e, 'message', e)}") from None
+    meta = (info.metadata or {}).get("feature_config")
+    if meta is None:
+        raise TrackingError(f"{model_uri} carries no feature_config metadata; it was not logged by voiceclf and cannot be scored")
+    try:
+        cfg = FeatureConfig.from_dict(meta)
+    except ConfigError as e:
+        raise TrackingError(f"{model_uri} was trained with a feature config this code cannot reproduce: {e}") from None
+    return LoadedModel(module, cfg, model_uri, str(version))
+
+
+# ----------------------------------------------------------------------------- figures
+def curves_figure(history: list[dict], title: str):
+    epochs = np.arange(1, len(history) + 1)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for key in ("train_loss", "val_loss"):
+        a.plot(epochs, [h[key] for h in history], marker="o", label=key)
+    for key in ("train_acc", "val_acc", "val_balanced_acc"):
+        b.plot(epochs, [h[key] for h in history], marker="o", label=key)
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    a.legend(), b.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, title: str):
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    ConfusionMatrixDisplay(cm, display_labels=list(LABELS)).plot(ax=ax, colorbar=False)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
