@@ -1,0 +1,63 @@
+"""Score files with a loaded model: windows → p(male) per window → one report row per file."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from voiceclf.batch import Result
+from voiceclf.config import LABELS
+
+REPORT_COLUMNS = ["path", "label", "p_male", "confidence", "duration_s", "windows", "status", "error", "model_uri", "model_version"]
+SEGMENT_COLUMNS = ["path", "start_s", "end_s", "p_male", "label"]
+
+
+@torch.no_grad()
+def p_male(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """p(male) for windows x (N, 3, 98, 12), in batches so memory stays bounded."""
+    out = [torch.softmax(model(torch.from_numpy(x[i : i + batch_size])), dim=1)[:, 1] for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+def label_of(p: float, threshold: float) -> str:
+    return LABELS[int(p >= threshold)]
+
+
+def score_results(results: list[Result], model, *, threshold: float, model_uri: str, model_version: str, window_s: float) -> tuple[list[dict], list[dict]]:
+    """Report rows (one per file) and segment rows (one per window) for a batch of featurized files."""
+    with_windows = [r for r in results if r.n_windows]
+    probs = p_male(model, np.concatenate([r.windows.features for r in with_windows])) if with_windows else np.zeros(0)
+    rows, segments, start = [], [], 0
+    for r in results:
+        row = dict(path=r.item.abspath if r.item.source else r.item.path, label="", p_male=np.nan, confidence=np.nan,
+                   duration_s=r.duration_s if r.duration_s is not None else np.nan, windows=r.n_windows,
+                   status="ok", error="", model_uri=model_uri, model_version=model_version)
+        if r.n_windows:
+            p = probs[start : start + r.n_windows]
+            start += r.n_windows
+            mean = float(p.mean())
+            row.update(label=label_of(mean, threshold), p_male=round(mean, 6), confidence=round(max(mean, 1 - mean), 6))
+            for off, pw in zip(r.windows.offsets_s, p):
+                segments.append(dict(path=row["path"], start_s=round(float(off), 3), end_s=round(float(off) + window_s, 3), p_male=round(float(pw), 6), label=label_of(pw, threshold)))
+        elif r.error == "no_speech":
+            row.update(status="no_speech", error=r.message)
+        else:
+            row.update(status="error", error=f"{r.error}: {r.message}")
+        rows.append(row)
+    return rows, segments
+
+
+def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a CSV under a temp name beside ``path`` and rename it into place: never a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            df.to_csv(f, index=False, float_format="%.6g")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
