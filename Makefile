@@ -38,13 +38,15 @@ train: setup
 score: setup
 	$(PY) -m jobs.score $(DIR) --out $(or $(OUT),report.csv) --jobs $(JOBS)
 
-# The MLflow UI on the embedded store (or MLFLOW_TRACKING_URI's server), on loopback.
+# The MLflow UI on the embedded store, on loopback: compare the grid's runs side by side.
 ui: setup
-	$(PY) -m jobs.tracking_ui ui --host $(HOST) --port $(PORT)
+	mkdir -p mlruns && .venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
 
-# A tracking server for a team: SQLite backend in mlruns/, artifacts served by the server.
+# A tracking server for a team: SQLite backend in mlruns/server.db, artifacts stored and served by the
+# server. Point the jobs at it with MLFLOW_TRACKING_URI=http://$(HOST):$(PORT).
 server: setup
-	$(PY) -m jobs.tracking_ui server --host $(HOST) --port $(PORT)
+	mkdir -p mlruns && .venv/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlruns/server.db \
+		--artifacts-destination $(CURDIR)/mlruns/server-artifacts --host $(HOST) --port $(PORT)
 
 bench: setup
 	$(PY) -m bench.run

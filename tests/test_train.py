@@ -99,7 +99,8 @@ def test_registered_model_round_trips_predictions(features, tmp_path):
     loaded = tracking.load("models:/voiceclf@champion")
     assert loaded.cfg == cfg and loaded.version == "1"
     with torch.no_grad():
-        np.testing.assert_allclose(loaded.module(torch.from_numpy(x[:50])).numpy(), model(torch.from_numpy(x[:50])).numpy(), rtol=1e-5, atol=1e-5)
+        batch = torch.from_numpy(np.array(x[:50]))
+        np.testing.assert_allclose(loaded.module(batch).numpy(), model(batch).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_champion_is_accurate_on_held_out_synthetic_speakers(champion):

@@ -1,0 +1,115 @@
+"""Airflow DAG `voiceclf`: featurize >> train >> score, running the project's own batch jobs.
+
+Each task runs the same entry point as `make` and cron do (`python -m jobs.featurize|train|score`) with the
+project's interpreter, `<VOICECLF_HOME>/.venv/bin/python`, in `<VOICECLF_HOME>`. So the Airflow worker needs
+the repo checked out and `make setup` run in it, but nothing of voiceclf installed into Airflow's own
+environment: this file imports only Airflow and the standard library.
+
+VOICECLF_HOME, in order: the Airflow Variable `voiceclf_home` (or env AIRFLOW_VAR_VOICECLF_HOME), the
+environment variable VOICECLF_HOME on the worker, else the repo this file sits in (jobs/airflow/ -> ../..).
+
+Works with Airflow 2.4+ (`schedule=`) and 3.x. `make airflow-check` loads it with a real Airflow.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from airflow import DAG
+
+try:  # Airflow 3, or Airflow 2 with apache-airflow-providers-standard: the operator's home now
+    from airflow.providers.standard.operators.bash import BashOperator
+except ImportError:  # Airflow 2.x without the standard provider (a deprecated alias in Airflow 3)
+    from airflow.operators.bash import BashOperator
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_HOME = os.environ.get("VOICECLF_HOME") or str(REPO_ROOT)
+# Rendered when the task runs, so changing the Variable needs no DAG edit or re-deploy.
+HOME = "{{ var.value.get('voiceclf_home', %r) }}" % DEFAULT_HOME
+# The run's date: `ds` (the logical date). An Airflow 3 run triggered through the API with no logical
+# date has no `ds`, so fall back to the day it was queued to run.
+SET_RUN_DATE = "{% set run_date = ds if ds is defined else dag_run.run_after.strftime('%Y-%m-%d') %}"
+
+DOC = """
+### voiceclf: featurize → train → score
+
+Batch classification of adult male vs female voices. Each task runs one of the project's jobs with
+`<VOICECLF_HOME>/.venv/bin/python` in `<VOICECLF_HOME>` (Variable `voiceclf_home`, else env `VOICECLF_HOME`,
+else the repo holding this DAG file), the same entry points as `make features|train|score`:
+
+| task | command |
+| --- | --- |
+| `featurize` | `python -m jobs.featurize <data_dir> --out <features_dir>` (incremental: known files are skipped) |
+| `train` | `python -m jobs.train --features <features_dir> --grid <grid_file>`; registers `models:/voiceclf@champion` |
+| `score` | `python -m jobs.score <recordings_dir> --out <report_path>`, `{ds}` in the path → the run's date |
+
+**Params** (change them in *Trigger DAG w/ config*): `data_dir` (labelled corpus folder or manifest.csv),
+`recordings_dir` (folder to label), `grid_file` (TOML grid), `features_dir` (Parquet shards),
+`report_path` (CSV report; relative paths are under VOICECLF_HOME). The defaults run on the synthetic
+data that `make demo` writes into `demo/`.
+
+**Exit codes.** A task fails on any non-zero exit of its job, and its log shows which:
+`1` failure (model not loadable, tracking store down, every grid point failed), `2` bad arguments or inputs
+(missing folder, unlabelled data, unwritable output), `3` another run holds the lock on the same output
+(`featurize` on `features_dir`, `score` on `report_path`), `130` interrupted (the task was killed; nothing
+partial kept under a final name). Exit `4` needs `--fail-on-error`, which these tasks do not pass: per-file
+errors are rows in `errors.csv` / the report, and the task succeeds. No job exits 99 (BashOperator's skip code).
+
+**Retries.** Each task is retried twice, 10 minutes apart. That is what handles overlap: a run that finds
+the lock held (exit 3, e.g. a cron job or a person running `make score` on the same report) fails, waits,
+and tries again once the other run is done. `max_active_runs=1` keeps two runs of this DAG from
+overlapping each other. Retrying exit 2 is harmless but will not help: fix the params and clear the task.
+
+**Schedule.** `schedule=None`: triggered by hand, by the API/CLI (`airflow dags trigger voiceclf`) or by
+another DAG. For a timetable set e.g. `schedule="0 3 * * 0"` (Sundays 03:00) in this file; `catchup=False`
+keeps Airflow from back-filling missed runs. With a cron schedule `{ds}` is the start of the data interval,
+i.e. the previous period's date, not the day the run happens.
+"""
+
+with DAG(
+    dag_id="voiceclf",
+    description="voiceclf batch jobs: featurize >> train >> score",
+    doc_md=DOC,
+    schedule=None,  # manual / externally triggered; e.g. "0 3 * * 0" for Sundays 03:00
+    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["voiceclf", "ml", "batch"],
+    default_args={
+        "owner": "voiceclf",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=10),
+    },
+    params={
+        "data_dir": "demo/corpus",
+        "recordings_dir": "demo/recordings",
+        "grid_file": "jobs/grid.toml",
+        "features_dir": "features",
+        "report_path": "reports/report-{ds}.csv",
+    },
+) as dag:
+    # The commands run in HOME with the project's interpreter; `exec` hands SIGTERM (task killed)
+    # straight to the job, which exits 130 leaving nothing partial under a final name.
+    featurize = BashOperator(
+        task_id="featurize",
+        cwd=HOME,
+        bash_command='exec .venv/bin/python -m jobs.featurize "{{ params.data_dir }}" --out "{{ params.features_dir }}"',
+    )
+    train = BashOperator(
+        task_id="train",
+        cwd=HOME,
+        bash_command='exec .venv/bin/python -m jobs.train --features "{{ params.features_dir }}" --grid "{{ params.grid_file }}"',
+    )
+    score = BashOperator(
+        task_id="score",
+        cwd=HOME,
+        bash_command=SET_RUN_DATE + """
+set -eu
+REPORT="{{ params.report_path | replace('{ds}', run_date) }}"
+mkdir -p "$(dirname "$REPORT")"
+exec .venv/bin/python -m jobs.score "{{ params.recordings_dir }}" --out "$REPORT"
+""",
+    )
+
+    featurize >> train >> score

@@ -1,0 +1,220 @@
+"""The scheduling examples: jobs/cron/voiceclf.crontab and jobs/airflow/voiceclf_dag.py.
+
+Fast and offline: the crontab is checked line by line, the DAG file is read with `ast` (Airflow is not
+installed here; `make airflow-check` loads the DAG with a real Airflow in its own venv).
+"""
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CRONTAB = REPO / "jobs" / "cron" / "voiceclf.crontab"
+DAG_FILE = REPO / "jobs" / "airflow" / "voiceclf_dag.py"
+
+# ----------------------------------------------------------------------------- crontab
+ENV_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\s*=")
+FIELD_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]  # minute hour day-of-month month day-of-week
+UNESCAPED_PERCENT = re.compile(r"(?<!\\)%")
+
+
+def cron_entries(text: str) -> list[tuple[list[str], str]]:
+    """(5 schedule fields, command) for every job line; comments, blank lines and VAR=value lines skipped."""
+    entries = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#") or ENV_LINE.match(line):
+            continue
+        parts = line.split(None, 5)
+        assert len(parts) == 6, f"line {n}: expected 5 schedule fields and a command: {raw!r}"
+        entries.append((parts[:5], parts[5]))
+    return entries
+
+
+def valid_field(field: str, lo: int, hi: int) -> bool:
+    for item in field.split(","):
+        m = re.fullmatch(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?", item)
+        if not m:
+            return False
+        if m.group(2) is not None:
+            a = int(m.group(2))
+            b = int(m.group(3)) if m.group(3) is not None else a
+            if not lo <= a <= b <= hi:
+                return False
+        if m.group(4) is not None and int(m.group(4)) < 1:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def entries() -> list[tuple[list[str], str]]:
+    return cron_entries(CRONTAB.read_text())
+
+
+def test_cron_entries_parser_rejects_malformed_lines():
+    assert cron_entries("# comment\n\nSHELL=/bin/sh\n0 1 * * * echo hi\n") == [(["0", "1", "*", "*", "*"], "echo hi")]
+    with pytest.raises(AssertionError):
+        cron_entries("0 1 * * echo-missing-a-field\n")
+    assert not valid_field("60", 0, 59) and not valid_field("5-2", 0, 23) and not valid_field("mon", 0, 7)
+    assert valid_field("*/15", 0, 59) and valid_field("1,3-5", 0, 7)
+
+
+def test_crontab_has_the_nightly_score_and_weekly_featurize_train(entries):
+    assert len(entries) >= 2
+    score = [(f, c) for f, c in entries if re.search(r"make -C \S+ score\b", c)]
+    weekly = [(f, c) for f, c in entries if re.search(r"make -C \S+ features\b", c)]
+    assert len(score) == 1 and len(weekly) == 1
+    (sf, sc), (wf, wc) = score[0], weekly[0]
+    assert sf[2:] == ["*", "*", "*"], "score runs every night"
+    assert wf[2:4] == ["*", "*"] and wf[4] != "*", "featurize + train run once a week"
+    # train only after a successful featurize, on the features it wrote
+    assert re.search(r"features DATA=/\S+ OUT=(/\S+) && make -C /\S+ train FEATURES=\1\b", wc), wc
+    assert "DIR=/" in sc and "$(date +\\%F)" in sc and re.search(r"OUT=/\S*report-\$\(date \+\\%F\)\.csv", sc), sc
+
+
+def test_crontab_lines_are_well_formed(entries):
+    for fields, cmd in entries:
+        for field, (lo, hi) in zip(fields, FIELD_RANGES):
+            assert valid_field(field, lo, hi), f"bad schedule field {field!r} in {fields}"
+        makes = re.findall(r"\bmake\b[^;&|]*", cmd)
+        assert makes, f"no make call: {cmd}"
+        for call in makes:
+            m = re.match(r"make -C (\S+) ", call)
+            assert m and m.group(1).startswith("/"), f"make must use -C with an absolute path: {call}"
+        assert re.search(r">> /\S+\.log 2>&1", cmd), f"stdout+stderr must be appended to a log file: {cmd}"
+        assert not UNESCAPED_PERCENT.search(cmd), f"unescaped % (cron would cut the command there): {cmd}"
+
+
+def test_commented_example_lines_escape_percent_too():
+    """The `--wait` alternative in the comments must work when someone uncomments it."""
+    examples = [line.lstrip("# ") for line in CRONTAB.read_text().splitlines()
+                if re.match(r"#\s+[\d*][\d*,/-]*\s+[\d*][\d*,/-]*\s+\S+\s+\S+\s+\S+\s+\S", line)]
+    assert examples, "expected a commented --wait example"
+    assert any("--wait" in e for e in examples)
+    for e in examples:
+        (fields, cmd), = cron_entries(e)
+        assert not UNESCAPED_PERCENT.search(cmd), e
+        assert re.search(r">> /\S+\.log 2>&1", cmd), e
+
+
+@pytest.mark.skipif(not shutil.which("sh"), reason="no /bin/sh")
+def test_crontab_commands_are_valid_sh(entries):
+    for _, cmd in entries:
+        as_run = cmd.replace("\\%", "%")  # what cron hands to /bin/sh
+        proc = subprocess.run(["sh", "-n", "-c", as_run], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{proc.stderr}\n{as_run}"
+
+
+# ----------------------------------------------------------------------------- Airflow DAG
+@pytest.fixture(scope="module")
+def dag_tree() -> ast.Module:
+    source = DAG_FILE.read_text()
+    compile(source, str(DAG_FILE), "exec")
+    return ast.parse(source)
+
+
+def calls_named(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name]
+
+
+def kwarg(call: ast.Call, name: str) -> ast.expr | None:
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def text_of(node: ast.AST, tree: ast.Module) -> str:
+    """All string constants under ``node``, module-level string names resolved: enough to check a command's text."""
+    consts = {}
+    for st in tree.body:
+        if isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name):
+            consts[st.targets[0].id] = st.value
+    out = []
+    for n in ast.walk(node):
+        if isinstance(n, ast.Constant) and isinstance(n.value, str):
+            out.append(n.value)
+        elif isinstance(n, ast.Name) and n.id in consts:
+            out.append(text_of(consts[n.id], tree))
+    return "".join(out)
+
+
+def test_dag_imports_only_airflow_and_the_standard_library(dag_tree):
+    modules = set()
+    for n in ast.walk(dag_tree):
+        if isinstance(n, ast.Import):
+            modules |= {a.name for a in n.names}
+        elif isinstance(n, ast.ImportFrom):
+            modules.add(n.module or "")
+    assert not {m for m in modules if m.split(".")[0] in ("voiceclf", "jobs")}, "Airflow workers may not have voiceclf installed"
+    assert {m.split(".")[0] for m in modules} <= {"__future__", "os", "datetime", "pathlib", "airflow"}, modules
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "airflow" and any(a.name == "DAG" for a in n.names) for n in ast.walk(dag_tree))
+    # BashOperator from both homes, one the fallback of the other (Airflow 2 and 3)
+    tries = [n for n in ast.walk(dag_tree) if isinstance(n, ast.Try)]
+    bash_homes = {n.module for t in tries for n in ast.walk(t) if isinstance(n, ast.ImportFrom) and any(a.name == "BashOperator" for a in n.names)}
+    assert bash_homes == {"airflow.operators.bash", "airflow.providers.standard.operators.bash"}
+
+
+def test_dag_definition(dag_tree):
+    (dag,) = calls_named(dag_tree, "DAG")
+    lit = lambda name: ast.literal_eval(kwarg(dag, name))  # noqa: E731
+    assert lit("dag_id") == "voiceclf"
+    assert lit("schedule") is None and lit("catchup") is False
+    assert kwarg(dag, "start_date") is not None and kwarg(dag, "doc_md") is not None
+    assert "voiceclf" in lit("tags")
+    assert set(lit("params")) == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path"}
+    default_args = kwarg(dag, "default_args")
+    keys = [k.value for k in default_args.keys]
+    assert ast.literal_eval(default_args.values[keys.index("retries")]) == 2 and "retry_delay" in keys
+    doc = text_of(kwarg(dag, "doc_md"), dag_tree)
+    assert "exit" in doc.lower() and "`3`" in doc and "retr" in doc.lower()
+
+
+def test_dag_tasks_in_order_and_chained(dag_tree):
+    ops = calls_named(dag_tree, "BashOperator")
+    ids = [ast.literal_eval(kwarg(op, "task_id")) for op in sorted(ops, key=lambda c: c.lineno)]
+    assert ids == ["featurize", "train", "score"]
+    chains = []
+    for st in ast.walk(dag_tree):
+        if isinstance(st, ast.Expr) and isinstance(st.value, ast.BinOp) and isinstance(st.value.op, ast.RShift):
+            names, node = [], st.value
+            while isinstance(node, ast.BinOp) and isinstance(node.op, ast.RShift):
+                names.insert(0, node.right.id)
+                node = node.left
+            chains.append([node.id, *names])
+    assert chains == [["featurize", "train", "score"]]
+
+
+def test_dag_commands_call_the_project_entry_points(dag_tree):
+    source = DAG_FILE.read_text()
+    assert "VOICECLF_HOME" in source and "voiceclf_home" in source and "parents[2]" in source
+    used = set()
+    for op in calls_named(dag_tree, "BashOperator"):
+        task = ast.literal_eval(kwarg(op, "task_id"))
+        assert kwarg(op, "cwd") is not None, f"{task}: runs in the repo root"
+        cmd = text_of(kwarg(op, "bash_command"), dag_tree)
+        assert f".venv/bin/python -m jobs.{task} " in cmd, cmd
+        used |= set(re.findall(r"params\.(\w+)", cmd))
+        if task == "score":
+            assert "ds" in cmd and "report_path" in cmd
+    assert used == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path"}
+
+
+def test_dag_templates_render(dag_tree):
+    """Render the commands with plain Jinja as Airflow would, with and without a logical date (`ds`)."""
+    jinja2 = pytest.importorskip("jinja2")
+    from datetime import datetime
+
+    (dag,) = calls_named(dag_tree, "DAG")
+    params = ast.literal_eval(kwarg(dag, "params"))
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    run = type("DagRun", (), {"run_after": datetime(2025, 1, 3)})()
+    ops = {ast.literal_eval(kwarg(op, "task_id")): op for op in calls_named(dag_tree, "BashOperator")}
+    score_cmd = text_of(kwarg(ops["score"], "bash_command"), dag_tree)
+    for ctx, day in (({"ds": "2025-01-02"}, "2025-01-02"), ({}, "2025-01-03")):
+        out = env.from_string(score_cmd).render(params=params, dag_run=run, **ctx)
+        assert f'REPORT="reports/report-{day}.csv"' in out, out
+    featurize = env.from_string(text_of(kwarg(ops["featurize"], "bash_command"), dag_tree)).render(params=params)
+    assert f'jobs.featurize "{params["data_dir"]}" --out "{params["features_dir"]}"' in featurize

@@ -1,0 +1,110 @@
+"""The score job: one row per file whatever the input, accuracy on unseen speakers, clear failures."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from conftest import REPO, plant_bad_files, run_job
+from voiceclf import synth
+from voiceclf.score import REPORT_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    """Unseen synthetic speakers plus everything a real inbox holds; returns (folder, path → expected)."""
+    root = tmp_path_factory.mktemp("recordings")
+    df = synth.make_corpus(root, speakers=8, clips=6, seed=11, first_speaker=71)
+    (root / "audioMNIST_meta.txt").unlink()
+    expected = {str(root / p): ("ok", lab) for p, lab in zip(df["path"], df["label"])}
+    bad = root / "inbox"
+    for name, code in plant_bad_files(bad).items():
+        expected[str(bad / name)] = ("no_speech" if code == "no_speech" else "error", code)
+    rng = np.random.default_rng(5)
+    long = synth.synth_recording("female", rng, duration_s=30.0)
+    sf.write(root / "inbox" / "meeting_30s.wav", long, 16000, subtype="PCM_16")
+    expected[str(root / "inbox" / "meeting_30s.wav")] = ("ok", "female")
+    male = synth.synth_recording("male", np.random.default_rng(6), duration_s=3.0)
+    stereo48k = np.stack([male, 0.8 * male], axis=1)
+    import librosa
+
+    stereo48k = librosa.resample(stereo48k.T, orig_sr=16000, target_sr=48000).T
+    sf.write(root / "inbox" / "phone call.flac", stereo48k, 48000, format="FLAC")
+    expected[str(root / "inbox" / "phone call.flac")] = ("ok", "male")
+    (root / "inbox" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    expected[str(root / "inbox" / ".DS_Store")] = ("error", "hidden")
+    return root, expected
+
+
+def test_score_end_to_end(champion, recordings, tmp_path):
+    root, expected = recordings
+    out, seg = tmp_path / "report.csv", tmp_path / "segments.csv"
+    proc = run_job("score", root, "--out", out, "--segments", seg, env={"MLFLOW_TRACKING_URI": champion})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = pd.read_csv(out, keep_default_na=False)
+    assert list(report.columns) == REPORT_COLUMNS
+    assert sorted(report["path"]) == list(report["path"]) == sorted(expected)  # one row per file, sorted
+    by_path = report.set_index("path")
+    for path, (status, what) in expected.items():
+        row = by_path.loc[path]
+        assert row["status"] == status, (path, row.to_dict())
+        if status == "error":
+            assert row["error"].startswith(what), (path, row["error"])
+    assert (report["model_uri"] == "models:/voiceclf@champion").all() and (report["model_version"].astype(str) == "1").all()
+    ok = report[report["status"] == "ok"]
+    truth = ok["path"].map(lambda p: expected[p][1])
+    assert (ok["label"] == truth).mean() >= 0.9
+    p = ok["p_male"].astype(float)
+    assert ((p >= 0) & (p <= 1)).all() and np.allclose(ok["confidence"].astype(float), np.maximum(p, 1 - p), atol=1e-6)
+    long = by_path.loc[str(root / "inbox" / "meeting_30s.wav")]
+    assert int(long["windows"]) >= 20 and abs(float(long["duration_s"]) - 30.0) < 0.1
+    assert abs(float(by_path.loc[str(root / "inbox" / "phone call.flac")]["duration_s"]) - 3.0) < 0.05
+    segments = pd.read_csv(seg)
+    per_file = segments.groupby("path").size()
+    assert per_file.to_dict() == {p: int(n) for p, n in zip(ok["path"], ok["windows"])}
+    assert (segments["end_s"] - segments["start_s"]).round(3).eq(1.0).all()
+
+
+def test_no_champion_gives_the_documented_error(recordings, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    proc = run_job("score", recordings[0], "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 1
+    assert f"no model registered as voiceclf@champion in {uri}" in proc.stderr and "make train" in proc.stderr
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_bad_invocations_exit_2(champion, recordings, tmp_path):
+    env = {"MLFLOW_TRACKING_URI": champion}
+    missing = run_job("score", tmp_path / "nope", "--out", tmp_path / "r.csv", env=env)
+    assert missing.returncode == 2 and "no such directory" in missing.stderr
+    unwritable = run_job("score", recordings[0], "--out", tmp_path / "no" / "dir" / "r.csv", env=env)
+    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr
+
+
+def test_interrupted_run_leaves_no_partial_report(champion, tmp_path):
+    """SIGTERM mid-batch: exit 130, no report and no temp file left; a rerun completes."""
+    src = tmp_path / "many"
+    synth.make_corpus(src, speakers=4, clips=2, seed=2)
+    long = synth.synth_recording("male", np.random.default_rng(1), duration_s=60.0)
+    for i in range(12):
+        sf.write(src / f"long_{i:02d}.wav", long, 16000, subtype="PCM_16")
+    out = tmp_path / "report.csv"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": champion}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.score", str(src), "--out", str(out), "--jobs", "1"], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    for line in proc.stderr:  # wait until scoring is under way
+        if "files to do" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert "interrupted" in rest
+    assert not out.exists() and not list(tmp_path.glob(".report.csv.*.tmp"))
+    done = run_job("score", src, "--out", out, env={"MLFLOW_TRACKING_URI": champion})
+    assert done.returncode == 0 and len(pd.read_csv(out)) == len(list(src.rglob("*.*")))
