@@ -1,0 +1,147 @@
+"""Operations: a real tracking server end to end, a real Dask cluster, locks, signals."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, run_job
+from voiceclf import shards, synth, tracking
+
+
+def start(job: str, *args, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", f"jobs.{job}", *map(str, args)], cwd=REPO, env={**os.environ, **(env or {})},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(proc: subprocess.Popen, text: str) -> None:
+    for line in proc.stderr:
+        if text in line:
+            return
+    raise AssertionError(f"process ended before printing {text!r}")
+
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory):
+    """Few speakers with long recordings: slow enough per file to interrupt or overlap a run."""
+    root = tmp_path_factory.mktemp("long")
+    synth.make_corpus(root, speakers=4, clips=2, seed=4)
+    for spk in ("01", "02", "03", "04"):
+        gender = synth.speaker_gender(int(spk))
+        y = synth.synth_recording(gender, np.random.default_rng(int(spk)), duration_s=45.0)
+        for i in range(4):
+            sf.write(root / spk / f"9_{spk}_{i + 10}.wav", np.roll(y, i * 8000), 16000, subtype="PCM_16")
+    return root
+
+
+# ----------------------------------------------------------------------------- locks and signals
+def test_overlapping_runs_on_one_output_exit_3_or_wait(long_corpus, tmp_path):
+    out = tmp_path / "out"
+    first = start("featurize", long_corpus, "--out", out, "--jobs", "1")
+    wait_for(first, "to do")
+    second = run_job("featurize", long_corpus, "--out", out, "--jobs", "1")
+    assert second.returncode == 3 and "locked" in second.stderr
+    waiting = start("featurize", long_corpus, "--out", out, "--jobs", "1", "--wait")
+    assert first.wait(timeout=300) == 0
+    rest = waiting.stderr.read()
+    assert waiting.wait(timeout=120) == 0 and "nothing new" in rest  # it queued, then found the work done
+
+
+def test_sigterm_during_featurize_keeps_only_whole_shards_and_a_rerun_resumes(long_corpus, tmp_path):
+    out = tmp_path / "out"
+    proc = start("featurize", long_corpus, "--out", out, "--jobs", "1", "--shard-rows", "30")
+    deadline = time.time() + 120
+    while not shards.part_paths(out) and time.time() < deadline:  # interrupt after the first shard
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    partial = shards.read(out, with_features=False)[0]
+    total = len(list(long_corpus.rglob("*.wav")))
+    assert 0 < partial["path"].nunique() < total
+    resumed = run_job("featurize", long_corpus, "--out", out, "--jobs", "1", "--shard-rows", "30", check=True)
+    assert f"{partial['path'].nunique()} already in" in resumed.stderr
+    rows = shards.read(out, with_features=False)[0]
+    assert rows["path"].nunique() == total and not rows.duplicated(["path", "window"]).any()
+
+
+# ----------------------------------------------------------------------------- tracking server
+def test_featurize_train_score_against_a_tracking_server(features, corpus, mlflow_server, tmp_path):
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
+    run_job("train", "--features", features, "--lr", "1e-3", "--epochs", "6", env=env, check=True)
+    out = tmp_path / "report.csv"
+    run_job("score", corpus / "02", "--out", out, env=env, check=True)
+    report = pd.read_csv(out)
+    assert (report["status"] == "ok").all() and (report["label"] == "male").mean() >= 0.9
+    tracking.connect(mlflow_server.url)
+    mv = MlflowClient().get_model_version_by_alias("voiceclf", "champion")
+    assert str(mv.version) == str(report["model_version"].iloc[0])
+
+
+def test_a_server_that_dies_mid_run_fails_clearly_and_a_rerun_completes(features, mlflow_server, tmp_path):
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
+    proc = start("train", "--features", features, "--lr", "1e-3", "--epochs", "6", "--jobs", "1", env=env)
+    wait_for(proc, "grid points to do")
+    os.killpg(mlflow_server.proc.pid, signal.SIGKILL)
+    mlflow_server.proc.wait()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=180) == 1, err
+    assert mlflow_server.url in err and "Traceback" not in err
+    # the server comes back on the same port and database: the rerun completes and registers a champion
+    server = subprocess.Popen(mlflow_server.proc.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    mlflow_server.proc = server
+    deadline = time.time() + 120
+    while True:
+        try:
+            tracking.connect(mlflow_server.url)
+            break
+        except tracking.TrackingError:
+            assert time.time() < deadline
+            time.sleep(0.5)
+    run_job("train", "--features", features, "--lr", "1e-3", "--epochs", "2", "--jobs", "1", env=env, check=True)
+    assert MlflowClient().get_model_version_by_alias("voiceclf", "champion") is not None
+
+
+# ----------------------------------------------------------------------------- Dask
+@pytest.fixture(scope="module")
+def dask_cluster():
+    distributed = pytest.importorskip("distributed")  # the 'dask' extra; make setup installs it
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+    yield cluster.scheduler_address
+    cluster.close()
+
+
+def test_dask_backend_gives_the_same_shards_and_report_as_loky(dask_cluster, corpus, features, champion, tmp_path):
+    out = tmp_path / "dask-features"
+    run_job("featurize", corpus, "--out", out, "--backend", "dask", "--scheduler", dask_cluster, check=True)
+    local, remote = pq.read_table(shards.part_paths(features)), pq.read_table(shards.part_paths(out))
+    assert local.schema == remote.schema
+    for name in local.column_names:
+        assert local.column(name).equals(remote.column(name)), name
+    assert (out / "errors.csv").read_text() == (features / "errors.csv").read_text()
+
+    env = {"MLFLOW_TRACKING_URI": champion}
+    run_job("score", corpus / "05", "--out", tmp_path / "loky.csv", env=env, check=True)
+    run_job("score", corpus / "05", "--out", tmp_path / "dask.csv", "--backend", "dask", "--scheduler", dask_cluster, env=env, check=True)
+    assert (tmp_path / "loky.csv").read_text() == (tmp_path / "dask.csv").read_text()
+
+
+def test_dask_backend_trains_the_grid_like_loky(dask_cluster, features, tmp_path):
+    metrics = {}
+    for backend in ("loky", "dask"):
+        uri = f"sqlite:///{tmp_path / backend}.db"
+        extra = ["--scheduler", dask_cluster] if backend == "dask" else []
+        run_job("train", "--features", features, "--lr", "1e-3,3e-4", "--epochs", "1", "--jobs", "2", "--no-register", "--backend", backend, *extra,
+                env={"MLFLOW_TRACKING_URI": uri}, check=True)
+        tracking.connect(uri)
+        client = MlflowClient()
+        runs = client.search_runs([client.get_experiment_by_name("voiceclf").experiment_id])
+        metrics[backend] = sorted((r.data.params["lr"], r.data.metrics["val_loss"]) for r in runs if "mlflow.parentRunId" in r.data.tags)
+    assert len(metrics["loky"]) == 2 and metrics["loky"] == metrics["dask"]
