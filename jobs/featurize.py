@@ -29,6 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=-1, help="parallel workers (-1 = all cores; default %(default)s)")
     p.add_argument("--feature-set", choices=FEATURE_SETS, default=FeatureConfig.feature_set, help="third channel: pitch bands or delta-deltas (default %(default)s)")
     p.add_argument("--shard-rows", type=int, default=2048, help="windows per shard, bounds memory (default %(default)s)")
+    p.add_argument("--augment", type=int, default=0, metavar="K", help="add K augmented variants of every labelled file "
+                   "(gain, noise at 5-30 dB SNR, EQ, telephone band, reverb; never pitch or speed) for training (default %(default)s)")
     p.add_argument("--allow-unlabelled", action="store_true", help="accept a plain folder of audio with no labels")
     p.add_argument("--fail-on-error", action="store_true", help="exit 4 when any file could not be featurized")
     p.add_argument("--backend", choices=parallel.BACKENDS, default="loky", help="joblib backend (default %(default)s)")
@@ -36,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wait", action="store_true", help="if another run holds OUT, wait for it instead of exiting 3")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.augment < 0:
+        p.error("--augment must be >= 0")
     if args.shard_rows < 1:
         p.error("--shard-rows must be >= 1")
     if args.jobs == 0:
@@ -88,11 +92,12 @@ def run(args: argparse.Namespace) -> int:
         windows = 0
         try:
             with parallel.engine(args.backend, args.scheduler), _cli.Reporter("featurize", len(todo)) as rep:
-                for results in parallel.imap(batch.featurize_batch, batch.batches(todo, args.jobs), n_jobs=args.jobs, cfg=cfg):
+                for results in parallel.imap(batch.featurize_batch, batch.batches(todo, args.jobs), n_jobs=args.jobs, cfg=cfg, augment=args.augment):
                     for r in results:
                         writer.add(r)
                         windows += r.n_windows
-                    rep.advance(len(results), errors=sum(r.error is not None for r in results))
+                    originals = [r for r in results if r.item.augment == 0]
+                    rep.advance(len(originals), errors=sum(r.error is not None for r in originals))
         except parallel.EngineError as e:
             raise JobError(str(e), _cli.USAGE) from None
         finally:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from voiceclf import audio, features
+from voiceclf import augment as voiceclf_augment
 from voiceclf.config import FeatureConfig
 
 
@@ -26,6 +28,7 @@ class Item:
     speaker: str | None = None
     label: str | None = None
     sha256: str | None = None  # filled in by the worker when not known yet
+    augment: int = 0  # 0: the recording itself; k > 0: its k-th augmented variant (training data only)
 
     @property
     def abspath(self) -> str:
@@ -40,7 +43,6 @@ class Result:
     duration_s: float | None = None
     error: str | None = None  # machine-readable code: corrupt, empty, not_audio, too_long, no_speech, ...
     message: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_windows(self) -> int:
@@ -55,35 +57,52 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def featurize_file(item: Item, cfg: FeatureConfig) -> Result:
-    """Decode one file and cut its windows; every failure becomes an error result."""
+def featurize_file(item: Item, cfg: FeatureConfig, augment: int = 0) -> list[Result]:
+    """Decode one file and cut its windows: one result, plus ``augment`` variants of a labelled file.
+
+    Every failure becomes an error result; variants are only made of a file that gave windows.
+    """
+    result, samples = _featurize_one(item, cfg)
+    if augment <= 0 or result.error or item.label is None:
+        return [result]
+    out = [result]
+    seed = int(item.sha256[:16], 16)
+    for k, y in enumerate(voiceclf_augment.variants(samples, cfg, augment, seed), start=1):
+        wins = features.extract(y, cfg)
+        if len(wins):  # a variant drowned in noise adds nothing; the original still stands for the file
+            out.append(Result(dataclasses.replace(item, augment=k), windows=wins, source_sample_rate=result.source_sample_rate, duration_s=result.duration_s))
+    return out
+
+
+def _featurize_one(item: Item, cfg: FeatureConfig) -> tuple[Result, np.ndarray | None]:
+    """The file's result and its cleaned waveform (None when it could not be decoded)."""
     try:
         with open(item.abspath, "rb") as f:
             data = f.read()
     except OSError as e:
-        return Result(item, error="unreadable", message=f"{item.abspath}: {e.strerror or e}")
+        return Result(item, error="unreadable", message=f"{item.abspath}: {e.strerror or e}"), None
     item.sha256 = item.sha256 or hashlib.sha256(data).hexdigest()
     try:
         decoded = audio.load(item.abspath, cfg, data=data)
     except audio.AudioError as e:
-        return Result(item, error=e.code, message=str(e))
+        return Result(item, error=e.code, message=str(e)), None
     except Exception as e:  # a decoder bug must not stop the batch either; keep the cause
-        return Result(item, error="decode_failed", message=f"{item.abspath}: {type(e).__name__}: {e}")
+        return Result(item, error="decode_failed", message=f"{item.abspath}: {type(e).__name__}: {e}"), None
     wins = features.extract(decoded.samples, cfg)
     result = Result(item, windows=wins, source_sample_rate=decoded.source_sample_rate, duration_s=decoded.duration_s)
     if len(wins) == 0:
         result.error, result.message = "no_speech", f"{item.abspath}: no voiced region found (silent or too quiet)"
-    return result
+    return result, decoded.samples
 
 
-def featurize_batch(items: list[Item], cfg: FeatureConfig) -> list[Result]:
-    """Worker entry point: one result per item, in order.
+def featurize_batch(items: list[Item], cfg: FeatureConfig, augment: int = 0) -> list[Result]:
+    """Worker entry point: the results of every item, in order (variants follow their original).
 
     BLAS runs single-threaded here: parallelism comes from the worker processes, and a fixed
     thread count keeps sums in one order, so features are bit-identical for any --jobs or backend.
     """
     with threadpool_limits(limits=1):
-        return [featurize_file(it, cfg) for it in items]
+        return [r for it in items for r in featurize_file(it, cfg, augment)]
 
 
 def batches(items: list, n_jobs: int, max_size: int = 32) -> list[list]:

@@ -44,6 +44,7 @@ def schema(cfg: FeatureConfig) -> pa.Schema:
             ("offset_s", pa.float32()),
             ("duration_s", pa.float32()),
             ("source_sample_rate", pa.int32()),
+            ("augment", pa.int8()),  # 0: the recording; k > 0: its k-th augmented variant (featurize --augment)
             ("features", pa.list_(pa.float32(), size)),
         ],
         metadata={CONFIG_KEY: cfg.to_json().encode()},
@@ -111,6 +112,7 @@ class ShardWriter:
             "offset_s": np.concatenate([r.windows.offsets_s for r in results]),
             "duration_s": np.concatenate([r.windows.speech_s for r in results]),
             "source_sample_rate": np.repeat([r.source_sample_rate for r in results], counts).astype(np.int32),
+            "augment": np.repeat([r.item.augment for r in results], counts).astype(np.int8),
         }
         arrays = [pa.array(columns[f.name], type=f.type) for f in self.schema if f.name != "features"]
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel(), pa.float32()), feats.shape[1]))

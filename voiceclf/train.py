@@ -34,12 +34,15 @@ class Data:
 
     x : (N, 3, 98, 12) float32 windows.  y : (N,) int64, 0 female / 1 male.
     speaker : (N,) speaker ids.  file : (N,) one id per source file (windows are pooled per file when scoring).
+    augment : (N,) 0 for a recording's own windows, k > 0 for its k-th augmented variant
+        (training only: validation and test see real recordings).
     """
 
     x: np.ndarray
     y: np.ndarray
     speaker: np.ndarray
     file: np.ndarray
+    augment: np.ndarray
     cfg: FeatureConfig
     speaker_level: bool = True  # False: no speaker ids, the split falls back to files (optimistic)
 
@@ -55,10 +58,10 @@ class Data:
         speaker_level = rows["speaker"].notna().all()
         speaker = (rows["source"] + "/" + rows["speaker"]).to_numpy() if speaker_level else file
         y = rows["label"].map({lab: i for i, lab in enumerate(LABELS)}).to_numpy(np.int64)
-        return cls(x, y, speaker, file, cfg, bool(speaker_level))
+        return cls(x, y, speaker, file, rows["augment"].to_numpy(np.int8), cfg, bool(speaker_level))
 
     def subset(self, mask: np.ndarray) -> "Data":
-        return Data(self.x[mask], self.y[mask], self.speaker[mask], self.file[mask], self.cfg, self.speaker_level)
+        return Data(self.x[mask], self.y[mask], self.speaker[mask], self.file[mask], self.augment[mask], self.cfg, self.speaker_level)
 
     def fingerprint(self) -> str:
         """A short hash of which windows (files, labels) and config this data is."""
@@ -182,7 +185,8 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
             torch.set_num_threads(threads)
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        parts = {s: data.subset(np.isin(data.speaker, split[s])) for s in SPLITS}
+        real = data.augment == 0
+        parts = {s: data.subset(np.isin(data.speaker, split[s]) & (real | (s == "train"))) for s in SPLITS}
         tr, va = parts["train"], parts["val"]
         x_tr, y_tr = torch.from_numpy(tr.x), torch.from_numpy(tr.y)
         model = GenderCNN(*data.cfg.shape[1:]).fit_standardisation(x_tr)
