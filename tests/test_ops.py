@@ -74,12 +74,16 @@ def test_sigterm_during_featurize_keeps_only_whole_shards_and_a_rerun_resumes(lo
 
 # ----------------------------------------------------------------------------- tracking server
 def test_featurize_train_score_against_a_tracking_server(features, corpus, mlflow_server, tmp_path):
+    """The whole flow with MLFLOW_TRACKING_URI=http://…: runs, artifacts served by the server, champion, report."""
+    from test_train import check_grid_runs
+
     env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
-    run_job("train", "--features", features, "--lr", "1e-3", "--epochs", "6", env=env, check=True)
+    run_job("train", "--features", features, "--lr", "1e-3,3e-4", "--epochs", "6", env=env, check=True)
+    check_grid_runs(mlflow_server.url, n_points=2, epochs=6)
     out = tmp_path / "report.csv"
     run_job("score", corpus / "02", "--out", out, env=env, check=True)
     report = pd.read_csv(out)
-    assert (report["status"] == "ok").all() and (report["label"] == "male").mean() >= 0.9
+    assert (report["status"] == "ok").all() and (report["label"] == "male").mean() >= 0.9  # speaker 02 is male
     tracking.connect(mlflow_server.url)
     mv = MlflowClient().get_model_version_by_alias("voiceclf", "champion")
     assert str(mv.version) == str(report["model_version"].iloc[0])
@@ -95,7 +99,7 @@ def test_a_server_that_dies_mid_run_fails_clearly_and_a_rerun_completes(features
     assert proc.wait(timeout=180) == 1, err
     assert mlflow_server.url in err and "Traceback" not in err
     # the server comes back on the same port and database: the rerun completes and registers a champion
-    server = subprocess.Popen(mlflow_server.proc.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(mlflow_server.proc.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=mlflow_server.env)
     mlflow_server.proc = server
     deadline = time.time() + 120
     while True:

@@ -71,14 +71,6 @@ def test_train_end_to_end_sqlite(features, tmp_path):
     assert (tmp_path / "artifacts").is_dir()  # artifacts live beside the database, whatever the cwd
 
 
-def test_train_against_a_real_mlflow_server(features, mlflow_server):
-    proc = run_job("train", "--features", features, "--lr", "1e-3,3e-4", "--epochs", "2", env={"MLFLOW_TRACKING_URI": mlflow_server.url})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    check_grid_runs(mlflow_server.url, n_points=2, epochs=2)
-    model = tracking.load()
-    assert model.version == "1" and model.cfg.feature_set == "mfcc_pitch"
-
-
 def test_registered_model_round_trips_predictions(features, tmp_path):
     """models:/voiceclf@champion loads back (pt2, no pickled code) to the same predictions as the trained module."""
     from voiceclf.model import GenderCNN
