@@ -8,6 +8,7 @@ OUT ?=
 FEATURES ?= features
 DIR ?= $(error set DIR=<folder of recordings>)
 JOBS ?= -1
+AUGMENT ?= 0
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
@@ -30,7 +31,7 @@ demo: setup
 	$(PY) -m jobs.demo
 
 features: setup
-	$(PY) -m jobs.featurize $(DATA) --out $(or $(OUT),features) --jobs $(JOBS)
+	$(PY) -m jobs.featurize $(DATA) --out $(or $(OUT),features) --jobs $(JOBS) --augment $(AUGMENT)
 
 train: setup
 	$(PY) -m jobs.train --features $(FEATURES) --jobs $(JOBS)

@@ -103,3 +103,15 @@ def test_fit_standardisation_sets_per_channel_coefficient_stats():
     m = GenderCNN().fit_standardisation(x)
     assert m.mean.shape == (3, 1, 12)
     assert np.allclose(m.mean.numpy(), 5.0, atol=0.1) and np.allclose(m.std.numpy(), 3.0, atol=0.1)
+
+
+def test_voiced_intervals_match_librosa_split():
+    """The numpy voice-activity rule is librosa.effects.split's, without its numba start-up cost."""
+    import librosa
+
+    cfg = FeatureConfig()
+    rng = np.random.default_rng(3)
+    for seed in range(5):
+        y = np.concatenate([voice(rng.uniform(0.2, 1.5), f0=rng.uniform(90, 250), lead_s=rng.uniform(0, 0.5), tail_s=0.2, seed=seed) for _ in range(3)])
+        ref = librosa.effects.split(y, top_db=cfg.top_db, frame_length=cfg.n_fft * 2, hop_length=cfg.hop_length)
+        np.testing.assert_array_equal(features.voiced_intervals(y, cfg), ref)

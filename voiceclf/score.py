@@ -33,7 +33,7 @@ def score_results(results: list[Result], model, *, threshold: float, model_uri: 
     probs = p_male(model, np.concatenate([r.windows.features for r in with_windows])) if with_windows else np.zeros(0)
     rows, segments, start = [], [], 0
     for r in results:
-        row = dict(path=r.item.abspath if r.item.source else r.item.path, label="", p_male=np.nan, confidence=np.nan,
+        row = dict(path=r.item.abspath, label="", p_male=np.nan, confidence=np.nan,
                    duration_s=r.duration_s if r.duration_s is not None else np.nan, windows=r.n_windows,
                    status="ok", error="", model_uri=model_uri, model_version=model_version)
         if r.n_windows:
