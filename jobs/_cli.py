@@ -42,12 +42,14 @@ def interactive() -> bool:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        stream=sys.stderr,
-    )
+    """Timestamped plain lines for cron and Airflow logs; on a terminal, rich lines that print above the progress bars."""
+    level = logging.DEBUG if verbose else logging.INFO
+    if interactive():
+        from rich.logging import RichHandler
+
+        logging.basicConfig(level=level, format="%(message)s", datefmt="%X", handlers=[RichHandler(console=console, show_path=False)])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
     for noisy in ("mlflow", "alembic", "urllib3", "distributed", "numba", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -97,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
                         writer.add(r)
                         windows += r.n_windows
                     originals = [r for r in results if r.item.augment == 0]
+                    for r in originals:
+                        if r.error:
+                            log.warning("%s: %s", r.error, r.message)
                     rep.advance(len(originals), errors=sum(r.error is not None for r in originals))
         except parallel.EngineError as e:
             raise JobError(str(e), _cli.USAGE) from None

@@ -89,12 +89,16 @@ def run(args: argparse.Namespace) -> int:
     rows, segments, first_scored = [], [], None
     with _cli.output_lock(args.out, wait=args.wait):
         score = lambda results: score_results(results, model.module, threshold=args.threshold, model_uri=model.uri, model_version=model.version, window_s=cfg.window_s)  # noqa: E731
-        r, s = score(hidden)
-        rows += r
+        rows += score(hidden)[0]
+        for res in hidden:
+            log.warning("hidden: %s", res.message)
         with parallel.engine(args.backend, args.scheduler), _cli.Reporter("score", len(items) + len(hidden)) as rep:
             rep.advance(len(hidden), errors=len(hidden))
             for results in parallel.imap(batch.featurize_batch, batch.batches(items, args.jobs), n_jobs=args.jobs, cfg=cfg):
                 r, s = score(results)
+                for row in r:
+                    if row["status"] != "ok":
+                        log.warning("%s: %s", row["status"], row["error"])
                 rows += r
                 segments += s
                 first_scored = first_scored or time.perf_counter() - t_start
