@@ -8,7 +8,7 @@ OUT ?=
 FEATURES ?= features
 DIR ?= $(error set DIR=<folder of recordings>)
 JOBS ?= -1
-AUGMENT ?= 0
+AUGMENT ?= 2
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
