@@ -8,7 +8,6 @@ OUT ?=
 FEATURES ?= features
 DIR ?= $(error set DIR=<folder of recordings>)
 JOBS ?= -1
-AUGMENT ?= 2
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
@@ -31,7 +30,7 @@ demo: setup
 	$(PY) -m jobs.demo
 
 features: setup
-	$(PY) -m jobs.featurize $(DATA) --out $(or $(OUT),features) --jobs $(JOBS) --augment $(AUGMENT)
+	$(PY) -m jobs.featurize $(DATA) --out $(or $(OUT),features) --jobs $(JOBS)$(if $(AUGMENT), --augment $(AUGMENT))
 
 train: setup
 	$(PY) -m jobs.train --features $(FEATURES) --jobs $(JOBS)

@@ -29,8 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=-1, help="parallel workers (-1 = all cores; default %(default)s)")
     p.add_argument("--feature-set", choices=FEATURE_SETS, default=FeatureConfig.feature_set, help="third channel: pitch bands or delta-deltas (default %(default)s)")
     p.add_argument("--shard-rows", type=int, default=2048, help="windows per shard, bounds memory (default %(default)s)")
-    p.add_argument("--augment", type=int, default=0, metavar="K", help="add K augmented variants of every labelled file "
-                   "(gain, noise at 5-30 dB SNR, EQ, telephone band, reverb; never pitch or speed) for training (default %(default)s)")
+    p.add_argument("--augment", type=int, default=2, metavar="K", help="add K augmented variants of every labelled file "
+                   "(gain, noise at 5-30 dB SNR, EQ, telephone band, reverb; never pitch or speed), used for training only; "
+                   "0 turns it off (default %(default)s: the best setting in `make bench`)")
     p.add_argument("--allow-unlabelled", action="store_true", help="accept a plain folder of audio with no labels")
     p.add_argument("--fail-on-error", action="store_true", help="exit 4 when any file could not be featurized")
     p.add_argument("--backend", choices=parallel.BACKENDS, default="loky", help="joblib backend (default %(default)s)")

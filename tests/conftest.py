@@ -62,7 +62,7 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def features(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("features")
-    run_job("featurize", corpus, "--out", out, "--jobs", "2", check=True)
+    run_job("featurize", "--augment", "0", corpus, "--out", out, "--jobs", "2", check=True)
     return out
 
 

@@ -40,7 +40,7 @@ def test_every_input_file_is_accounted_for(corpus, features):
 def test_rerun_adds_nothing(corpus, features):
     before = {p.name: p.stat().st_mtime_ns for p in shards.part_paths(features)}
     errors_before = (features / "errors.csv").read_text()
-    proc = run_job("featurize", corpus, "--out", features, "--jobs", "2", check=True)
+    proc = run_job("featurize", "--augment", "0", corpus, "--out", features, "--jobs", "2", check=True)
     assert "nothing new" in proc.stderr
     assert {p.name: p.stat().st_mtime_ns for p in shards.part_paths(features)} == before
     assert (features / "errors.csv").read_text() == errors_before
@@ -48,7 +48,7 @@ def test_rerun_adds_nothing(corpus, features):
 
 def test_jobs_1_and_2_give_identical_shards(corpus, features, tmp_path):
     out = tmp_path / "one"
-    run_job("featurize", corpus, "--out", out, "--jobs", "1", check=True)
+    run_job("featurize", "--augment", "0", corpus, "--out", out, "--jobs", "1", check=True)
     a = pq.read_table(shards.part_paths(features))
     b = pq.read_table(shards.part_paths(out))
     assert a.schema == b.schema and a.num_rows == b.num_rows
@@ -63,7 +63,7 @@ def test_small_shards_and_incremental_new_files(corpus, tmp_path):
     src = tmp_path / "src"
     synth.make_corpus(src, speakers=2, clips=6, seed=3)
     out = tmp_path / "out"
-    run_job("featurize", src, "--out", out, "--shard-rows", "4", "--jobs", "1", check=True)
+    run_job("featurize", "--augment", "0", src, "--out", out, "--shard-rows", "4", "--jobs", "1", check=True)
     parts = shards.part_paths(out)
     sizes = [pq.read_metadata(p).num_rows for p in parts]
     assert len(parts) >= 2 and max(sizes) < 4 + 3  # a shard closes at the first file boundary past 4 windows
@@ -71,7 +71,7 @@ def test_small_shards_and_incremental_new_files(corpus, tmp_path):
     for f in (tmp_path / "more").rglob("*_1.wav"):
         target = src / f.relative_to(tmp_path / "more")
         target.write_bytes(f.read_bytes())
-    proc = run_job("featurize", src, "--out", out, "--shard-rows", "4", "--jobs", "1", check=True)
+    proc = run_job("featurize", "--augment", "0", src, "--out", out, "--shard-rows", "4", "--jobs", "1", check=True)
     assert "4 to do" in proc.stderr
     rows, _, _ = shards.read(out, with_features=False)
     assert rows["path"].nunique() == 16
@@ -81,7 +81,7 @@ def test_fail_on_error_exit_code(tmp_path):
     src = tmp_path / "src"
     (src / "female").mkdir(parents=True)
     plant_bad_files(src / "female")
-    proc = run_job("featurize", src, "--out", tmp_path / "out", "--fail-on-error", "--jobs", "1")
+    proc = run_job("featurize", "--augment", "0", src, "--out", tmp_path / "out", "--fail-on-error", "--jobs", "1")
     assert proc.returncode == 4, proc.stderr
     assert len(shards.read_errors(tmp_path / "out")) == 4
 
@@ -103,7 +103,7 @@ def test_bad_invocations_exit_2_with_one_line(case, corpus, features, tmp_path):
         args[2] = blocker / "out"
     elif case == "other_config":
         args = [corpus, "--out", features, "--feature-set", "mfcc_deltas"]
-    proc = run_job("featurize", *args)
+    proc = run_job("featurize", "--augment", "0", *args)
     assert proc.returncode == 2, proc.stderr
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert "error:" in last and "Traceback" not in proc.stderr
