@@ -147,3 +147,16 @@ def test_augmentation_keeps_the_voice_and_sets_the_snr():
 
     profile = lambda w: features.windows(w, cfg)[0, 2].mean(axis=0)  # noqa: E731
     assert all(np.corrcoef(profile(v), profile(y))[0, 1] > 0.3 for v in variants)
+
+
+def test_shards_from_before_the_augment_column_still_read(features, tmp_path):
+    """Shards written before the augment column existed hold recordings only: they read as augment 0."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(features, old)
+    for p in shards.part_paths(old):
+        t = pq.read_table(p)
+        pq.write_table(t.drop(["augment"]), p)
+    rows, x, _ = shards.read(old)
+    assert (rows["augment"] == 0).all() and len(rows) == len(x) == len(shards.read(features, with_features=False)[0])

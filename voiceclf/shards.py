@@ -175,6 +175,16 @@ def done_hashes(out_dir: str | Path) -> set[str]:
     return hashes
 
 
+def _read_part(path: Path, cfg: FeatureConfig, with_features: bool) -> pa.Table:
+    """One shard in the current schema; shards written before the ``augment`` column hold recordings only."""
+    names = pq.read_schema(path).names
+    wanted = [f.name for f in schema(cfg) if with_features or f.name != "features"]
+    table = pq.read_table(path, columns=[n for n in wanted if n in names])
+    if "augment" not in names:
+        table = table.add_column(wanted.index("augment"), "augment", pa.array(np.zeros(len(table), np.int8)))
+    return table
+
+
 def read(dirs: list[str | Path] | str | Path, *, with_features: bool = True) -> tuple[pd.DataFrame, np.ndarray | None, FeatureConfig]:
     """Read shard directories → (one row per window without features, features (N, 3, 98, 12), config).
 
@@ -196,7 +206,7 @@ def read(dirs: list[str | Path] | str | Path, *, with_features: bool = True) -> 
             + "; ".join(sorted({f"{c.feature_set} ({p.parent})" for p, c in configs.items()}))
         )
     cfg = next(iter(configs.values()))
-    tables = [pq.read_table(p, columns=None if with_features else [f.name for f in schema(cfg) if f.name != "features"]) for p in parts]
+    tables = [_read_part(p, cfg, with_features) for p in parts]
     table = pa.concat_tables(tables)
     feats = None
     if with_features:
