@@ -1,0 +1,1 @@
+"""Benchmarks of voiceclf on the shared reference data (``python -m bench.run``)."""
