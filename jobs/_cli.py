@@ -54,8 +54,21 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+_terminated: str | None = None
+
+
 def _on_sigterm(signum, frame):
-    raise Interrupted(signal.Signals(signum).name)
+    # Remember it as well as raising it: an exception raised while the main thread is inside a
+    # C callback (numba's JIT, ctypes) is printed and dropped, so the loops also check the flag.
+    global _terminated
+    _terminated = signal.Signals(signum).name
+    raise Interrupted(_terminated)
+
+
+def check_interrupted() -> None:
+    """Raise Interrupted if a SIGTERM arrived whose exception was swallowed on the way."""
+    if _terminated:
+        raise Interrupted(_terminated)
 
 
 def main_wrapper(job: str, run) -> None:
@@ -119,6 +132,7 @@ class Reporter:
         return self
 
     def advance(self, n: int = 1, errors: int = 0, note: str = "") -> None:
+        check_interrupted()  # every job loop reports progress, so this is where a lost SIGTERM surfaces
         before = self.done
         self.done += n
         self.errors += errors
