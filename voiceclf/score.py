@@ -1,12 +1,7 @@
 """Score files with a loaded model: windows → p(male) per window → one report row per file."""
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 import torch
 
 from voiceclf.batch import Result
@@ -50,14 +45,3 @@ def score_results(results: list[Result], model, *, threshold: float, model_uri: 
         rows.append(row)
     return rows, segments
 
-
-def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> None:
-    """Write a CSV under a temp name beside ``path`` and rename it into place: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, index=False, float_format="%.6g")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

@@ -6,7 +6,6 @@ no windows), so every input file is accounted for.
 """
 from __future__ import annotations
 
-import csv
 import os
 import re
 import tempfile
@@ -142,10 +141,15 @@ def append_errors(out_dir: str | Path, rows: list[dict]) -> None:
     new = pd.DataFrame(rows, columns=ERROR_COLUMNS)
     merged = pd.concat([old, new], ignore_index=True) if len(old) else new
     # a file that failed before and fails again keeps one row: the latest reason
-    merged = merged.drop_duplicates(subset=["source", "path", "sha256"], keep="last")
+    write_csv_atomic(merged.drop_duplicates(subset=["source", "path", "sha256"], keep="last"), path)
+
+
+def write_csv_atomic(df: pd.DataFrame, path: str | Path, **to_csv) -> None:
+    """Write a CSV under a temp name beside ``path`` and rename it into place: never a half-written file."""
+    path = Path(path)
     tmp = _atomic_target(path)
     try:
-        merged.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL)
+        df.to_csv(tmp, index=False, **to_csv)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
