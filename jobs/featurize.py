@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jobs import _cli
 from jobs._cli import JobError, log
-from voiceclf import batch, corpus, parallel, shards
+from voiceclf import batch, corpus, embedding, parallel, shards
 from voiceclf.config import FEATURE_SETS, ConfigError, FeatureConfig
 
 
@@ -27,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("sources", nargs="+", metavar="SRC", help="corpus root folder or manifest .csv (several allowed)")
     p.add_argument("--out", required=True, type=Path, help="output folder for part-*.parquet and errors.csv")
     p.add_argument("--jobs", type=int, default=-1, help="parallel workers (-1 = all cores; default %(default)s)")
-    p.add_argument("--feature-set", choices=FEATURE_SETS, default=FeatureConfig.feature_set, help="third channel: pitch bands or delta-deltas (default %(default)s)")
+    p.add_argument("--feature-set", choices=FEATURE_SETS, default=FeatureConfig.feature_set, help="mfcc_pitch / mfcc_deltas: the CNN's 3x98x12 MFC images (third channel pitch bands or delta-deltas); "
+                   "speaker_embedding: 256-d embeddings of a pretrained speaker encoder, for the embedding head (default %(default)s)")
     p.add_argument("--shard-rows", type=int, default=2048, help="windows per shard, bounds memory (default %(default)s)")
     p.add_argument("--augment", type=int, default=2, metavar="K", help="add K augmented variants of every labelled file "
                    "(gain, noise at 5-30 dB SNR, EQ, telephone band, reverb; never pitch or speed), used for training only; "
@@ -56,7 +57,16 @@ def discover(sources: list[str], allow_unlabelled: bool) -> list[batch.Item]:
         except corpus.CorpusError as e:
             raise JobError(str(e), _cli.USAGE) from None
         for row in df.itertuples(index=False):
-            items.append(batch.Item(path=row.path, source=row.source, speaker=row.speaker, label=row.label))
+            # speaker ids are unique across corpora: two corpora's "01" are two people
+            speaker = f"{row.corpus}/{row.speaker}" if row.speaker else None
+            items.append(batch.Item(path=row.path, source=row.source, corpus=row.corpus, speaker=speaker, label=row.label))
+    folders: dict[str, set] = {}
+    for it in items:
+        folders.setdefault(it.corpus, set()).add(it.source)
+    for name, where in folders.items():
+        if len(where) > 1:
+            log.warning("corpus %r comes from %d folders (%s): equal speaker ids in them are taken as one person; "
+                        "give a manifest a corpus column to tell them apart", name, len(where), ", ".join(sorted(where)))
     return items
 
 
@@ -73,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
     items = discover(args.sources, args.allow_unlabelled)
     prepare_out(args.out)
-    cfg = FeatureConfig(feature_set=args.feature_set)
+    cfg = FeatureConfig.for_feature_set(args.feature_set)
+    if cfg.is_embedding:
+        try:
+            embedding.load_encoder(cfg.encoder_sha256)
+        except embedding.EncoderError as e:
+            raise JobError(str(e), _cli.FAILURE) from None
     with _cli.output_lock(args.out, wait=args.wait):
         try:
             existing = shards.dir_config(args.out)

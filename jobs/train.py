@@ -1,6 +1,6 @@
-"""train: grid search over the model-card CNN, every point an MLflow run, the best registered as champion.
+"""train: grid search over the model families, every point an MLflow run, the best registered as champion.
 
-    python -m jobs.train --features DIR [DIR ...] [--grid FILE] [--lr 1e-3,3e-4] ...
+    python -m jobs.train --features DIR [DIR ...] [--grid FILE] [--holdout-corpus NAME] [--lr 1e-3,3e-4] ...
 """
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import pandas as pd
 
 from jobs import _cli
 from jobs._cli import JobError, log
-from voiceclf import parallel, shards, tracking
+from voiceclf import batch, parallel, shards, tracking
 from voiceclf import train as tr
-from voiceclf.config import ConfigError
+from voiceclf.config import LABELS, ConfigError
+from voiceclf.score import p_male
 
 DEFAULT_GRID = Path(__file__).with_name("grid.toml")
+CLI_GRID_KEYS = ("lr", "epochs", "gamma", "batch_size", "hidden")
 
 
 def _list(cast):
@@ -33,25 +35,35 @@ def _list(cast):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m jobs.train",
-        description="Grid search over the model-card CNN on feature shards. Splits by speaker into train/val/test, "
-        "logs every grid point as a nested MLflow run (params, per-epoch curves, model, plots) and registers the best "
-        "(highest val_balanced_acc) as models:/voiceclf@champion.",
+        description="Grid search over the model families on feature shards: the model card's CNN on MFC images "
+        "(mfcc_pitch, mfcc_deltas) and a small head on pretrained speaker embeddings (speaker_embedding). "
+        "Splits by speaker into train/val/test (stratified by corpus and sex), logs every grid point as a nested "
+        "MLflow run (params, per-epoch curves, per-corpus metrics, model, plots), keeps each point's best epoch and "
+        "registers the point with the highest val_score (speaker-balanced validation accuracy, mean over corpora). "
+        "The new version becomes models:/voiceclf@champion only if it is at least as good as the current champion "
+        "on the same held-out speakers.",
         epilog="Tracking store: MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlruns/mlflow.db. "
-        "Exit codes: 0 ok, 1 failure (every grid point failed, tracking store unreachable), 2 bad arguments or data.",
+        "Exit codes: 0 ok (also when the winner was not promoted), 1 failure (every grid point failed, tracking store "
+        "unreachable), 2 bad arguments or data.",
     )
-    p.add_argument("--features", nargs="+", required=True, type=Path, metavar="DIR", help="featurize output folder(s); two feature sets add a grid dimension")
-    p.add_argument("--grid", type=Path, default=DEFAULT_GRID, help="TOML grid file (default %(default)s); CLI lists below override its keys")
+    p.add_argument("--features", nargs="+", required=True, type=Path, metavar="DIR",
+                   help="featurize output folder(s), or a folder whose sub-folders are (as `make features` writes); "
+                   "each feature set trains its family")
+    p.add_argument("--grid", type=Path, default=DEFAULT_GRID, help="TOML grid file, one table per family (default %(default)s); CLI lists below override its keys for every family")
     p.add_argument("--lr", type=_list(float), help="learning rates, e.g. 1e-3,3e-4")
-    p.add_argument("--epochs", type=_list(int), help="epoch counts, e.g. 10,20")
-    p.add_argument("--gamma", type=_list(float), help="StepLR decay factors (step 5 epochs), e.g. 0.5,0.7")
+    p.add_argument("--epochs", type=_list(int), help="epoch counts, e.g. 10,20 (the best epoch by val_score is kept)")
+    p.add_argument("--gamma", type=_list(float), help="StepLR decay factors, e.g. 0.5,0.7")
     p.add_argument("--batch-size", type=_list(int), help="batch sizes, e.g. 64")
-    p.add_argument("--no-augment", action="store_true", help="turn off train-time feature augmentation")
+    p.add_argument("--hidden", type=_list(int), help="embedding head hidden widths (0 = logistic regression), e.g. 0,64")
+    p.add_argument("--no-feature-noise", action="store_true", help="turn off train-time perturbation in feature space")
+    p.add_argument("--holdout-corpus", metavar="NAME", help="test on this corpus only and train/validate on the others (leave-one-corpus-out)")
     p.add_argument("--experiment", default=tracking.EXPERIMENT, help="MLflow experiment (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for the split and training (default %(default)s)")
     p.add_argument("--jobs", type=int, default=-1, help="grid points trained in parallel (-1 = all cores; default %(default)s)")
     p.add_argument("--backend", choices=parallel.BACKENDS, default="loky", help="joblib backend (default %(default)s)")
     p.add_argument("--scheduler", help="Dask scheduler address for --backend dask")
     p.add_argument("--no-register", action="store_true", help="do not register the winner in the Model Registry")
+    p.add_argument("--force-promote", action="store_true", help="make the winner the champion even if the current champion does better on the held-out speakers")
     p.add_argument("--tracking-uri", help="override MLFLOW_TRACKING_URI for this run")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -60,35 +72,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_grid(args) -> dict:
+def load_grid(args) -> dict[str, dict]:
+    """Family → {key: list of values}, from the grid file with the CLI lists on top."""
     try:
-        values = tomllib.loads(args.grid.read_text())
+        raw = tomllib.loads(args.grid.read_text())
     except FileNotFoundError:
         raise JobError(f"grid file {args.grid} does not exist", _cli.USAGE) from None
     except tomllib.TOMLDecodeError as e:
         raise JobError(f"grid file {args.grid}: {e}", _cli.USAGE) from None
-    for key in ("lr", "epochs", "gamma", "batch_size"):
-        cli = getattr(args, key)
-        if cli:
-            values[key] = cli
-        v = values.get(key)
-        if not isinstance(v, list) or not v:
-            raise JobError(f"grid: {key} must be a non-empty list (in {args.grid} or --{key.replace('_', '-')})", _cli.USAGE)
-    values["augment"] = bool(values.get("augment", True)) and not args.no_augment
-    return values
+    unknown = set(raw) - set(tr.FAMILIES)
+    if unknown:
+        raise JobError(f"grid file {args.grid}: unknown table(s) {sorted(unknown)}; expected [cnn] and/or [embedding_head]", _cli.USAGE)
+    grids = {}
+    for family in tr.FAMILIES:
+        values = dict(raw.get(family, {}))
+        for key in CLI_GRID_KEYS:
+            if getattr(args, key):
+                values[key] = getattr(args, key)
+        if args.no_feature_noise:
+            values["feature_noise"] = [False]
+        for key, v in values.items():
+            if key not in tr.GRID_KEYS:
+                raise JobError(f"grid file {args.grid}: [{family}] {key} is not a hyperparameter; expected some of {sorted(tr.GRID_KEYS)}", _cli.USAGE)
+            if not isinstance(v, list):
+                values[key] = [v]
+            elif not v:
+                raise JobError(f"grid: [{family}] {key} must be a non-empty list", _cli.USAGE)
+        grids[family] = values
+    return grids
+
+
+def feature_dirs(dirs: list[Path]) -> list[Path]:
+    """The shard folders: each given folder, or its sub-folders that hold shards."""
+    out = []
+    for d in dirs:
+        if not d.is_dir():
+            raise JobError(f"feature folder {d} does not exist (run `make features` first)", _cli.USAGE)
+        if shards.part_paths(d):
+            out.append(d)
+            continue
+        subs = sorted(s for s in d.iterdir() if s.is_dir() and shards.part_paths(s))
+        if not subs:
+            raise JobError(f"feature folder {d} holds no shards (run `make features` first)", _cli.USAGE)
+        out += subs
+    return out
 
 
 def load_data(dirs: list[Path]) -> dict[str, tr.Data]:
     """One Data per feature set; directories of one set are concatenated."""
     groups: dict = {}
     try:
-        for d in dirs:
-            if not d.is_dir():
-                raise JobError(f"feature folder {d} does not exist (run `make features` first)", _cli.USAGE)
-            cfg = shards.dir_config(d)
-            if cfg is None:
-                raise JobError(f"feature folder {d} holds no shards (run `make features` first)", _cli.USAGE)
-            groups.setdefault(cfg, []).append(d)
+        for d in feature_dirs(dirs):
+            groups.setdefault(shards.dir_config(d), []).append(d)
         by_set = {}
         for cfg, ds in groups.items():
             if cfg.feature_set in by_set:
@@ -100,42 +135,102 @@ def load_data(dirs: list[Path]) -> dict[str, tr.Data]:
         raise JobError(str(e), _cli.USAGE) from None
 
 
+def all_speakers(data: dict[str, tr.Data]) -> pd.DataFrame:
+    """Every speaker of every feature set once: the split is the same for all families."""
+    spk = pd.concat([d.speakers() for d in data.values()], ignore_index=True).drop_duplicates("speaker")
+    return spk.sort_values("speaker", ignore_index=True)
+
+
 def run_point(point: tr.GridPoint, data: dict, split: dict, seed: int, threads: int) -> tr.PointResult:
     return tr.train_point(point, data[point.feature_set], split, seed=seed, threads=threads)
 
 
+def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data], split: dict) -> float:
+    """The current champion's test_score on this run's held-out speakers.
+
+    Its own feature config decides its input: the windows of a matching feature set when this
+    run has them, else the held-out files featurized again with its config.
+    """
+    held_out = {s: tr.parts_of(d, split)["test"] for s, d in data.items()}
+    match = [s for s, d in data.items() if d.cfg == current.cfg]
+    if match:
+        te = held_out[match[0]]
+        return tr.evaluate(tr.file_level(p_male(current.module, te.x), te), "test")["test_score"]
+    te = next(iter(held_out.values()))
+    files = pd.DataFrame({"file": te.file, "speaker": te.speaker, "corpus": te.corpus, "y": te.y}).drop_duplicates("file")
+    items = [batch.Item(path=os.path.basename(f), source=os.path.dirname(f), corpus=c, speaker=s, label=LABELS[y])
+             for f, s, c, y in files[["file", "speaker", "corpus", "y"]].itertuples(index=False)]
+    results = [r for r in batch.featurize_batch(items, current.cfg) if r.n_windows]
+    if not results:
+        raise tracking.TrackingError("none of the held-out files gave windows with the champion's feature config")
+    x = np.concatenate([r.windows.features for r in results])
+    rep = lambda v: np.repeat(np.asarray(v, dtype=object), [r.n_windows for r in results])  # noqa: E731
+    rows = pd.DataFrame({"source": rep([r.item.source for r in results]), "path": rep([r.item.path for r in results]),
+                         "corpus": rep([r.item.corpus for r in results]), "speaker": rep([r.item.speaker for r in results]),
+                         "label": rep([r.item.label for r in results]), "augment": 0})
+    te = tr.Data.from_shards(rows, x, current.cfg)
+    return tr.evaluate(tr.file_level(p_male(current.module, te.x), te), "test")["test_score"]
+
+
+def decide_promotion(winner: tr.PointResult, data: dict, split: dict, force: bool) -> tuple[bool, str]:
+    """Promote only a winner at least as good as the current champion on the same held-out speakers."""
+    new = winner.test["test_score"]
+    try:
+        current = tracking.load()
+    except tracking.NoChampion:
+        return True, "first champion"
+    except tracking.TrackingError as e:
+        return True, f"the current champion cannot be loaded ({e}); replaced"
+    try:
+        old = champion_test_score(current, data, split)
+    except Exception as e:  # the old model may expect another input; it cannot then be compared, and must not block training
+        return True, f"the current champion (version {current.version}) could not be evaluated on these speakers ({type(e).__name__}: {e}); replaced"
+    verdict = f"test_score {new:.4f} vs the current champion (version {current.version}) {old:.4f} on the same held-out speakers"
+    if new >= old - 1e-9:
+        return True, verdict
+    if force:
+        return True, verdict + "; promoted anyway (--force-promote)"
+    return False, verdict + "; not promoted (--force-promote overrides)"
+
+
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
-    values = load_grid(args)
+    grids = load_grid(args)
     try:
         uri = tracking.connect(args.tracking_uri)
     except tracking.TrackingError as e:
         raise JobError(str(e), _cli.FAILURE) from None
     data = load_data(args.features)
     first = next(iter(data.values()))
-    if not first.speaker_level:
+    if not all(d.speaker_level for d in data.values()):
         log.warning("NO SPEAKER IDS: splitting by file, so the same voice can sit in train and test and the scores will be optimistic")
     try:
-        split = tr.split_speakers(first.speaker, first.y, seed=args.seed)
+        split = tr.split_speakers(all_speakers(data), seed=args.seed, holdout_corpus=args.holdout_corpus)
+        points = [pt for fs in sorted(data) for pt in tr.grid(grids[data[fs].cfg.family], fs)]
     except tr.DataError as e:
         raise JobError(str(e), _cli.USAGE) from None
-    points = tr.grid(values["lr"], values["epochs"], values["gamma"], values["batch_size"], sorted(data), values["augment"])
     n_jobs = min(len(points), os.cpu_count() or 1) if args.jobs == -1 else min(args.jobs, len(points))
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
-    sizes = {f"split_{s}_{k}": int(v) for s in tr.SPLITS for k, v in (("speakers", len(split[s])), ("windows", np.isin(first.speaker, split[s]).sum()))}
-    common = {"seed": args.seed, "data_fingerprint": first.fingerprint(), "speaker_level_split": first.speaker_level, **sizes}
-    log.info("train: %d grid point(s) on %d windows, %d/%d/%d speakers (train/val/test), %d parallel, tracking %s",
-             len(points), len(first.y), len(split["train"]), len(split["val"]), len(split["test"]), n_jobs, uri)
+    corpora = sorted(set(np.concatenate([d.corpus for d in data.values()])))
+    sizes = {f"split_{s}_speakers": len(split[s]) for s in tr.SPLITS}
+    common = {"seed": args.seed, "holdout_corpus": args.holdout_corpus or "", "corpora": ",".join(corpora),
+              "speaker_level_split": all(d.speaker_level for d in data.values()), **sizes}
+    log.info("train: %d grid point(s) (%s) on %s; %d/%d/%d speakers (train/val/test)%s; %d parallel; tracking %s",
+             len(points), ", ".join(sorted(data)), ", ".join(corpora), len(split["train"]), len(split["val"]), len(split["test"]),
+             f", test = corpus {args.holdout_corpus}" if args.holdout_corpus else "", n_jobs, uri)
 
     store_errors = tracking.store_errors()
     try:
-        runs = tracking.GridRuns.start(args.experiment, f"grid-{len(points)}pts", {**common, "grid_points": len(points), **{f"grid_{k}": v for k, v in values.items()}, "features": ",".join(map(str, args.features))})
-        child_ids = [runs.child(pt.name, {**tr.point_params(pt), **common, **{f"feature.{k}": v for k, v in data[pt.feature_set].cfg.to_dict().items()}}) for pt in points]
+        runs = tracking.GridRuns.start(args.experiment, f"grid-{len(points)}pts", {
+            **common, "grid_points": len(points), "features": ",".join(map(str, args.features)),
+            **{f"grid.{fam}.{k}": v for fam, g in grids.items() for k, v in g.items()}})
+        child_ids = [runs.child(pt.name, {**tr.point_params(pt), **common, "data_fingerprint": data[pt.feature_set].fingerprint(),
+                                          **{f"feature.{k}": v for k, v in data[pt.feature_set].cfg.to_dict().items()}}) for pt in points]
         results, model_uris = [], {}
         with _cli.Reporter("train", len(points), unit="grid points", every=1) as rep, parallel.engine(args.backend, args.scheduler):
             if n_jobs == 1:  # in-process: per-epoch progress
                 stream = (tr.train_point(pt, data[pt.feature_set], split, seed=args.seed, threads=threads,
-                                         on_epoch=lambda e, row, pt=pt: rep.advance(0, note=f"{pt.name} epoch {e}/{pt.epochs} loss {row['train_loss']:.3f} val_bacc {row['val_balanced_acc']:.3f}"))
+                                         on_epoch=lambda e, row, pt=pt: rep.advance(0, note=f"{pt.name} epoch {e}/{pt.epochs} loss {row['train_loss']:.3f} val_score {row['val_score']:.3f}"))
                           for pt in points)
             else:
                 stream = parallel.imap(run_point, points, n_jobs=n_jobs, data=data, split=split, seed=args.seed, threads=threads)
@@ -147,22 +242,27 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     model_uris[run_id] = log_point(runs, run_id, res, data[pt.feature_set], split)
                     runs.finish(run_id)
-                rep.advance(1, errors=int(res.error is not None), note=f"{pt.name}: " + (f"val_bacc {res.final['val_balanced_acc']:.3f}" if not res.error else "FAILED"))
+                rep.advance(1, errors=int(res.error is not None), note=f"{pt.name}: " + (f"val_score {res.final['val_score']:.3f} (epoch {res.best_epoch})" if not res.error else "FAILED"))
         winner = tr.best(results)
-        table = summary(points, child_ids, results, winner)
+        table = summary(points, child_ids, results, winner, corpora)
         show_table(table)
         if winner is None:
             runs.finish(runs.parent_id, ok=False, error="every grid point failed")
             raise JobError("every grid point failed; see the errors above and the runs in the MLflow UI", _cli.FAILURE)
         win_id = child_ids[results.index(winner)]
-        win_metrics = {k: winner.final[k] for k in ("val_balanced_acc", "val_loss", "val_acc")} | winner.test
+        win_metrics = {**winner.val, **winner.test, "best_epoch": winner.best_epoch}
         runs.log_summary(table, win_id, win_metrics)
         if args.no_register:
             log.info("winner %s (run %s); not registered (--no-register)", winner.point.name, win_id)
         else:
-            version = tracking.register_champion(model_uris[win_id], win_id, win_metrics, data[winner.point.feature_set].cfg)
-            _cli.console.print(f"registered {tracking.MODEL_NAME} version {version} as [bold]models:/{tracking.MODEL_NAME}@{tracking.ALIAS}[/] "
-                               f"(test balanced acc {winner.test['test_balanced_acc']:.3f}, run {win_id})", highlight=False)
+            promote, reason = decide_promotion(winner, data, split, args.force_promote)
+            version = tracking.register_version(model_uris[win_id], win_id, win_metrics, data[winner.point.feature_set].cfg, promote=promote, reason=reason)
+            runs.tag(runs.parent_id, {"voiceclf.promoted": str(promote).lower(), "voiceclf.promotion": reason})
+            if promote:
+                _cli.console.print(f"registered {tracking.MODEL_NAME} version {version} as [bold]models:/{tracking.MODEL_NAME}@{tracking.ALIAS}[/] "
+                                   f"({winner.point.name}: test_score {winner.test['test_score']:.3f}, run {win_id}; {reason})", highlight=False)
+            else:
+                log.warning("registered %s version %d WITHOUT the %s alias: %s", tracking.MODEL_NAME, version, tracking.ALIAS, reason)
         runs.finish(runs.parent_id, ok=True)
     except store_errors as e:
         raise JobError(f"tracking store {uri} failed mid-run: {type(e).__name__}: {str(e).splitlines()[0][:300]} — rerun when it is back", _cli.FAILURE) from None
@@ -170,26 +270,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def log_point(runs: tracking.GridRuns, run_id: str, res: tr.PointResult, data: tr.Data, split: dict) -> str:
-    from voiceclf.model import GenderCNN
-
-    model = GenderCNN(*data.cfg.shape[1:])
-    model.load_state_dict(res.state_dict)
     artifacts = {
-        "curves.png": tracking.curves_figure(res.history, res.point.name),
+        "curves.png": tracking.curves_figure(res.history, res.point.name, res.best_epoch),
         "confusion_matrix.png": tracking.confusion_figure(res.confusion, f"test (held-out speakers), files\n{res.point.name}"),
         "split.json": split,
         "per_speaker.csv": res.per_speaker,
     }
-    return runs.log_point(run_id, res.history, {**res.test, "train_seconds": res.seconds}, artifacts=artifacts, model=model, cfg=data.cfg, input_example=np.array(data.x[:2]))
+    # the per-epoch val_* curves end at the last epoch; best_val_* are the kept epoch's, the figures the grid compares
+    final = {**res.test, **{f"best_{k}": v for k, v in res.val.items()}, "best_epoch": res.best_epoch, "train_seconds": res.seconds}
+    return runs.log_point(run_id, res.history, final, artifacts=artifacts, model=res.model, cfg=data.cfg, input_example=np.array(data.x[:2]))
 
 
-def summary(points, run_ids, results, winner) -> pd.DataFrame:
+def summary(points, run_ids, results, winner, corpora) -> pd.DataFrame:
     rows = []
     for pt, rid, res in zip(points, run_ids, results):
         f = res.final
-        rows.append({"winner": "*" if res is winner else "", "point": pt.name, "run_id": rid, "status": "FAILED" if res.error else "ok",
-                     "val_balanced_acc": f.get("val_balanced_acc"), "val_loss": f.get("val_loss"),
-                     "test_balanced_acc": res.test.get("test_balanced_acc"), "seconds": round(res.seconds, 1)})
+        row = {"winner": "*" if res is winner else "", "point": pt.name, "run_id": rid, "status": "FAILED" if res.error else "ok",
+               "epoch": res.best_epoch or None, "val_score": f.get("val_score"), "val_worst_corpus": f.get("val_worst_corpus"),
+               "test_score": res.test.get("test_score")}
+        row.update({f"test.{c}": res.test.get(f"test_speaker_bacc.{c}") for c in corpora})
+        row["seconds"] = round(res.seconds, 1)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -199,7 +300,7 @@ def show_table(table: pd.DataFrame) -> None:
         return
     from rich.table import Table
 
-    t = Table(title="grid search (winner marked *)")
+    t = Table(title="grid search (winner marked *; scores are speaker-balanced accuracy, mean over corpora)")
     for c in table.columns:
         t.add_column(c)
     for row in table.itertuples(index=False):

@@ -44,7 +44,7 @@ def test_audiomnist(tmp_path):
     )
     (root / "README.md").write_text("top-level files are not part of the corpus")
     df = corpus.discover(root)
-    assert list(df.columns[:4]) == ["path", "source", "speaker", "label"]
+    assert list(df.columns[:5]) == ["path", "source", "corpus", "speaker", "label"]
     assert as_records(df, ("path", "speaker", "label", "digit", "take")) == [
         ("01/.DS_Store", "01", "male", pd.NA, pd.NA),
         ("01/0_01_0.wav", "01", "male", 0, 0),

@@ -14,7 +14,7 @@ def test_shards_follow_the_contract(features):
     parts = shards.part_paths(features)
     assert parts and all(p.name.startswith("part-") for p in parts)
     schema = pq.read_schema(parts[0])
-    assert schema.names == ["path", "source", "sha256", "speaker", "label", "window", "offset_s", "duration_s", "source_sample_rate", "augment", "features"]
+    assert schema.names == ["path", "source", "corpus", "sha256", "speaker", "label", "window", "offset_s", "duration_s", "source_sample_rate", "augment", "features"]
     assert str(schema.field("features").type) == "fixed_size_list<element: float>[3528]"
     cfg = FeatureConfig.from_json(schema.metadata[b"voiceclf.feature_config"].decode())
     assert cfg == FeatureConfig()

@@ -1,5 +1,8 @@
 """The train job: speaker-disjoint splits, runs in MLflow (SQLite store and a real server), the champion."""
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -10,27 +13,56 @@ from voiceclf import train as tr
 
 
 # ----------------------------------------------------------------------------- split
+def speaker_table(rng, corpora=("a", "b")) -> pd.DataFrame:
+    rows = []
+    for c in corpora:
+        n_f, n_m = rng.integers(3, 15), rng.integers(3, 40)
+        rows += [{"speaker": f"{c}/f{i}", "label": 0, "corpus": c} for i in range(n_f)]
+        rows += [{"speaker": f"{c}/m{i}", "label": 1, "corpus": c} for i in range(n_m)]
+    return pd.DataFrame(rows)
+
+
 @pytest.mark.parametrize("seed", range(20))
-def test_split_is_speaker_disjoint_and_holds_both_genders(seed):
-    rng = np.random.default_rng(seed)
-    n_f, n_m = rng.integers(3, 15), rng.integers(3, 40)
-    speakers = np.array([f"f{i}" for i in range(n_f)] + [f"m{i}" for i in range(n_m)])
-    labels = np.array([0] * n_f + [1] * n_m)
-    windows = rng.integers(0, len(speakers), 2000)  # many windows per speaker, shuffled
-    split = tr.split_speakers(speakers[windows], labels[windows], seed=seed)
+def test_split_is_speaker_disjoint_and_stratified_by_corpus_and_sex(seed):
+    spk = speaker_table(np.random.default_rng(seed))
+    split = tr.split_speakers(spk, seed=seed)
     sets = [set(split[s]) for s in tr.SPLITS]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
-    assert set().union(*sets) == set(speakers[windows])
-    for s in tr.SPLITS:
-        assert {sp[0] for sp in split[s]} == {"f", "m"}, s
-    assert split == tr.split_speakers(speakers[windows], labels[windows], seed=seed)  # seeded
+    assert set().union(*sets) == set(spk["speaker"])
+    for s in tr.SPLITS:  # every corpus × sex is in every split
+        assert {(x.split("/")[0], x.split("/")[1][0]) for x in split[s]} == {(c, g) for c in "ab" for g in "fm"}, s
+    assert split == tr.split_speakers(spk.sample(frac=1, random_state=seed), seed=seed)  # seeded, order-free
 
 
-def test_split_refuses_one_gender_and_too_few_speakers():
-    with pytest.raises(tr.DataError, match="both genders"):
-        tr.split_speakers(np.array(["a", "b", "c"]), np.array([1, 1, 1]))
+def test_holdout_corpus_is_the_whole_test_set():
+    spk = speaker_table(np.random.default_rng(0), corpora=("a", "b", "c"))
+    split = tr.split_speakers(spk, holdout_corpus="b")
+    assert set(split["test"]) == set(spk.loc[spk["corpus"] == "b", "speaker"])
+    assert not any(x.startswith("b/") for x in split["train"] + split["val"])
+    with pytest.raises(tr.DataError, match="not in the data"):
+        tr.split_speakers(spk, holdout_corpus="nope")
+
+
+def test_split_refuses_one_sex_and_too_few_speakers():
+    one = pd.DataFrame({"speaker": list("abc"), "label": [1, 1, 1], "corpus": "x"})
+    with pytest.raises(tr.DataError, match="both sexes"):
+        tr.split_speakers(one)
+    few = pd.DataFrame({"speaker": list("abcde"), "label": [0, 0, 1, 1, 1], "corpus": "x"})
     with pytest.raises(tr.DataError, match="at least 3"):
-        tr.split_speakers(np.array(["a", "b", "c", "d", "e"]), np.array([0, 0, 1, 1, 1]))
+        tr.split_speakers(few)
+
+
+def test_speaker_balanced_accuracy_weighs_speakers_and_sexes_equally():
+    # 3 male speakers all right; 1 female speaker with 10 files all wrong, 1 female with 1 file right
+    files = pd.DataFrame({
+        "file": [f"m{i}" for i in range(3)] + [f"fa{i}" for i in range(10)] + ["fb0"],
+        "speaker": ["m0", "m1", "m2"] + ["fa"] * 10 + ["fb"], "corpus": "x",
+        "y": [1, 1, 1] + [0] * 10 + [0], "p": [0.9, 0.8, 0.7] + [0.9] * 10 + [0.1]})
+    files["correct"] = (files["p"] >= 0.5).astype(int) == files["y"]
+    m = tr.evaluate(files, "val")
+    assert m["val_speaker_bacc"] == pytest.approx((1.0 + 0.5) / 2)
+    assert m["val_score"] == m["val_speaker_bacc.x"] == m["val_worst_corpus"]
+    assert m["val_acc"] == pytest.approx(4 / 14)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -45,11 +77,13 @@ def check_grid_runs(uri: str, n_points: int, epochs: int) -> str:
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == n_points and all(r.info.status == "FINISHED" for r in children)
     for r in children:
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc"):
+        corpus = r.data.params["corpora"]
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_score", f"val_speaker_bacc.{corpus}"):
             hist = client.get_metric_history(r.info.run_id, key)
             assert [m.step for m in hist] == list(range(1, epochs + 1)), key
-        assert {"test_acc", "test_balanced_acc", "test_speaker_acc"} <= set(r.data.metrics)
-        assert {"lr", "epochs", "gamma", "batch_size", "augment", "seed", "data_fingerprint", "feature.n_mfcc", "feature.feature_set"} <= set(r.data.params)
+        assert {"test_acc", "test_balanced_acc", "test_speaker_acc", "test_score", f"test_speaker_bacc.{corpus}", "best_epoch"} <= set(r.data.metrics)
+        assert 1 <= r.data.metrics["best_epoch"] <= epochs
+        assert {"lr", "epochs", "gamma", "batch_size", "feature_noise", "family", "seed", "data_fingerprint", "feature.n_mfcc", "feature.feature_set"} <= set(r.data.params)
         arts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"curves.png", "confusion_matrix.png", "split.json", "per_speaker.csv"} <= arts
         split = client.download_artifacts(r.info.run_id, "split.json")
@@ -77,12 +111,11 @@ def test_registered_model_round_trips_predictions(features, tmp_path):
 
     rows, x, cfg = shards.read(features)
     data = tr.Data.from_shards(rows, x, cfg)
-    split = tr.split_speakers(data.speaker, data.y)
+    split = tr.split_speakers(data.speakers())
     res = tr.train_point(tr.GridPoint(epochs=1), data, split)
     assert res.error is None, res.error
-    model = GenderCNN()
-    model.load_state_dict(res.state_dict)
-    model.eval()
+    model = res.model
+    assert isinstance(model, GenderCNN)
     tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = tracking.GridRuns.start("voiceclf", "round-trip", {"seed": 0})
     run_id = runs.child("point", {})
@@ -109,7 +142,7 @@ def test_a_crashing_grid_point_is_marked_failed_and_the_others_finish(features, 
 
     def flaky(point, *a, **kw):
         if point.lr == 3e-4:
-            point = tr.GridPoint(**{**tr.point_params(point), "batch_size": 0})  # range() step 0 raises inside training
+            point = dataclasses.replace(point, batch_size=0)  # range() step 0 raises inside training
         return original(point, *a, **kw)
 
     monkeypatch.setattr(tr, "train_point", flaky)
@@ -150,7 +183,7 @@ def test_single_gender_data_is_refused(tmp_path):
     (src / "audioMNIST_meta.txt").write_text(json.dumps({k: {**v, "gender": "male"} for k, v in meta.items()}))
     run_job("featurize", "--augment", "0", src, "--out", tmp_path / "f", "--jobs", "1", check=True)
     proc = run_job("train", "--features", tmp_path / "f", env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
-    assert proc.returncode == 2 and "both genders" in proc.stderr
+    assert proc.returncode == 2 and "both sexes" in proc.stderr
 
 
 def test_unreachable_tracking_server_fails_fast(features):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from voiceclf import audio, features
+from voiceclf import audio, embedding, features
 from voiceclf import augment as voiceclf_augment
 from voiceclf.config import FeatureConfig
 
@@ -25,6 +25,7 @@ class Item:
 
     path: str  # relative to source
     source: str
+    corpus: str = ""  # the corpus the file belongs to (its source folder's name, or a manifest's corpus column)
     speaker: str | None = None
     label: str | None = None
     sha256: str | None = None  # filled in by the worker when not known yet
@@ -68,7 +69,7 @@ def featurize_file(item: Item, cfg: FeatureConfig, augment: int = 0) -> list[Res
     out = [result]
     seed = int(item.sha256[:16], 16)
     for k, y in enumerate(voiceclf_augment.variants(samples, cfg, augment, seed), start=1):
-        wins = features.extract(y, cfg)
+        wins = windows_of(y, cfg)
         if len(wins):  # a variant drowned in noise adds nothing; the original still stands for the file
             out.append(Result(dataclasses.replace(item, augment=k), windows=wins, source_sample_rate=result.source_sample_rate, duration_s=result.duration_s))
     return out
@@ -88,11 +89,16 @@ def _featurize_one(item: Item, cfg: FeatureConfig) -> tuple[Result, np.ndarray |
         return Result(item, error=e.code, message=str(e)), None
     except Exception as e:  # a decoder bug must not stop the batch either; keep the cause
         return Result(item, error="decode_failed", message=f"{item.abspath}: {type(e).__name__}: {e}"), None
-    wins = features.extract(decoded.samples, cfg)
+    wins = windows_of(decoded.samples, cfg)
     result = Result(item, windows=wins, source_sample_rate=decoded.source_sample_rate, duration_s=decoded.duration_s)
     if len(wins) == 0:
         result.error, result.message = "no_speech", f"{item.abspath}: no voiced region found (silent or too quiet)"
     return result, decoded.samples
+
+
+def windows_of(y: np.ndarray, cfg: FeatureConfig) -> features.Windows:
+    """A cleaned waveform's windows: model input for the CNN, mel windows for the speaker encoder."""
+    return embedding.mel_windows(y, cfg) if cfg.is_embedding else features.extract(y, cfg)
 
 
 def featurize_batch(items: list[Item], cfg: FeatureConfig, augment: int = 0) -> list[Result]:
@@ -100,9 +106,19 @@ def featurize_batch(items: list[Item], cfg: FeatureConfig, augment: int = 0) -> 
 
     BLAS runs single-threaded here: parallelism comes from the worker processes, and a fixed
     thread count keeps sums in one order, so features are bit-identical for any --jobs or backend.
+    The speaker encoder runs once over the mel windows of the whole batch: an LSTM is far cheaper
+    per window on a batch of hundreds than on a file's one or two.
     """
     with threadpool_limits(limits=1):
-        return [r for it in items for r in featurize_file(it, cfg, augment)]
+        results = [r for it in items for r in featurize_file(it, cfg, augment)]
+        if cfg.is_embedding:
+            import torch
+
+            torch.set_num_threads(1)
+            with_windows = [r for r in results if r.n_windows]
+            for r, w in zip(with_windows, embedding.embed_all([r.windows for r in with_windows], cfg)):
+                r.windows = w
+        return results
 
 
 def batches(items: list, n_jobs: int, max_size: int = 32) -> list[list]:

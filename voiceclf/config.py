@@ -9,13 +9,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 #: Class order of the model card: index 0 is female, index 1 is male.
 LABELS = ("female", "male")
 
-FEATURE_SETS = ("mfcc_pitch", "mfcc_deltas")
+#: The CNN's MFC images (3, 98, 12) and the pretrained speaker encoder's 256-d embeddings.
+CNN_FEATURE_SETS = ("mfcc_pitch", "mfcc_deltas")
+EMBEDDING_FEATURE_SETS = ("speaker_embedding",)
+FEATURE_SETS = CNN_FEATURE_SETS + EMBEDDING_FEATURE_SETS
+
+#: sha256 of the GE2E speaker encoder weights this code was written for (``resemblyzer/pretrained.pt``
+#: of the Resemblyzer 0.1.4 wheel); a FeatureConfig names the encoder it used, and scoring refuses another.
+ENCODER_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
+EMBEDDING_DIM = 256
 
 #: The repository root (the folder holding ``voiceclf/``); the embedded MLflow store lives under it.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +66,9 @@ class FeatureConfig:
     pitch_n_fft: int = 2048
     pitch_fmin: float = 60.0
     pitch_fmax: float = 420.0
+    # speaker_embedding: the encoder's weights (sha256) and the speech level it expects
+    encoder_sha256: str = ""
+    encoder_level_dbfs: float = -30.0  # RMS of the speech track before the encoder's mel (as it was trained)
 
     def __post_init__(self) -> None:
         def need(cond: bool, field: str, expected: str) -> None:
@@ -86,6 +98,21 @@ class FeatureConfig:
         need(self.delta_width >= 3 and self.delta_width % 2 == 1, "delta_width", "an odd int >= 3")
         need(self.pitch_n_fft >= self.n_fft, "pitch_n_fft", "an int >= n_fft")
         need(0 < self.pitch_fmin < self.pitch_fmax < self.sample_rate / 2, "pitch_fmin", "0 < pitch_fmin < pitch_fmax < Nyquist")
+        if self.is_embedding:
+            need(bool(re.fullmatch(r"[0-9a-f]{64}", self.encoder_sha256)), "encoder_sha256", "the sha256 (64 hex digits) of the encoder weights")
+            need(self.sample_rate == 16000, "sample_rate", "16000 (the speaker encoder was trained at 16 kHz)")
+            need(self.encoder_level_dbfs < 0, "encoder_level_dbfs", "a negative dBFS value")
+
+    @classmethod
+    def for_feature_set(cls, feature_set: str, **changes) -> "FeatureConfig":
+        """The default config of a feature set.
+
+        ``speaker_embedding`` cuts 1.6-s windows with a 0.8-s hop (the encoder was trained on 1.6-s
+        partial utterances) and names the encoder weights it uses.
+        """
+        if feature_set in EMBEDDING_FEATURE_SETS:
+            changes = {"window_s": 1.6, "hop_s": 0.8, "encoder_sha256": ENCODER_SHA256, **changes}
+        return cls(feature_set=feature_set, **changes)
 
     # -- derived sizes ----------------------------------------------------
     @property
@@ -102,9 +129,18 @@ class FeatureConfig:
         return 1 + (self.window_samples - self.n_fft) // self.hop_length
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """Shape of one window's features, channels first."""
-        return (3, self.n_frames, self.n_mfcc)
+    def is_embedding(self) -> bool:
+        return self.feature_set in EMBEDDING_FEATURE_SETS
+
+    @property
+    def family(self) -> str:
+        """The model family trained on this feature set: ``cnn`` or ``embedding_head``."""
+        return "embedding_head" if self.is_embedding else "cnn"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one window's features: (3, 98, 12) channels first, or (256,) for an embedding."""
+        return (EMBEDDING_DIM,) if self.is_embedding else (3, self.n_frames, self.n_mfcc)
 
     # -- serialisation ------------------------------------------------------
     def to_dict(self) -> dict:
@@ -141,9 +177,6 @@ class FeatureConfig:
         if not isinstance(d, dict):
             raise ConfigError("FeatureConfig: expected a JSON object")
         return cls.from_dict(d)
-
-    def replace(self, **changes) -> "FeatureConfig":
-        return dataclasses.replace(self, **changes)
 
 
 def default_tracking_uri() -> str:

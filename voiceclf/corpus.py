@@ -80,7 +80,9 @@ def _table(rows: list[dict], root: Path, extra_columns: dict[str, str] | None = 
         df[col] = pd.Series([r[col] for r in rows], dtype=object, index=df.index)
     for col, dtype in (extra_columns or {}).items():
         df[col] = df[col].astype(dtype)
-    front = ["path", "source", "speaker", "label"]
+    if "corpus" not in df:
+        df["corpus"] = root.name
+    front = ["path", "source", "corpus", "speaker", "label"]
     df = df[front + [c for c in df.columns if c not in front]]
     return df.sort_values("path", kind="stable", ignore_index=True)
 
@@ -242,6 +244,7 @@ def _manifest(csv_path: Path, require_labels: bool) -> pd.DataFrame:
         rows.append({
             "path": Path(os.path.relpath(full, folder)).as_posix(),
             "source": str(folder),
+            "corpus": (rec.get("corpus") or "").strip() or folder.name,
             "speaker": speaker,
             "label": label,
         })
@@ -271,7 +274,7 @@ def discover(src: str | os.PathLike, *, require_labels: bool = True) -> pd.DataF
        the file name matches.
     2. Label folders: ``<root>/female/**`` and ``<root>/male/**``. The speaker is the
        first sub-folder under the label folder, if the file lies in one.
-    3. Manifest: ``src`` is a ``.csv`` with columns ``path,label[,speaker]``, paths
+    3. Manifest: ``src`` is a ``.csv`` with columns ``path,label[,speaker][,corpus]``, paths
        relative to the manifest's folder (which becomes ``source``).
 
     Labels are normalised case-insensitively (female/f/woman, male/m/man).
@@ -288,7 +291,8 @@ def discover(src: str | os.PathLike, *, require_labels: bool = True) -> pd.DataF
     -------
     pandas.DataFrame
         Columns ``path`` (POSIX, relative to ``source``), ``source`` (absolute folder),
-        ``speaker`` (str or None), ``label`` ("female", "male" or None), plus ``digit`` and
+        ``corpus`` (the folder's name; for a manifest its ``corpus`` column where given, else
+        the manifest folder's name), ``speaker`` (str or None, as the corpus names it), ``label`` ("female", "male" or None), plus ``digit`` and
         ``take`` (nullable Int64) for AudioMNIST; sorted by ``path``.
 
     Raises

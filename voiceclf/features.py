@@ -95,37 +95,69 @@ def frame_features(track: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> n
     return np.stack([mfcc, delta, third]).astype(np.float32)
 
 
-def extract(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> Windows:
-    """Cut a cleaned waveform (mono, ``cfg.sample_rate``) into model-input windows.
+@dataclass(frozen=True)
+class SpeechTrack:
+    """The voiced regions of a recording joined into one track, padded to at least one window.
 
-    The voiced regions are joined into one speech track; windows of ``cfg.window_s`` step by
-    ``cfg.hop_s`` over it. A track shorter than one window is zero-padded symmetrically into one
-    window. No voiced region gives n = 0 windows.
+    samples : the track.  intervals : (k, 2) voiced regions of the recording, in samples.
+    lead : zeros padded in front of a track shorter than one window.  n : windows over the track.
     """
-    sr, win, hop = cfg.sample_rate, cfg.window_samples, cfg.hop_samples
+
+    samples: np.ndarray
+    intervals: np.ndarray
+    lead: int
+    n: int
+
+    def timing(self, cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
+        """Each window's start in the original recording and its seconds of real speech."""
+        sr, win, hop = cfg.sample_rate, cfg.window_samples, cfg.hop_samples
+        starts = np.arange(self.n) * hop - self.lead
+        iv = self.intervals
+        track_pos = np.concatenate([[0], np.cumsum(iv[:, 1] - iv[:, 0])])
+        k = np.clip(np.searchsorted(track_pos, np.maximum(starts, 0), side="right") - 1, 0, len(iv) - 1)
+        offsets = (iv[k, 0] + np.maximum(starts, 0) - track_pos[k]) / sr
+        speech = np.minimum(starts + win, track_pos[-1]) - np.maximum(starts, 0)
+        return offsets.astype(np.float32), (speech / sr).astype(np.float32)
+
+
+def speech_track(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> SpeechTrack | None:
+    """Join the voiced regions of a cleaned waveform; None when there are none.
+
+    A track shorter than one window is zero-padded symmetrically into one window; windows of
+    ``cfg.window_s`` step by ``cfg.hop_s`` over it. Shared by both feature families, so a
+    window means the same stretch of speech whatever model reads it.
+    """
+    win, hop = cfg.window_samples, cfg.hop_samples
     intervals = voiced_intervals(y, cfg)
-    empty = Windows(np.zeros((0, *cfg.shape), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
     if len(intervals) == 0:
-        return empty
+        return None
     track = np.concatenate([y[s:e] for s, e in intervals])
     lead = 0
     if len(track) < win:
         lead = (win - len(track)) // 2
         track = np.pad(track, (lead, win - len(track) - lead))
-    n = 1 + (len(track) - win) // hop
-    frames = frame_features(track, cfg)  # (3, n_mfcc, T)
-    step = hop // cfg.hop_length
-    # (3, n_mfcc, n, n_frames) strided view → (n, 3, n_frames, n_mfcc): frames on axis -2.
-    views = np.lib.stride_tricks.sliding_window_view(frames, cfg.n_frames, axis=2)[:, :, ::step][:, :, :n]
-    features = np.ascontiguousarray(views.transpose(2, 0, 3, 1))
+    return SpeechTrack(track, intervals, lead, 1 + (len(track) - win) // hop)
 
-    # Map each window's first speech sample back to the original recording's time line.
-    starts = np.arange(n) * hop - lead
-    track_pos = np.concatenate([[0], np.cumsum(intervals[:, 1] - intervals[:, 0])])
-    k = np.clip(np.searchsorted(track_pos, np.maximum(starts, 0), side="right") - 1, 0, len(intervals) - 1)
-    offsets = (intervals[k, 0] + np.maximum(starts, 0) - track_pos[k]) / sr
-    speech = np.minimum(starts + win, track_pos[-1]) - np.maximum(starts, 0)
-    return Windows(features, offsets.astype(np.float32), (speech / sr).astype(np.float32))
+
+def no_windows(cfg: FeatureConfig, shape: tuple[int, ...] | None = None) -> Windows:
+    return Windows(np.zeros((0, *(shape or cfg.shape)), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
+
+
+def extract(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> Windows:
+    """Cut a cleaned waveform (mono, ``cfg.sample_rate``) into (n, 3, 98, 12) model-input windows.
+
+    The voiced regions are joined into one speech track (:func:`speech_track`); windows of
+    ``cfg.window_s`` step by ``cfg.hop_s`` over it. No voiced region gives n = 0 windows.
+    """
+    sp = speech_track(y, cfg)
+    if sp is None:
+        return no_windows(cfg)
+    frames = frame_features(sp.samples, cfg)  # (3, n_mfcc, T)
+    step = cfg.hop_samples // cfg.hop_length
+    # (3, n_mfcc, n, n_frames) strided view → (n, 3, n_frames, n_mfcc): frames on axis -2.
+    views = np.lib.stride_tricks.sliding_window_view(frames, cfg.n_frames, axis=2)[:, :, ::step][:, :, : sp.n]
+    features = np.ascontiguousarray(views.transpose(2, 0, 3, 1))
+    return Windows(features, *sp.timing(cfg))
 
 
 def windows(waveform: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:

@@ -1,9 +1,14 @@
-"""GenderCNN: the model card's CNN, with input standardisation carried inside the module."""
+"""The two model families: GenderCNN (the model card's CNN) and EmbeddingHead (on speaker embeddings).
+
+Both carry their input standardisation inside the module, so a saved model needs nothing else.
+"""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import nn
+
+from voiceclf.config import FeatureConfig
 
 
 class GenderCNN(nn.Module):
@@ -38,6 +43,38 @@ class GenderCNN(nn.Module):
         x = self.pool(torch.relu(self.conv2(x)))
         x = torch.relu(self.fc1(x.flatten(1)))
         return self.fc2(x)
+
+
+class EmbeddingHead(nn.Module):
+    """(N, 256) speaker embeddings → (N, 2) logits: logistic regression (``hidden=0``) or one hidden layer.
+
+    ``mean``/``std`` buffers standardise each embedding dimension (fitted on training data).
+    """
+
+    def __init__(self, dim: int = 256, hidden: int = 0, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        if hidden:
+            self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 2))
+        else:
+            self.net = nn.Sequential(nn.Linear(dim, 2))
+
+    def fit_standardisation(self, x: np.ndarray | torch.Tensor) -> "EmbeddingHead":
+        x = torch.as_tensor(x, dtype=torch.float32)
+        self.mean.copy_(x.mean(dim=0))
+        self.std.copy_(x.std(dim=0).clamp_min(1e-4))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def build_model(cfg: FeatureConfig, hidden: int = 0) -> nn.Module:
+    """The family's model for a feature config: GenderCNN on MFC images, EmbeddingHead on embeddings."""
+    if cfg.family == "embedding_head":
+        return EmbeddingHead(cfg.shape[0], hidden)
+    return GenderCNN(*cfg.shape[1:])
 
 
 def n_parameters(model: nn.Module) -> int:

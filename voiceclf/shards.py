@@ -36,6 +36,7 @@ def schema(cfg: FeatureConfig) -> pa.Schema:
         [
             ("path", pa.string()),
             ("source", pa.string()),
+            ("corpus", pa.string()),
             ("sha256", pa.string()),
             ("speaker", pa.string()),
             ("label", pa.string()),
@@ -104,6 +105,7 @@ class ShardWriter:
         columns = {
             "path": rep([r.item.path for r in results]),
             "source": rep([r.item.source for r in results]),
+            "corpus": rep([r.item.corpus for r in results]),
             "sha256": rep([r.item.sha256 for r in results]),
             "speaker": rep([r.item.speaker for r in results]),
             "label": rep([r.item.label for r in results]),
@@ -180,10 +182,14 @@ def done_hashes(out_dir: str | Path) -> set[str]:
 
 
 def _read_part(path: Path, cfg: FeatureConfig, with_features: bool) -> pa.Table:
-    """One shard in the current schema; shards written before the ``augment`` column hold recordings only."""
+    """One shard in the current schema. Shards written before a column existed read as: ``corpus`` the
+    source folder's name, ``augment`` 0 (they hold recordings only)."""
     names = pq.read_schema(path).names
     wanted = [f.name for f in schema(cfg) if with_features or f.name != "features"]
     table = pq.read_table(path, columns=[n for n in wanted if n in names])
+    if "corpus" not in names:
+        corpus = [Path(s).name for s in table.column("source").to_pylist()]
+        table = table.add_column(wanted.index("corpus"), "corpus", pa.array(corpus, pa.string()))
     if "augment" not in names:
         table = table.add_column(wanted.index("augment"), "augment", pa.array(np.zeros(len(table), np.int8)))
     return table

@@ -35,6 +35,10 @@ class TrackingError(RuntimeError):
     """The tracking store or the model cannot be reached or used; the message says what to do."""
 
 
+class NoChampion(TrackingError):
+    """No model version carries the alias asked for."""
+
+
 def store_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the tracking store failed mid-run (e.g. the server died)."""
     import requests
@@ -134,6 +138,9 @@ class GridRuns:
             return None
         return log_model(run_id, model, cfg, input_example)
 
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def finish(self, run_id: str, ok: bool = True, error: str | None = None) -> None:
         client = MlflowClient()
         if error:
@@ -171,16 +178,28 @@ def log_model(run_id: str, model, cfg: FeatureConfig, input_example: np.ndarray)
 
 
 # ----------------------------------------------------------------------------- registry
-def register_champion(model_uri: str, run_id: str, metrics: dict, cfg: FeatureConfig) -> int:
-    """Register a new version of ``voiceclf`` from ``model_uri`` and give it the ``champion`` alias."""
+def register_version(model_uri: str, run_id: str, metrics: dict, cfg: FeatureConfig, *, promote: bool = True, reason: str = "") -> int:
+    """Register a new version of ``voiceclf`` from ``model_uri``; give it the ``champion`` alias if ``promote``.
+
+    The version's tags say what it is (run, feature config, metrics) and why it was or was not promoted.
+    """
     client = MlflowClient()
-    tags = {"run_id": run_id, "feature_config": cfg.to_json(), **{k: f"{v:.4f}" for k, v in metrics.items()}}
+    tags = {"run_id": run_id, "feature_config": cfg.to_json(), "feature_set": cfg.feature_set, "family": cfg.family,
+            "promoted": str(promote).lower(), "promotion": reason,
+            **{k: f"{v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float))}}
     # register_model links the version to the logged model (a server insists on it) and waits until READY
     mv = mlflow.register_model(model_uri, MODEL_NAME, tags=tags)
     if not client.get_registered_model(MODEL_NAME).description:
-        client.update_registered_model(MODEL_NAME, description="Adult female (0) vs male (1) voice classifier: the model-card CNN on 1-s MFC windows.")
-    client.set_registered_model_alias(MODEL_NAME, ALIAS, mv.version)
+        client.update_registered_model(MODEL_NAME, description="Adult female (0) vs male (1) voice classifier. Families: the model-card CNN on "
+                                       "1-s MFC windows, or a head on 1.6-s pretrained speaker embeddings; the alias champion marks the one scoring uses.")
+    if promote:
+        client.set_registered_model_alias(MODEL_NAME, ALIAS, mv.version)
     return int(mv.version)
+
+
+def register_champion(model_uri: str, run_id: str, metrics: dict, cfg: FeatureConfig) -> int:
+    """Register a new version and make it the champion unconditionally."""
+    return register_version(model_uri, run_id, metrics, cfg, promote=True, reason="registered as champion")
 
 
 @dataclass
@@ -205,7 +224,7 @@ def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
                 name, v = ref.split("/", 1)
                 version = client.get_model_version(name, v).version
         except MlflowException:
-            raise TrackingError(f"no model registered as {name}{'@' + alias if alias else ''} in {mlflow.get_tracking_uri()} — run `make train` or `make demo` first") from None
+            raise NoChampion(f"no model registered as {name}{'@' + alias if alias else ''} in {mlflow.get_tracking_uri()} — run `make train` or `make demo` first") from None
     try:
         info = mlflow.models.get_model_info(model_uri)
         module = mlflow.pytorch.load_model(model_uri)
@@ -222,13 +241,16 @@ def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
 
 
 # ----------------------------------------------------------------------------- figures
-def curves_figure(history: list[dict], title: str):
+def curves_figure(history: list[dict], title: str, best_epoch: int | None = None):
     epochs = np.arange(1, len(history) + 1)
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     for key in ("train_loss", "val_loss"):
         a.plot(epochs, [h[key] for h in history], marker="o", label=key)
-    for key in ("train_acc", "val_acc", "val_balanced_acc"):
+    for key in ("train_acc", "val_balanced_acc", "val_score", "val_worst_corpus"):
         b.plot(epochs, [h[key] for h in history], marker="o", label=key)
+    if best_epoch:
+        for ax in (a, b):
+            ax.axvline(best_epoch, color="grey", linestyle=":", label="kept epoch" if ax is b else None)
     a.set(xlabel="epoch", ylabel="loss", title="loss")
     b.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
     a.legend(), b.legend()

@@ -1,7 +1,12 @@
-"""Split by speaker, train one grid point of the model-card CNN, and measure it.
+"""Split by speaker, train one grid point of a model family, and measure it the way it will be used.
 
 Read top to bottom: data → split → one training loop → metrics. No MLflow here (tracking.py
 logs what this returns), so a grid point can run in any worker process.
+
+What is measured is what the product is for: labelling speakers nobody trained on. Files are
+pooled from their windows; accuracy is taken per speaker, averaged within each sex, then over
+the sexes ("speaker-balanced"), per corpus; the selection metric ``val_score`` is the mean of
+that over the validation corpora, so a large corpus cannot hide a small one.
 """
 from __future__ import annotations
 
@@ -18,9 +23,10 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
 
 from voiceclf.config import LABELS, FeatureConfig
-from voiceclf.model import GenderCNN
+from voiceclf.model import build_model
 
 SPLITS = ("train", "val", "test")
+FAMILIES = ("cnn", "embedding_head")
 
 
 class DataError(ValueError):
@@ -32,17 +38,19 @@ class DataError(ValueError):
 class Data:
     """Windows of one FeatureConfig with their labels and groups.
 
-    x : (N, 3, 98, 12) float32 windows.  y : (N,) int64, 0 female / 1 male.
-    speaker : (N,) speaker ids.  file : (N,) one id per source file (windows are pooled per file when scoring).
-    augment : (N,) 0 for a recording's own windows, k > 0 for its k-th augmented variant
+    x : (N, *cfg.shape) float32 windows.  y : (N,) int64, 0 female / 1 male.
+    speaker : (N,) speaker ids, unique across corpora.  corpus : (N,) corpus names.
+    file : (N,) one id per source file (windows are pooled per file when scoring).
+    variant : (N,) 0 for a recording's own windows, k > 0 for its k-th augmented variant
         (training only: validation and test see real recordings).
     """
 
     x: np.ndarray
     y: np.ndarray
     speaker: np.ndarray
+    corpus: np.ndarray
     file: np.ndarray
-    augment: np.ndarray
+    variant: np.ndarray
     cfg: FeatureConfig
     speaker_level: bool = True  # False: no speaker ids, the split falls back to files (optimistic)
 
@@ -50,18 +58,29 @@ class Data:
     def from_shards(cls, rows: pd.DataFrame, x: np.ndarray, cfg: FeatureConfig) -> "Data":
         if rows["label"].isna().any():
             n = int(rows["label"].isna().sum())
-            raise DataError(f"{n} windows have no label; train needs labelled features (featurize a labelled corpus)")
+            raise DataError(f"{n} windows have no label; training needs labelled features (featurize a labelled corpus)")
         unknown = set(rows["label"]) - set(LABELS)
         if unknown:
             raise DataError(f"unknown labels {sorted(unknown)}; expected {LABELS}")
+        corpus = rows["corpus"].astype(str)
         file = (rows["source"] + "/" + rows["path"]).to_numpy()
-        speaker_level = rows["speaker"].notna().all()
-        speaker = (rows["source"] + "/" + rows["speaker"]).to_numpy() if speaker_level else file
+        speaker_level = bool(rows["speaker"].notna().all())
+        if speaker_level:
+            # shards name speakers "<corpus>/<id>"; older shards gave the corpus's own id only
+            spk = rows["speaker"].astype(str)
+            prefixed = np.array([s.startswith(c + "/") for s, c in zip(spk, corpus)], dtype=bool)
+            speaker = spk.where(prefixed, corpus + "/" + spk).to_numpy()
+        else:
+            speaker = file
         y = rows["label"].map({lab: i for i, lab in enumerate(LABELS)}).to_numpy(np.int64)
-        return cls(x, y, speaker, file, rows["augment"].to_numpy(np.int8), cfg, bool(speaker_level))
+        return cls(x, y, speaker, corpus.to_numpy(), file, rows["augment"].to_numpy(np.int8), cfg, speaker_level)
 
     def subset(self, mask: np.ndarray) -> "Data":
-        return Data(self.x[mask], self.y[mask], self.speaker[mask], self.file[mask], self.augment[mask], self.cfg, self.speaker_level)
+        return Data(self.x[mask], self.y[mask], self.speaker[mask], self.corpus[mask], self.file[mask], self.variant[mask], self.cfg, self.speaker_level)
+
+    def speakers(self) -> pd.DataFrame:
+        """One row per speaker: speaker, label (int), corpus."""
+        return pd.DataFrame({"speaker": self.speaker, "label": self.y, "corpus": self.corpus}).drop_duplicates("speaker")
 
     def fingerprint(self) -> str:
         """A short hash of which windows (files, labels) and config this data is."""
@@ -71,69 +90,91 @@ class Data:
         return h.hexdigest()[:16]
 
 
-def split_speakers(speakers: np.ndarray, labels: np.ndarray, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict[str, list]:
-    """Assign whole speakers to train/val/test, stratified by gender; each split holds both genders.
+def split_speakers(speakers: pd.DataFrame, fractions=(0.7, 0.15, 0.15), seed: int = 0, holdout_corpus: str | None = None) -> dict[str, list]:
+    """Assign whole speakers to train/val/test, stratified by corpus × sex.
 
-    Written by hand because scikit-learn's splitters either ignore groups (train_test_split) or
-    give folds, not three proportions, and none guarantees a class in every split for a handful
-    of speakers.
+    ``speakers`` has one row per speaker with ``speaker``, ``label`` and ``corpus``. With
+    ``holdout_corpus`` every speaker of that corpus is the test set and the others are split
+    into train and validation in proportion. A corpus × sex group of fewer than 3 speakers goes
+    to training whole (one speaker cannot stand for a group in three splits).
+
+    Written by hand because scikit-learn's group splitters give k folds, not three proportions
+    stratified by two variables, and none guarantees both sexes in every split for a handful of speakers.
     """
-    per_speaker = pd.DataFrame({"speaker": speakers, "label": labels}).drop_duplicates("speaker")
-    if per_speaker["label"].nunique() < 2:
-        raise DataError(f"only {LABELS[per_speaker['label'].iloc[0]]} speakers in the data; training needs both genders")
-    rng = np.random.default_rng(seed)
+    spk = speakers.drop_duplicates("speaker")
+    if spk["label"].nunique() < 2:
+        raise DataError(f"only {LABELS[spk['label'].iloc[0]]} speakers in the data; training needs both sexes")
     out: dict[str, list] = {s: [] for s in SPLITS}
-    for label, group in per_speaker.groupby("label"):
-        spk = sorted(group["speaker"])
-        if len(spk) < 3:
-            raise DataError(f"only {len(spk)} {LABELS[label]} speaker(s); a speaker-disjoint train/val/test split needs at least 3 per gender")
-        rng.shuffle(spk)
-        n_val = max(1, round(len(spk) * fractions[1]))
-        n_test = max(1, round(len(spk) * fractions[2]))
-        out["val"] += spk[:n_val]
-        out["test"] += spk[n_val : n_val + n_test]
-        out["train"] += spk[n_val + n_test :]
+    fr = np.asarray(fractions, float)
+    if holdout_corpus is not None:
+        if holdout_corpus not in set(spk["corpus"]):
+            raise DataError(f"--holdout-corpus {holdout_corpus!r} is not in the data; corpora: {', '.join(sorted(set(spk['corpus'])))}")
+        out["test"] = sorted(spk.loc[spk["corpus"] == holdout_corpus, "speaker"])
+        spk = spk[spk["corpus"] != holdout_corpus]
+        fr = np.array([fr[0], fr[1], 0.0]) / (fr[0] + fr[1])
+    rng = np.random.default_rng(seed)
+    for _, group in spk.sort_values(["corpus", "label", "speaker"]).groupby(["corpus", "label"], sort=True):
+        ids = list(group["speaker"])
+        if len(ids) < 3:
+            out["train"] += ids
+            continue
+        rng.shuffle(ids)
+        n_val = max(1, round(len(ids) * fr[1]))
+        n_test = max(1, round(len(ids) * fr[2])) if fr[2] > 0 else 0
+        out["val"] += ids[:n_val]
+        out["test"] += ids[n_val : n_val + n_test]
+        out["train"] += ids[n_val + n_test :]
+    labels = dict(zip(speakers["speaker"], speakers["label"]))
+    for s in SPLITS:
+        missing = set(range(len(LABELS))) - {labels[x] for x in out[s]}
+        if missing:
+            raise DataError(f"the {s} split has no {LABELS[min(missing)]} speaker; a speaker-disjoint split needs at least 3 "
+                            "speakers of each sex (in one corpus) outside the held-out corpus")
     return {s: sorted(v) for s, v in out.items()}
 
 
 # ----------------------------------------------------------------------------- grid
 @dataclass(frozen=True)
 class GridPoint:
+    """One point of the grid: a model family on a feature set and its hyperparameters."""
+
+    feature_set: str = "mfcc_pitch"
     lr: float = 1e-3
     epochs: int = 10
     gamma: float = 0.5
     batch_size: int = 64
     step_size: int = 5  # StepLR: the seed's schedule
-    augment: bool = True
-    feature_set: str = "mfcc_pitch"
+    weight_decay: float = 0.0
+    hidden: int = 0  # embedding head: 0 = logistic regression, else one hidden layer of this width
+    feature_noise: bool = True  # train-time perturbation in feature space (CNN: shift/noise/masks; head: noise)
+    balance: str = "speaker"  # "speaker": every speaker weighs the same in an epoch; "class": only the sexes are balanced
+
+    @property
+    def family(self) -> str:
+        return FeatureConfig.for_feature_set(self.feature_set).family
 
     @property
     def name(self) -> str:
-        return f"{self.feature_set} lr={self.lr:g} ep={self.epochs} gamma={self.gamma:g} bs={self.batch_size}"
+        extra = f" hidden={self.hidden} wd={self.weight_decay:g}" if self.family == "embedding_head" else f" gamma={self.gamma:g}"
+        return f"{self.feature_set} lr={self.lr:g} ep={self.epochs} bs={self.batch_size}{extra}"
 
 
-def grid(lr, epochs, gamma, batch_size, feature_sets, augment: bool = True) -> list[GridPoint]:
-    """The cartesian product of the value lists."""
-    return [GridPoint(float(a), int(b), float(c), int(d), augment=augment, feature_set=e)
-            for e, a, b, c, d in itertools.product(feature_sets, lr, epochs, gamma, batch_size)]
+#: Hyperparameters a grid file may list per family (each a list of values), and their types.
+GRID_KEYS = {"lr": float, "epochs": int, "gamma": float, "batch_size": int, "step_size": int, "weight_decay": float,
+             "hidden": int, "feature_noise": bool, "balance": str}
 
 
-# ----------------------------------------------------------------------------- training
-def augment_batch(x: torch.Tensor, model: GenderCNN, gen: torch.Generator) -> torch.Tensor:
-    """Train-time augmentation in feature space: time shift, noise, one time mask, one coefficient mask."""
-    b, c, t, k = x.shape
-    shift = torch.randint(-8, 9, (b, 1), generator=gen)
-    idx = (torch.arange(t).unsqueeze(0) - shift) % t  # circular shift of frames, per window
-    x = torch.gather(x, 2, idx[:, None, :, None].expand(b, c, t, k))
-    x = x + 0.1 * model.std * torch.randn(x.shape, generator=gen)
-    t0, tw = torch.randint(0, t, (b, 1), generator=gen), torch.randint(0, 11, (b, 1), generator=gen)
-    k0, kw = torch.randint(0, k, (b, 1), generator=gen), torch.randint(0, 3, (b, 1), generator=gen)
-    frames, coeffs = torch.arange(t).unsqueeze(0), torch.arange(k).unsqueeze(0)
-    tmask = ((frames >= t0) & (frames < t0 + tw))[:, None, :, None]
-    kmask = ((coeffs >= k0) & (coeffs < k0 + kw))[:, None, None, :]
-    return torch.where(tmask | kmask, model.mean.expand_as(x), x)
+def grid(values: dict[str, list], feature_set: str) -> list[GridPoint]:
+    """The cartesian product of the value lists for one feature set; keys not given keep their defaults."""
+    unknown = set(values) - set(GRID_KEYS)
+    if unknown:
+        raise DataError(f"unknown grid key(s) {sorted(unknown)}; expected some of {sorted(GRID_KEYS)}")
+    keys = sorted(values)
+    return [GridPoint(feature_set=feature_set, **{k: GRID_KEYS[k](v) for k, v in zip(keys, combo)})
+            for combo in itertools.product(*(values[k] for k in keys))]
 
 
+# ----------------------------------------------------------------------------- metrics
 @torch.no_grad()
 def logits_of(model: torch.nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     model.eval()
@@ -149,35 +190,117 @@ def predict_proba(model: torch.nn.Module, x: np.ndarray | torch.Tensor, batch_si
 
 def file_level(p: np.ndarray, data: Data) -> pd.DataFrame:
     """Pool window probabilities per file (mean), as the scorer does."""
-    df = pd.DataFrame({"file": data.file, "speaker": data.speaker, "y": data.y, "p": p})
-    return df.groupby("file", sort=True).agg(speaker=("speaker", "first"), y=("y", "first"), p=("p", "mean")).reset_index()
+    df = pd.DataFrame({"file": data.file, "speaker": data.speaker, "corpus": data.corpus, "y": data.y, "p": p})
+    files = df.groupby("file", sort=True).agg(speaker=("speaker", "first"), corpus=("corpus", "first"), y=("y", "first"), p=("p", "mean")).reset_index()
+    files["correct"] = (files["p"] >= 0.5).astype(int) == files["y"]
+    return files
 
 
-def metrics(y: np.ndarray, p: np.ndarray, prefix: str) -> dict[str, float]:
-    pred = (p >= 0.5).astype(int)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {f"{prefix}_acc": float(accuracy_score(y, pred)), f"{prefix}_balanced_acc": float(balanced_accuracy_score(y, pred))}
+def per_speaker(files: pd.DataFrame) -> pd.DataFrame:
+    """One row per speaker: corpus, label, files, acc (share of the speaker's files labelled right)."""
+    out = files.groupby("speaker").agg(corpus=("corpus", "first"), label=("y", "first"), files=("file", "size"), acc=("correct", "mean")).reset_index()
+    out["label"] = out["label"].map(dict(enumerate(LABELS)))
+    return out
+
+
+def speaker_balanced(speakers: pd.DataFrame) -> float:
+    """Accuracy per speaker, averaged within each sex, then over the sexes present."""
+    return float(speakers.groupby("label")["acc"].mean().mean()) if len(speakers) else float("nan")
+
+
+def evaluate(files: pd.DataFrame, prefix: str) -> dict[str, float]:
+    """File-level and speaker-balanced metrics, overall and per corpus (``<metric>.<corpus>``).
+
+    ``<prefix>_score`` is the mean over corpora of the speaker-balanced accuracy (the selection
+    metric for ``val``); ``<prefix>_worst_corpus`` its minimum.
+    """
+    out: dict[str, float] = {}
+    spk = per_speaker(files)
+
+    def basic(f: pd.DataFrame, s: pd.DataFrame, suffix: str) -> None:
+        pred = (f["p"] >= 0.5).astype(int)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out[f"{prefix}_acc{suffix}"] = float(accuracy_score(f["y"], pred))
+            out[f"{prefix}_balanced_acc{suffix}"] = float(balanced_accuracy_score(f["y"], pred))
+        out[f"{prefix}_speaker_bacc{suffix}"] = speaker_balanced(s)
+
+    basic(files, spk, "")
+    out[f"{prefix}_speaker_acc"] = float((spk["acc"] > 0.5).mean()) if len(spk) else float("nan")
+    corpora = sorted(set(files["corpus"]))
+    for c in corpora:
+        basic(files[files["corpus"] == c], spk[spk["corpus"] == c], f".{c}")
+    per_corpus = [out[f"{prefix}_speaker_bacc.{c}"] for c in corpora]
+    out[f"{prefix}_score"] = float(np.mean(per_corpus)) if per_corpus else float("nan")
+    out[f"{prefix}_worst_corpus"] = float(np.min(per_corpus)) if per_corpus else float("nan")
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+def perturb(x: torch.Tensor, model: torch.nn.Module, gen: torch.Generator) -> torch.Tensor:
+    """Train-time perturbation in feature space.
+
+    CNN windows (N, 3, T, K): circular time shift, noise, one time mask, one coefficient mask.
+    Embeddings (N, D): noise of a tenth of each dimension's spread.
+    """
+    noise = 0.1 * model.std * torch.randn(x.shape, generator=gen)
+    if x.dim() == 2:
+        return x + noise
+    b, c, t, k = x.shape
+    shift = torch.randint(-8, 9, (b, 1), generator=gen)
+    idx = (torch.arange(t).unsqueeze(0) - shift) % t  # circular shift of frames, per window
+    x = torch.gather(x, 2, idx[:, None, :, None].expand(b, c, t, k)) + noise
+    t0, tw = torch.randint(0, t, (b, 1), generator=gen), torch.randint(0, 11, (b, 1), generator=gen)
+    k0, kw = torch.randint(0, k, (b, 1), generator=gen), torch.randint(0, 3, (b, 1), generator=gen)
+    frames, coeffs = torch.arange(t).unsqueeze(0), torch.arange(k).unsqueeze(0)
+    tmask = ((frames >= t0) & (frames < t0 + tw))[:, None, :, None]
+    kmask = ((coeffs >= k0) & (coeffs < k0 + kw))[:, None, None, :]
+    return torch.where(tmask | kmask, model.mean.expand_as(x), x)
+
+
+def sample_weights(data: Data, balance: str) -> np.ndarray:
+    """How likely each training window is drawn: each sex weighs half; with ``speaker`` every speaker
+    of a sex weighs the same, however many windows (files, variants) it has.
+
+    Speakers are what a model must generalise over: a corpus with 60 clips per speaker would
+    otherwise teach 60 times more about its few voices than one with a clip per speaker.
+    """
+    groups = pd.Series(data.speaker if balance == "speaker" else data.y)
+    w = 1.0 / groups.map(groups.value_counts()).to_numpy(float)
+    for label in (0, 1):
+        m = data.y == label
+        w[m] /= max(w[m].sum(), 1e-12)
+    return w
 
 
 @dataclass
 class PointResult:
     point: GridPoint
     history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
+    best_epoch: int = 0  # the epoch whose weights are kept (highest val_score)
+    val: dict = field(default_factory=dict)  # validation metrics of the kept epoch
     test: dict = field(default_factory=dict)
     per_speaker: pd.DataFrame | None = None
     confusion: np.ndarray | None = None
-    state_dict: dict | None = None
+    model: torch.nn.Module | None = None
     seconds: float = 0.0
     error: str | None = None
 
     @property
     def final(self) -> dict:
-        return self.history[-1] if self.history else {}
+        """Metrics of the kept epoch."""
+        return self.history[self.best_epoch - 1] if self.history else {}
+
+
+def parts_of(data: Data, split: dict[str, list]) -> dict[str, Data]:
+    """The split's windows: augmented variants in training only."""
+    real = data.variant == 0
+    return {s: data.subset(np.isin(data.speaker, split[s]) & (real | (s == "train"))) for s in SPLITS}
 
 
 def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int = 0, threads: int | None = None, on_epoch=None) -> PointResult:
-    """Train one grid point; never raises: a failure comes back as ``PointResult.error``."""
+    """Train one grid point, keeping the epoch with the best ``val_score``; never raises: a failure
+    comes back as ``PointResult.error``."""
     t0 = time.perf_counter()
     result = PointResult(point)
     try:
@@ -185,26 +308,25 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
             torch.set_num_threads(threads)
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        real = data.augment == 0
-        parts = {s: data.subset(np.isin(data.speaker, split[s]) & (real | (s == "train"))) for s in SPLITS}
+        parts = parts_of(data, split)
         tr, va = parts["train"], parts["val"]
         x_tr, y_tr = torch.from_numpy(tr.x), torch.from_numpy(tr.y)
-        model = GenderCNN(*data.cfg.shape[1:]).fit_standardisation(x_tr)
-        counts = np.bincount(tr.y, minlength=2)
-        # AudioMNIST is 4:1 male: weight classes so the minority counts as much as the majority
-        weight = torch.tensor(len(tr.y) / (2 * np.maximum(counts, 1)), dtype=torch.float32)
-        loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
-        opt = torch.optim.Adam(model.parameters(), lr=point.lr)
+        model = build_model(data.cfg, hidden=point.hidden).fit_standardisation(x_tr)
+        weights = torch.from_numpy(sample_weights(tr, point.balance))
+        loss_fn = torch.nn.CrossEntropyLoss()
+        opt = torch.optim.Adam(model.parameters(), lr=point.lr, weight_decay=point.weight_decay)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=point.step_size, gamma=point.gamma)
+        best_key, best_state = None, None
         for epoch in range(1, point.epochs + 1):
             model.train()
-            order = torch.randperm(len(x_tr), generator=gen)
+            # an epoch draws as many windows as there are, by the balance weights
+            order = torch.multinomial(weights, len(weights), replacement=True, generator=gen)
             total, correct, seen = 0.0, 0, 0
             for i in range(0, len(order), point.batch_size):
                 idx = order[i : i + point.batch_size]
                 xb, yb = x_tr[idx], y_tr[idx]
-                if point.augment:
-                    xb = augment_batch(xb, model, gen)
+                if point.feature_noise:
+                    xb = perturb(xb, model, gen)
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
                 opt.zero_grad(set_to_none=True)
@@ -215,22 +337,24 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
                 seen += len(idx)
             sched.step()
             val_logits = logits_of(model, va.x)
-            val_loss = float(loss_fn(val_logits, torch.from_numpy(va.y)))
+            val_loss = float(torch.nn.functional.cross_entropy(val_logits, torch.from_numpy(va.y))) if len(va.y) else float("nan")
             p_val = torch.softmax(val_logits, dim=1)[:, 1].numpy()
-            row = {"train_loss": total / seen, "train_acc": correct / seen, "val_loss": val_loss, **metrics(va.y, p_val, "val")}
+            row = {"train_loss": total / seen, "train_acc": correct / seen, "val_loss": val_loss, **evaluate(file_level(p_val, va), "val")}
             result.history.append(row)
+            key = (row["val_score"], -val_loss)
+            if best_key is None or key > best_key:
+                best_key, best_state, result.best_epoch = key, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch
             if on_epoch:
                 on_epoch(epoch, row)
+        model.load_state_dict(best_state)
+        model.eval()
+        result.val = {k: v for k, v in result.final.items() if k.startswith("val_")}
         te = parts["test"]
         files = file_level(predict_proba(model, te.x), te)
-        result.test = metrics(files["y"].to_numpy(), files["p"].to_numpy(), "test")
-        files["correct"] = (files["p"] >= 0.5).astype(int) == files["y"]
-        per_speaker = files.groupby("speaker").agg(label=("y", "first"), files=("file", "size"), acc=("correct", "mean")).reset_index()
-        per_speaker["label"] = per_speaker["label"].map(dict(enumerate(LABELS)))
-        result.per_speaker = per_speaker
-        result.test["test_speaker_acc"] = float((per_speaker["acc"] > 0.5).mean())
+        result.test = evaluate(files, "test")
+        result.per_speaker = per_speaker(files)
         result.confusion = confusion_matrix(files["y"], (files["p"] >= 0.5).astype(int), labels=[0, 1])
-        result.state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        result.model = model
     except Exception:
         result.error = traceback.format_exc()
     result.seconds = time.perf_counter() - t0
@@ -238,10 +362,10 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
 
 
 def best(results: list[PointResult]) -> PointResult | None:
-    """Highest final val_balanced_acc; ties go to the lower val_loss."""
+    """Highest val_score of the kept epoch; ties go to the lower val_loss."""
     ok = [r for r in results if r.error is None and r.history]
-    return max(ok, key=lambda r: (r.final["val_balanced_acc"], -r.final["val_loss"]), default=None)
+    return max(ok, key=lambda r: (r.final["val_score"], -r.final["val_loss"]), default=None)
 
 
 def point_params(point: GridPoint) -> dict:
-    return asdict(point)
+    return {**asdict(point), "family": point.family}

@@ -1,0 +1,114 @@
+"""Several corpora, two model families, champion by how a model does on speakers it never saw."""
+import csv
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import run_job
+from voiceclf import shards, synth, tracking
+
+SETS = ("mfcc_pitch", "speaker_embedding")
+
+
+@pytest.fixture(scope="module")
+def two_corpora(tmp_path_factory):
+    """Two synthetic corpora whose speaker folders have the same names (01..08), featurized in one call per feature set."""
+    root = tmp_path_factory.mktemp("corpora")
+    synth.make_corpus(root / "north", speakers=8, clips=5, seed=11)
+    synth.make_corpus(root / "south", speakers=8, clips=5, seed=12)
+    out = root / "features"
+    for fs in SETS:
+        run_job("featurize", root / "north", root / "south", "--out", out / fs, "--feature-set", fs, "--augment", "1", "--jobs", "2", check=True)
+    return root, out
+
+
+def test_one_call_keeps_corpora_apart(two_corpora):
+    _, out = two_corpora
+    for fs in SETS:
+        rows, x, cfg = shards.read(out / fs)
+        assert cfg.feature_set == fs and x.shape[1:] == cfg.shape
+        assert set(rows["corpus"]) == {"north", "south"}
+        assert rows["speaker"].nunique() == 16  # two corpora's "01" are two people
+        assert set(rows.loc[rows["corpus"] == "north", "speaker"].str.split("/").str[0]) == {"north"}
+        assert set(rows["augment"]) == {0, 1}
+
+
+def test_manifest_corpus_column(tmp_path):
+    from voiceclf import corpus
+
+    synth.make_corpus(tmp_path / "a", speakers=2, clips=2, seed=1)
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("a/*/*.wav"))
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "speaker", "corpus"])
+        for i, p in enumerate(files):
+            w.writerow([p, "female" if p.split("/")[1] == "01" else "male", p.split("/")[1], "one" if i % 2 else ""])
+    df = corpus.discover(tmp_path / "m.csv")
+    assert set(df["corpus"]) == {"one", tmp_path.name}  # the column where given, else the manifest's folder
+
+
+def child_runs(uri):
+    tracking.connect(uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("voiceclf")
+    runs = client.search_runs([exp.experiment_id])
+    return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags], [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+def test_both_families_hold_out_a_corpus_and_log_per_corpus_metrics(two_corpora, tmp_path):
+    _, out = two_corpora
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    proc = run_job("train", "--features", out, "--holdout-corpus", "south", "--epochs", "3", "--lr", "1e-3", "--hidden", "0", "--jobs", "2",
+                   env={"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, children, parents = child_runs(uri)
+    assert {r.data.params["family"] for r in children} == {"cnn", "embedding_head"}
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert r.data.params["holdout_corpus"] == "south"
+        m = r.data.metrics
+        assert "test_speaker_bacc.south" in m and "test_speaker_bacc.north" not in m  # the test set is the held-out corpus
+        assert "val_speaker_bacc.north" in m and "val_speaker_bacc.south" not in m
+        assert m["test_score"] == m["test_speaker_bacc.south"]
+        assert [h.step for h in client.get_metric_history(r.info.run_id, "val_score")] == [1, 2, 3]
+    best = max(children, key=lambda r: (r.data.metrics["best_val_score"], -r.data.metrics["best_val_loss"]))
+    mv = client.get_model_version_by_alias("voiceclf", "champion")
+    assert mv.tags["run_id"] == best.info.run_id and mv.tags["promoted"] == "true"
+    assert parents[0].data.tags["voiceclf.winner_run_id"] == best.info.run_id
+
+
+def test_a_worse_winner_is_registered_but_not_promoted(two_corpora, tmp_path):
+    _, out = two_corpora
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    emb = out / "speaker_embedding"
+    good = run_job("train", "--features", emb, "--epochs", "20", "--lr", "3e-3", "--hidden", "0", "--jobs", "1", env=env)
+    assert good.returncode == 0, good.stderr[-3000:]
+    bad = run_job("train", "--features", emb, "--epochs", "1", "--lr", "1e-9", "--hidden", "0", "--no-feature-noise", "--jobs", "1", env=env)
+    assert bad.returncode == 0, bad.stderr[-3000:]
+    assert "WITHOUT the champion alias" in bad.stderr
+    tracking.connect(env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("voiceclf", "champion").version) == "1"
+    v2 = client.get_model_version("voiceclf", "2")
+    assert v2.tags["promoted"] == "false" and "not promoted" in v2.tags["promotion"]
+    forced = run_job("train", "--features", emb, "--epochs", "1", "--lr", "1e-9", "--hidden", "0", "--no-feature-noise", "--jobs", "1", "--force-promote", env=env)
+    assert forced.returncode == 0
+    assert str(client.get_model_version_by_alias("voiceclf", "champion").version) == "3"
+
+
+def test_score_with_an_embedding_champion(two_corpora, tmp_path):
+    root, out = two_corpora
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    run_job("train", "--features", out / "speaker_embedding", "--epochs", "20", "--lr", "3e-3", "--hidden", "0", "--jobs", "1", env=env, check=True)
+    unseen = tmp_path / "unseen"
+    synth.make_corpus(unseen, speakers=4, clips=3, seed=99, first_speaker=21)
+    (unseen / "notes.txt").write_text("not audio")
+    proc = run_job("score", unseen, "--out", tmp_path / "r.csv", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = pd.read_csv(tmp_path / "r.csv")
+    audio_rows = report[report["path"].str.endswith(".wav")]
+    assert len(report) == 14 and (audio_rows["status"] == "ok").all()
+    assert report.loc[report["path"].str.endswith("notes.txt"), "status"].item() == "error"
+    truth = audio_rows["path"].str.extract(r"/(\d\d)/")[0].astype(int).map(lambda s: synth.speaker_gender(s))
+    assert (audio_rows["label"].to_numpy() == truth.to_numpy()).mean() >= 0.75

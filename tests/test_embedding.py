@@ -1,0 +1,77 @@
+"""The speaker_embedding feature set: the pretrained GE2E encoder from the installed wheel, on synthetic voices."""
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from voiceclf import audio, batch, embedding, synth
+from voiceclf.config import ENCODER_SHA256, ConfigError, FeatureConfig
+
+CFG = FeatureConfig.for_feature_set("speaker_embedding")
+
+
+def test_weights_come_from_the_installed_wheel_with_the_pinned_hash():
+    path = embedding.weights_path()
+    assert path.name == "pretrained.pt" and path.parent.name == "resemblyzer"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == ENCODER_SHA256 == CFG.encoder_sha256
+    enc = embedding.load_encoder(ENCODER_SHA256)
+    assert sum(p.numel() for p in enc.parameters()) == 1_423_616  # 3-layer LSTM 40→256 + linear 256→256
+
+
+def test_another_encoder_is_refused():
+    with pytest.raises(embedding.EncoderError, match="sha256"):
+        embedding.load_encoder("0" * 64)
+    with pytest.raises(ConfigError, match="encoder_sha256"):
+        FeatureConfig(feature_set="speaker_embedding", window_s=1.6, hop_s=0.8)
+
+
+def test_config_of_the_embedding_set():
+    assert CFG.shape == (256,) and CFG.family == "embedding_head" and CFG.window_s == 1.6
+    assert FeatureConfig.from_json(CFG.to_json()) == CFG
+    assert FeatureConfig().family == "cnn" and FeatureConfig().encoder_sha256 == ""
+
+
+def test_embeddings_are_unit_vectors_and_tell_speakers_apart(tmp_path):
+    synth.make_corpus(tmp_path, speakers=4, clips=4, seed=3)
+    items = [batch.Item(path=p.relative_to(tmp_path).as_posix(), source=str(tmp_path)) for p in sorted(tmp_path.glob("*/*.wav"))]
+    results = batch.featurize_batch(items, CFG)
+    assert all(r.error is None and r.windows.features.shape[1:] == (256,) for r in results)
+    emb = {}
+    for r in results:
+        v = r.windows.features.mean(axis=0)
+        emb.setdefault(r.item.path.split("/")[0], []).append(v / np.linalg.norm(v))
+        np.testing.assert_allclose(np.linalg.norm(r.windows.features, axis=1), 1.0, rtol=1e-5)
+    speakers = sorted(emb)
+    same = np.mean([emb[s][i] @ emb[s][j] for s in speakers for i in range(4) for j in range(i + 1, 4)])
+    other = np.mean([a @ b for s in speakers for t in speakers if s < t for a in emb[s] for b in emb[t]])
+    assert same > other + 0.05, (same, other)
+
+
+def test_batched_encoding_equals_one_file_at_a_time(tmp_path):
+    synth.make_corpus(tmp_path, speakers=2, clips=3, seed=4)
+    items = [batch.Item(path=p.relative_to(tmp_path).as_posix(), source=str(tmp_path)) for p in sorted(tmp_path.glob("*/*.wav"))]
+    together = batch.featurize_batch(items, CFG)
+    alone = [batch.featurize_batch([it], CFG)[0] for it in items]
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a.windows.features, b.windows.features, atol=1e-5)
+
+
+def test_windows_cover_the_speech_like_the_cnn_windows():
+    y = np.concatenate([np.zeros(8000), 0.5 * np.sin(2 * np.pi * 150 * np.arange(48000) / 16000), np.zeros(8000)]).astype(np.float32)
+    w = embedding.mel_windows(y, CFG)
+    assert w.features.shape == (2, 160, 40)  # 3 s of speech: 1.6-s windows at 0 and 0.8 s (the rest is under a window)
+    np.testing.assert_allclose(w.offsets_s, [0.5, 1.3], atol=0.02)
+    short = embedding.mel_windows(y[:16000], CFG)  # 0.5 s of speech: one padded window
+    assert len(short) == 1 and short.speech_s[0] < 1.0
+    assert len(embedding.mel_windows(np.zeros(16000, np.float32), CFG)) == 0
+
+
+def test_level_does_not_change_the_embedding():
+    rng = np.random.default_rng(0)
+    t = np.arange(32000) / 16000
+    y = (0.3 * np.sin(2 * np.pi * 140 * t * (1 + 0.05 * np.sin(3 * t))) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+    a = embedding.embed(embedding.mel_windows(y, CFG).features, CFG)
+    b = embedding.embed(embedding.mel_windows(0.1 * y, CFG).features, CFG)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert torch.get_num_threads() >= 1
