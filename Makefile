@@ -15,12 +15,15 @@ PORT ?= 5000
 
 setup: $(STAMP)
 
-# Idempotent: reinstalls only when pyproject.toml changes. torch first, pinned to the CPU build.
-$(STAMP): pyproject.toml
+# Idempotent: reinstalls only when pyproject.toml or this file changes. torch first, pinned to the CPU build.
+# The speaker encoder's weights come from the Resemblyzer wheel, installed without its dependencies: voiceclf
+# reads only its weights file (its own imports need webrtcvad and pkg_resources, which nothing here uses).
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,dask]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps resemblyzer==0.1.4
 	touch $@
 
 test: setup
@@ -29,8 +32,12 @@ test: setup
 demo: setup
 	$(PY) -m jobs.demo
 
+# One shard folder per feature set under OUT (default features/): both model families train from them.
+FEATURE_SETS ?= mfcc_pitch speaker_embedding
 features: setup
-	$(PY) -m jobs.featurize $(DATA) --out $(or $(OUT),features) --jobs $(JOBS)$(if $(AUGMENT), --augment $(AUGMENT))
+	for fs in $(FEATURE_SETS); do \
+		$(PY) -m jobs.featurize $(DATA) --out $(or $(OUT),features)/$$fs --feature-set $$fs --jobs $(JOBS)$(if $(AUGMENT), --augment $(AUGMENT)) || exit $$?; \
+	done
 
 train: setup
 	$(PY) -m jobs.train --features $(FEATURES) --jobs $(JOBS)

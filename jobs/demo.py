@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=REPO_ROOT / "demo", help="where corpus, features and report go (default %(default)s)")
     p.add_argument("--speakers", type=int, default=24, help="training speakers, half female (default %(default)s)")
     p.add_argument("--clips", type=int, default=20, help="clips per training speaker (default %(default)s)")
-    p.add_argument("--epochs", default="8", help="epochs of the demo grid (default %(default)s)")
+    p.add_argument("--epochs", default="8", help="epochs of every point of the demo grid (default %(default)s; the best epoch is kept)")
     p.add_argument("--jobs", default="-1", help="parallel workers (default all cores)")
     return p.parse_args(argv)
 
@@ -53,11 +53,12 @@ def run(args: argparse.Namespace) -> int:
     step(f"1/5 synthetic corpus: {args.speakers} training speakers × {args.clips} clips")
     synth.make_corpus(work / "corpus", speakers=args.speakers, clips=args.clips, seed=0, first_speaker=1)
     truth = make_recordings(work / "recordings")
-    step("2/5 featurize")
+    step("2/5 featurize: MFC images for the CNN and speaker embeddings for the embedding head")
     # no augmentation: the synthetic voices are clean, and the demo should take a minute
-    featurize.run(featurize.parse_args([str(work / "corpus"), "--out", str(work / "features"), "--jobs", args.jobs, "--augment", "0"]))
-    step("3/5 train a small grid (2 points) and register the champion")
-    train.run(train.parse_args(["--features", str(work / "features"), "--lr", "1e-3,3e-4", "--epochs", args.epochs, "--jobs", args.jobs]))
+    for fs in ("mfcc_pitch", "speaker_embedding"):
+        featurize.run(featurize.parse_args([str(work / "corpus"), "--out", str(work / "features" / fs), "--feature-set", fs, "--jobs", args.jobs, "--augment", "0"]))
+    step("3/5 train the grid of jobs/grid.toml over both families and register the champion")
+    train.run(train.parse_args(["--features", str(work / "features"), "--epochs", args.epochs, "--jobs", args.jobs]))
     step("4/5 score the recordings of unseen speakers")
     report_path = work / "report.csv"
     score.run(score.parse_args([str(work / "recordings"), "--out", str(report_path), "--jobs", args.jobs]))
