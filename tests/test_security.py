@@ -93,6 +93,18 @@ def test_a_genuine_pt2_champion_still_scores(pt2_store, inbox, tmp_path):
     assert (tmp_path / "r.csv").read_text().count("\n") == 2
 
 
+def test_a_missing_model_version_says_so(pt2_store, inbox, tmp_path):
+    uri, _ = pt2_store
+    proc = run_job("score", inbox, "--out", tmp_path / "r.csv", "--model-uri", "models:/voiceclf/99", env={"MLFLOW_TRACKING_URI": uri})
+    line = one_line_failure(proc)
+    assert "version 99 of model voiceclf does not exist" in line and "versions: 1" in line, line
+
+
+def test_an_unsupported_tracking_uri_is_one_line(inbox, tmp_path):
+    proc = run_job("score", inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": "ftp://x"})
+    assert "ftp://x" in one_line_failure(proc)
+
+
 def test_a_truncated_model_archive_is_one_line(inbox, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     folder = register(uri, "pt2")

@@ -66,6 +66,10 @@ def connect(uri: str | None = None) -> str:
         Path(urlparse(uri).path).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    try:
+        MlflowClient()  # resolves both stores: an unsupported scheme (ftp://...) fails here, in one line
+    except MlflowException as e:
+        raise TrackingError(f"cannot use the tracking URI {uri}: {e.message.strip().split('. ')[0]}; use sqlite:///..., http(s)://... or a database URI") from None
     return uri
 
 
@@ -207,6 +211,8 @@ def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
                 name, v = ref.split("/", 1)
                 version = client.get_model_version(name, v).version
         except MlflowException:
+            if not alias and "/" in ref and _registered(name):
+                raise TrackingError(f"version {ref.split('/', 1)[1]} of model {name} does not exist in {mlflow.get_tracking_uri()} (versions: {_versions(name)})") from None
             raise TrackingError(f"no model registered as {name}{'@' + alias if alias else ''} in {mlflow.get_tracking_uri()} — run `make train` or `make demo` first") from None
     # A pickled model runs code when it is loaded: refuse everything but pt2, and have MLflow check
     # that a pt2 archive holds no pickle records either, whatever the environment says.
@@ -231,6 +237,19 @@ def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
     except ConfigError as e:
         raise TrackingError(f"{model_uri} was trained with a feature config this code cannot reproduce: {e}") from None
     return LoadedModel(module, cfg, model_uri, str(version))
+
+
+def _registered(name: str) -> bool:
+    try:
+        MlflowClient().get_registered_model(name)
+        return True
+    except MlflowException:
+        return False
+
+
+def _versions(name: str) -> str:
+    found = sorted(int(mv.version) for mv in MlflowClient().search_model_versions(f"name='{name}'"))
+    return ", ".join(map(str, found)) or "none"
 
 
 def _one_line(e: BaseException) -> str:
