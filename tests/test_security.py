@@ -112,3 +112,20 @@ def test_a_truncated_model_archive_is_one_line(inbox, tmp_path):
     os.truncate(archive, os.path.getsize(archive) // 2)
     proc = run_job("score", inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
     assert "model.pt2 is damaged" in one_line_failure(proc)
+
+
+@pytest.mark.parametrize("case", ["same file", "same file by another name", "out is a folder", "segments is a folder"])
+def test_score_refuses_outputs_that_clash_before_any_work(case, inbox, tmp_path):
+    report = tmp_path / "r.csv"
+    args = {
+        "same file": ["--out", report, "--segments", report],
+        "same file by another name": ["--out", report, "--segments", tmp_path / "sub" / ".." / "r.csv"],
+        "out is a folder": ["--out", tmp_path],
+        "segments is a folder": ["--out", report, "--segments", tmp_path],
+    }[case]
+    (tmp_path / "sub").mkdir()
+    # an unreachable tracking store: refusing the arguments must come before any attempt to use it
+    proc = run_job("score", inbox, *args, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    line = one_line_failure(proc, 2)
+    assert ("same file" in line) if case.startswith("same") else ("is a folder" in line), line
+    assert not report.exists()
