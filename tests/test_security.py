@@ -129,3 +129,66 @@ def test_score_refuses_outputs_that_clash_before_any_work(case, inbox, tmp_path)
     line = one_line_failure(proc, 2)
     assert ("same file" in line) if case.startswith("same") else ("is a folder" in line), line
     assert not report.exists()
+
+
+# ----------------------------------------------------------------------------- workers of a dead job
+def children(pid: int) -> dict[int, str]:
+    """Live (not zombie) child processes of ``pid``: pid → command line."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            out[int(entry)] = cmdline
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_loky_workers_exit_when_their_job_is_killed(tmp_path):
+    import signal
+    import time
+
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        y = np.tile(tone(0.8, f0=110 + 5 * i), 75) + 0.01 * rng.standard_normal(75 * 12800).astype(np.float32)
+        sf.write(tmp_path / f"long_{i:02d}.wav", y, 16000, subtype="PCM_16")
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.featurize", tmp_path, "--allow-unlabelled", "--out", tmp_path / "out", "--jobs", "2"],
+                            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    try:
+        for line in proc.stderr:
+            if "to do" in line:
+                break
+        deadline = time.time() + 120
+        while len(workers := {p for p, cmd in children(proc.pid).items() if "loky" in cmd and "resource_tracker" not in cmd}) < 2:
+            assert proc.poll() is None and time.time() < deadline, "the job ended before its workers could be seen"
+            time.sleep(0.1)
+        time.sleep(2.0)  # mid-run: the workers have imported everything and hold batches
+        assert proc.poll() is None
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 15
+        while any(alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        left = [p for p in workers if alive(p)]
+        assert not left, f"workers {left} outlived their job"
+    finally:
+        proc.kill()
+        for p in workers:  # never leave them behind, even when the test fails
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
