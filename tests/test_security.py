@@ -192,3 +192,60 @@ def test_loky_workers_exit_when_their_job_is_killed(tmp_path):
         for p in workers:  # never leave them behind, even when the test fails
             if alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- CSV cells a spreadsheet would run
+FORMULA_NAMES = ['=HYPERLINK("evil.example","click").wav', "@SUM(1+1).wav", "+1.wav", "-2.wav"]
+
+
+def raw_cells(path: Path, column: str) -> list[str]:
+    import csv
+
+    with open(path, newline="") as f:
+        return [row[column] for row in csv.DictReader(f)]
+
+
+def test_errors_csv_cells_cannot_be_formulas_and_a_rerun_still_skips_them(tmp_path):
+    import pandas as pd
+    import soundfile as sf
+
+    from voiceclf import shards
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    sf.write(src / "good.wav", tone(1.5), 16000, subtype="PCM_16")
+    for name in FORMULA_NAMES[:3]:
+        (src / name).write_text("not audio\n")
+    run_job("featurize", src, "--allow-unlabelled", "--augment", "0", "--out", out, check=True)
+    assert sorted(raw_cells(out / "errors.csv", "path")) == sorted("'" + n for n in FORMULA_NAMES[:3])
+    assert sorted(shards.read_errors(out)["path"]) == sorted(FORMULA_NAMES[:3])
+    # a rerun with one more bad file: the old rows are read back as they were, not escaped twice or duplicated
+    (src / FORMULA_NAMES[3]).write_text("not audio either\n")
+    rerun = run_job("featurize", src, "--allow-unlabelled", "--augment", "0", "--out", out, check=True)
+    assert "4 already in" in rerun.stderr, rerun.stderr[-2000:]
+    assert sorted(raw_cells(out / "errors.csv", "path")) == sorted("'" + n for n in FORMULA_NAMES)
+    errors = shards.read_errors(out)
+    assert sorted(errors["path"]) == sorted(FORMULA_NAMES) and set(errors["error"]) == {"not_audio"}
+    assert isinstance(pd.read_csv(out / "errors.csv"), pd.DataFrame)
+
+
+def test_report_cells_cannot_be_formulas_and_numbers_stay_numbers(pt2_store, tmp_path):
+    import pandas as pd
+    import soundfile as sf
+
+    uri, _ = pt2_store
+    inbox = tmp_path / "=inbox"  # scored by a relative path, so every path cell starts with '='
+    inbox.mkdir()
+    sf.write(inbox / FORMULA_NAMES[0], tone(1.5), 16000, subtype="PCM_16")
+    (inbox / FORMULA_NAMES[1]).write_text("not audio\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "jobs.score", "=inbox", "--out", "r.csv", "--segments", "s.csv"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("r.csv", "s.csv"):
+        cells = raw_cells(tmp_path / name, "path")
+        assert cells and all(c.startswith("'=inbox/") for c in cells), cells
+    report, segments = pd.read_csv(tmp_path / "r.csv"), pd.read_csv(tmp_path / "s.csv")
+    numeric = pd.api.types.is_numeric_dtype
+    assert numeric(report["p_male"]) and report["p_male"].notna().sum() == 1 and numeric(report["windows"])
+    assert numeric(segments["p_male"]) and numeric(segments["start_s"])

@@ -131,7 +131,7 @@ def read_errors(out_dir: str | Path) -> pd.DataFrame:
     path = Path(out_dir) / ERRORS
     if not path.exists():
         return pd.DataFrame(columns=ERROR_COLUMNS)
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return pd.read_csv(path, dtype=str, keep_default_na=False).map(_as_written)
 
 
 def append_errors(out_dir: str | Path, rows: list[dict]) -> None:
@@ -144,9 +144,28 @@ def append_errors(out_dir: str | Path, rows: list[dict]) -> None:
     write_csv_atomic(merged.drop_duplicates(subset=["source", "path", "sha256"], keep="last"), path)
 
 
+# A text cell starting with one of these is a formula when the CSV is opened in a spreadsheet (a
+# file named "=HYPERLINK(...).wav"); a leading ' makes it text (OWASP, CSV injection). A cell that
+# starts with ' gets one more, so reading back (strip one leading ') gives exactly what was written.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _as_text(value):
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
+def _as_written(value):
+    return value[1:] if isinstance(value, str) and value.startswith("'") else value
+
+
 def write_csv_atomic(df: pd.DataFrame, path: str | Path, **to_csv) -> None:
-    """Write a CSV under a temp name beside ``path`` and rename it into place: never a half-written file."""
+    """Write a CSV under a temp name beside ``path`` and rename it into place: never a half-written file.
+
+    Text cells that a spreadsheet would run as formulas get a leading ``'``; numbers are left alone.
+    """
     path = Path(path)
+    text = [c for c in df.columns if df[c].dtype == object or isinstance(df[c].dtype, pd.StringDtype)]
+    df = df.assign(**{c: df[c].map(_as_text) for c in text})
     tmp = _atomic_target(path)
     try:
         df.to_csv(tmp, index=False, **to_csv)
