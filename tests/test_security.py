@@ -249,3 +249,54 @@ def test_report_cells_cannot_be_formulas_and_numbers_stay_numbers(pt2_store, tmp
     numeric = pd.api.types.is_numeric_dtype
     assert numeric(report["p_male"]) and report["p_male"].notna().sum() == 1 and numeric(report["windows"])
     assert numeric(segments["p_male"]) and numeric(segments["start_s"])
+
+
+# ----------------------------------------------------------------------------- what cannot be read is a row, never a stop
+DROP_FILE_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
+
+
+@pytest.fixture(scope="module")
+def as_user(tmp_path_factory) -> list[str]:
+    """A command prefix under which permission bits apply: root drops the file-access override with setpriv."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    if not shutil.which("setpriv"):
+        pytest.skip("root without setpriv: chmod 000 cannot make a file unreadable")
+    probe = tmp_path_factory.mktemp("probe") / "f"
+    probe.write_text("x")
+    probe.chmod(0)
+    if subprocess.run([*DROP_FILE_OVERRIDE, "test", "-r", probe]).returncode != 1:
+        pytest.skip("setpriv cannot drop the file-access override here")
+    return DROP_FILE_OVERRIDE
+
+
+def job(prefix: list[str], name: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, sys.executable, "-m", f"jobs.{name}", *map(str, args)], cwd=REPO, env={**os.environ, **(env or {})},
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture()
+def locked_inbox(tmp_path):
+    """good.wav, plus secret.wav (mode 000)."""
+    import soundfile as sf
+
+    src = tmp_path / "inbox"
+    src.mkdir()
+    for name in ("good.wav", "secret.wav"):
+        sf.write(src / name, tone(1.5), 16000, subtype="PCM_16")
+    (src / "secret.wav").chmod(0)
+    yield src
+    (src / "secret.wav").chmod(0o644)
+
+
+def test_featurize_makes_unreadable_files_rows_and_goes_on(as_user, locked_inbox, tmp_path):
+    from voiceclf import shards
+
+    out = tmp_path / "out"
+    proc = job(as_user, "featurize", locked_inbox, "--allow-unlabelled", "--augment", "0", "--out", out)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = shards.read_errors(out).set_index("path")
+    assert errors.loc["secret.wav", "error"] == "unreadable" and "Permission denied" in errors.loc["secret.wav", "message"]
+    assert set(shards.read(out, with_features=False)[0]["path"]) == {"good.wav"}
