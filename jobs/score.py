@@ -54,7 +54,11 @@ def collect(dirs: list[Path]) -> tuple[list[Item], list[Result]]:
     for d in dirs:
         if not d.is_dir():
             raise JobError(f"{d}: no such directory", _cli.USAGE)
-        for rel in corpus.list_files(d):
+        try:
+            files = corpus.list_files(d)
+        except corpus.CorpusError as e:  # the folder itself cannot be listed
+            raise JobError(str(e), _cli.USAGE) from None
+        for rel in files:
             it = Item(path=rel, source=str(d))
             if any(part.startswith(".") for part in Path(rel).parts):
                 hidden.append(Result(it, error="hidden", message=f"{it.abspath}: hidden file, not scored (rename it to score it)"))

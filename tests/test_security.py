@@ -279,19 +279,21 @@ def job(prefix: list[str], name: str, *args, env: dict | None = None) -> subproc
 
 @pytest.fixture()
 def locked_inbox(tmp_path):
-    """good.wav, plus secret.wav (mode 000)."""
+    """good.wav, plus secret.wav (mode 000) and locked/ (a folder, mode 000, with a recording in it)."""
     import soundfile as sf
 
     src = tmp_path / "inbox"
-    src.mkdir()
-    for name in ("good.wav", "secret.wav"):
+    (src / "locked").mkdir(parents=True)
+    for name in ("good.wav", "secret.wav", "locked/hidden_away.wav"):
         sf.write(src / name, tone(1.5), 16000, subtype="PCM_16")
     (src / "secret.wav").chmod(0)
+    (src / "locked").chmod(0)
     yield src
+    (src / "locked").chmod(0o755)  # so that the test folder can be removed
     (src / "secret.wav").chmod(0o644)
 
 
-def test_featurize_makes_unreadable_files_rows_and_goes_on(as_user, locked_inbox, tmp_path):
+def test_featurize_makes_unreadable_files_and_folders_rows_and_goes_on(as_user, locked_inbox, tmp_path):
     from voiceclf import shards
 
     out = tmp_path / "out"
@@ -299,4 +301,77 @@ def test_featurize_makes_unreadable_files_rows_and_goes_on(as_user, locked_inbox
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = shards.read_errors(out).set_index("path")
     assert errors.loc["secret.wav", "error"] == "unreadable" and "Permission denied" in errors.loc["secret.wav", "message"]
+    assert errors.loc["locked", "error"] == "unreadable" and "folder cannot be listed (Permission denied)" in errors.loc["locked", "message"]
     assert set(shards.read(out, with_features=False)[0]["path"]) == {"good.wav"}
+
+
+def test_score_makes_unreadable_files_and_folders_error_rows(as_user, pt2_store, locked_inbox, tmp_path):
+    import pandas as pd
+
+    uri, _ = pt2_store
+    proc = job(as_user, "score", locked_inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    report = pd.read_csv(tmp_path / "r.csv", keep_default_na=False).set_index("path")
+    assert report.loc[str(locked_inbox / "good.wav"), "status"] == "ok"
+    for name, reason in (("secret.wav", "Permission denied"), ("locked", "folder cannot be listed (Permission denied)")):
+        row = report.loc[str(locked_inbox / name)]
+        assert row["status"] == "error" and row["error"].startswith("unreadable: ") and reason in row["error"], row.to_dict()
+
+
+@pytest.fixture()
+def linked_inbox(tmp_path):
+    """good.wav and every kind of link that is not a readable file; returns (folder, path → expected error code)."""
+    import soundfile as sf
+
+    src, elsewhere = tmp_path / "inbox", tmp_path / "elsewhere"
+    (src / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    sf.write(src / "good.wav", tone(1.5), 16000, subtype="PCM_16")
+    sf.write(elsewhere / "far.wav", tone(1.5), 16000, subtype="PCM_16")
+    (src / "broken.wav").symlink_to(src / "deleted.wav")
+    (src / "self.wav").symlink_to("self.wav")
+    (src / "ping.wav").symlink_to("pong.wav")
+    (src / "pong.wav").symlink_to("ping.wav")
+    (src / "sub" / "up").symlink_to("..")
+    (src / "other").symlink_to(elsewhere)
+    return src, {"broken.wav": "broken_link", "self.wav": "link_loop", "ping.wav": "link_loop", "pong.wav": "link_loop",
+                 "sub/up": "link_loop", "other": "folder_link"}
+
+
+def test_featurize_makes_broken_and_looping_links_rows(linked_inbox, tmp_path):
+    from voiceclf import shards
+
+    src, expected = linked_inbox
+    out = tmp_path / "out"
+    run_job("featurize", src, "--allow-unlabelled", "--augment", "0", "--out", out, check=True)
+    errors = shards.read_errors(out)
+    assert dict(zip(errors["path"], errors["error"])) == expected
+    assert all(m.startswith(str(src)) for m in errors["message"])
+    assert set(shards.read(out, with_features=False)[0]["path"]) == {"good.wav"}
+
+
+def test_score_makes_broken_and_looping_links_error_rows(linked_inbox, pt2_store, tmp_path):
+    import pandas as pd
+
+    src, expected = linked_inbox
+    uri, _ = pt2_store
+    run_job("score", src, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri}, check=True)
+    report = pd.read_csv(tmp_path / "r.csv", keep_default_na=False)
+    got = {p[len(str(src)) + 1:]: (s, e.split(":")[0]) for p, s, e in zip(report["path"], report["status"], report["error"])}
+    assert got == {"good.wav": ("ok", ""), **{p: ("error", code) for p, code in expected.items()}}
+
+
+def test_list_files_lists_what_it_cannot_read_and_refuses_a_root_it_cannot_list(as_user, linked_inbox, tmp_path):
+    from voiceclf import corpus
+
+    src, expected = linked_inbox
+    assert corpus.list_files(src) == sorted(["good.wav", *expected])
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        code = f"from voiceclf import corpus; corpus.list_files({str(locked)!r})"
+        proc = subprocess.run([*as_user, sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+        assert "CorpusError: cannot list" in proc.stderr and "Permission denied" in proc.stderr, proc.stderr[-2000:]
+    finally:
+        locked.chmod(0o755)
