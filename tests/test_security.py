@@ -375,3 +375,26 @@ def test_list_files_lists_what_it_cannot_read_and_refuses_a_root_it_cannot_list(
         assert "CorpusError: cannot list" in proc.stderr and "Permission denied" in proc.stderr, proc.stderr[-2000:]
     finally:
         locked.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------- what a run leaves beside its outputs
+@pytest.mark.parametrize("umask", [0o027, 0o002])
+def test_outputs_follow_the_umask_and_no_lock_file_is_left(umask, pt2_store, inbox, tmp_path):
+    uri, _ = pt2_store
+    out = tmp_path / "features"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    run = lambda *args: subprocess.run([sys.executable, "-m", *map(str, args)], cwd=REPO, env=env, umask=umask,  # noqa: E731
+                                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    (inbox_bad := tmp_path / "in").mkdir()
+    (inbox_bad / "notes.wav").write_text("not audio\n")
+    for src in (inbox, inbox_bad):
+        proc = run("jobs.featurize", src, "--allow-unlabelled", "--augment", "0", "--out", out)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run("jobs.score", inbox, "--out", tmp_path / "r.csv", "--segments", tmp_path / "s.csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    made = [*out.glob("part-*.parquet"), out / "errors.csv", tmp_path / "r.csv", tmp_path / "s.csv"]
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in made} == {p.name: oct(0o666 & ~umask) for p in made}
+    # a run that fails inside the lock removes it as well
+    proc = run("jobs.featurize", inbox, "--allow-unlabelled", "--feature-set", "mfcc_deltas", "--out", out)
+    assert proc.returncode == 2 and "another config" in proc.stderr
+    assert not [p.name for p in [*out.iterdir(), *tmp_path.iterdir()] if p.name.endswith(".lock")]

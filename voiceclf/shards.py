@@ -53,8 +53,22 @@ def schema(cfg: FeatureConfig) -> pa.Schema:
 def _atomic_target(path: Path):
     """A temp file beside ``path``; the caller renames it into place when complete."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename: outputs get the usual mode
+    finally:
+        os.close(fd)
     return Path(tmp)
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask would change it for other threads meanwhile)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def part_paths(out_dir: str | Path) -> list[Path]:
