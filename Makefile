@@ -13,6 +13,10 @@ PORT ?= 5000
 
 .PHONY: setup test demo features train score ui server bench airflow-check clean
 
+# A value as one shell word, whatever it holds (spaces, quotes, $(...)): make DIR="my inbox" works, and
+# a value is never run as shell code.
+q = '$(subst ','\'',$(1))'
+
 setup: $(STAMP)
 
 # Idempotent: reinstalls only when pyproject.toml changes. torch first, pinned to the CPU build.
@@ -30,13 +34,13 @@ demo: setup
 	$(PY) -m jobs.demo
 
 features: setup
-	$(PY) -m jobs.featurize $(DATA) --out $(or $(OUT),features) --jobs $(JOBS)$(if $(AUGMENT), --augment $(AUGMENT))
+	$(PY) -m jobs.featurize $(call q,$(DATA)) --out $(call q,$(or $(OUT),features)) --jobs $(call q,$(JOBS))$(if $(AUGMENT), --augment $(call q,$(AUGMENT)))
 
 train: setup
-	$(PY) -m jobs.train --features $(FEATURES) --jobs $(JOBS)
+	$(PY) -m jobs.train --features $(call q,$(FEATURES)) --jobs $(call q,$(JOBS))
 
 score: setup
-	$(PY) -m jobs.score $(DIR) --out $(or $(OUT),report.csv) --jobs $(JOBS)
+	$(PY) -m jobs.score $(call q,$(DIR)) --out $(call q,$(or $(OUT),report.csv)) --jobs $(call q,$(JOBS))
 
 # The MLflow UI on the embedded store, on loopback: compare the grid's runs side by side.
 ui: setup

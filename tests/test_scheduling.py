@@ -66,28 +66,50 @@ def test_cron_entries_parser_rejects_malformed_lines():
 
 def test_crontab_has_the_nightly_score_and_weekly_featurize_train(entries):
     assert len(entries) >= 2
-    score = [(f, c) for f, c in entries if re.search(r"make -C \S+ score\b", c)]
-    weekly = [(f, c) for f, c in entries if re.search(r"make -C \S+ features\b", c)]
+    score = [(f, c) for f, c in entries if "-m jobs.score " in c]
+    weekly = [(f, c) for f, c in entries if "-m jobs.featurize " in c]
     assert len(score) == 1 and len(weekly) == 1
     (sf, sc), (wf, wc) = score[0], weekly[0]
     assert sf[2:] == ["*", "*", "*"], "score runs every night"
     assert wf[2:4] == ["*", "*"] and wf[4] != "*", "featurize + train run once a week"
     # train only after a successful featurize, on the features it wrote
-    assert re.search(r"features DATA=/\S+ OUT=(/\S+) && make -C /\S+ train FEATURES=\1\b", wc), wc
-    assert "DIR=/" in sc and "$(date +\\%F)" in sc and re.search(r"OUT=/\S*report-\$\(date \+\\%F\)\.csv", sc), sc
+    assert re.search(r"jobs\.featurize /\S+ --out (/\S+) && \.venv/bin/python -m jobs\.train --features \1\b", wc), wc
+    assert re.search(r"jobs\.score /\S+ --out /\S*report-\$\(date \+\\%F\)\.csv", sc), sc
 
 
 def test_crontab_lines_are_well_formed(entries):
     for fields, cmd in entries:
         for field, (lo, hi) in zip(fields, FIELD_RANGES):
             assert valid_field(field, lo, hi), f"bad schedule field {field!r} in {fields}"
-        makes = re.findall(r"\bmake\b[^;&|]*", cmd)
-        assert makes, f"no make call: {cmd}"
-        for call in makes:
-            m = re.match(r"make -C (\S+) ", call)
-            assert m and m.group(1).startswith("/"), f"make must use -C with an absolute path: {call}"
+        # the entry points, not make: make exits 2 whatever the job's exit code was
+        assert re.match(r"cd /\S+ && ", cmd) and ".venv/bin/python -m jobs." in cmd, cmd
+        assert not re.search(r"\bmake\b", cmd), cmd
         assert re.search(r">> /\S+\.log 2>&1", cmd), f"stdout+stderr must be appended to a log file: {cmd}"
+        assert 'echo "exit $?" >> ' in cmd, f"a failure must log the job's exit code: {cmd}"
         assert not UNESCAPED_PERCENT.search(cmd), f"unescaped % (cron would cut the command there): {cmd}"
+
+
+@pytest.mark.skipif(not shutil.which("sh"), reason="no /bin/sh")
+@pytest.mark.parametrize("code", [0, 3])
+def test_crontab_lines_log_the_jobs_own_exit_code(entries, code, tmp_path):
+    """Each line, run by sh in a stand-in checkout whose python exits ``code``: the log and cron's mail say "exit <code>"."""
+    home, logs = tmp_path / "voiceclf", tmp_path / "log"
+    (home / ".venv" / "bin").mkdir(parents=True)
+    logs.mkdir()
+    stub = home / ".venv" / "bin" / "python"
+    stub.write_text(f'#!/bin/sh\necho "job $*" >&2\nexit {code}\n')
+    stub.chmod(0o755)
+    for _, cmd in entries:
+        as_run = cmd.replace("\\%", "%").replace("/opt/voiceclf", str(home)).replace("/var/log/voiceclf", str(logs))
+        proc = subprocess.run(["sh", "-c", as_run], capture_output=True, text=True, timeout=60)
+        log = next(logs.glob("*.log")).read_text()
+        assert "job -m jobs." in log
+        if code:
+            assert f"exit {code}" in log and f"exit {code}" in proc.stdout, (log, proc.stdout)
+        else:
+            assert "exit" not in log and proc.stdout == "", (log, proc.stdout)
+        for f in logs.iterdir():
+            f.unlink()
 
 
 def test_commented_example_lines_escape_percent_too():

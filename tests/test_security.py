@@ -398,3 +398,25 @@ def test_outputs_follow_the_umask_and_no_lock_file_is_left(umask, pt2_store, inb
     proc = run("jobs.featurize", inbox, "--allow-unlabelled", "--feature-set", "mfcc_deltas", "--out", out)
     assert proc.returncode == 2 and "another config" in proc.stderr
     assert not [p.name for p in [*out.iterdir(), *tmp_path.iterdir()] if p.name.endswith(".lock")]
+
+
+# ----------------------------------------------------------------------------- make
+@pytest.mark.parametrize("target, var, flag", [("score", "DIR", None), ("score", "OUT", "--out"), ("features", "DATA", None), ("train", "FEATURES", "--features")])
+def test_make_passes_a_value_as_one_word_never_as_shell_code(target, var, flag, tmp_path):
+    import shutil
+
+    if not shutil.which("make"):
+        pytest.skip("no make")
+    marker = tmp_path / "ran"
+    value = f"my inbox; touch {marker} `touch {marker}` it's \"quoted\""  # make itself expands $, so no $ here
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > {tmp_path / "argv"}\n')
+    stub.chmod(0o755)
+    # -n prints the recipe without running it (nor `setup`); bash then runs the job's line as make would
+    dry = subprocess.run(["make", "-n", target, f"PY={stub}", "DIR=inbox", "DATA=corpus", f"{var}={value}"],
+                         cwd=REPO, capture_output=True, text=True, check=True)
+    (line,) = [x for x in dry.stdout.splitlines() if x.startswith(f"{stub} -m jobs.")]
+    subprocess.run(["bash", "-c", line], check=True)
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert not marker.exists()
+    assert argv[argv.index(flag) + 1 if flag else 2] == value, argv
