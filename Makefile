@@ -13,6 +13,10 @@ PORT ?= 5000
 
 .PHONY: setup test demo features train score ui server bench airflow-check clean
 
+# A value as one shell word, whatever it holds (spaces, quotes, $(...)): make DIR="my inbox" works, and
+# a value is never run as shell code.
+q = '$(subst ','\'',$(1))'
+
 setup: $(STAMP)
 
 # Idempotent: reinstalls only when pyproject.toml or this file changes. torch first, pinned to the CPU build.
@@ -33,17 +37,18 @@ demo: setup
 	$(PY) -m jobs.demo
 
 # One shard folder per feature set under OUT (default features/): both model families train from them.
+# DATA is a list of corpora (folders or manifest .csv files), separated by spaces: all of them in one call.
 FEATURE_SETS ?= mfcc_pitch speaker_embedding
 features: setup
 	for fs in $(FEATURE_SETS); do \
-		$(PY) -m jobs.featurize $(DATA) --out $(or $(OUT),features)/$$fs --feature-set $$fs --jobs $(JOBS)$(if $(AUGMENT), --augment $(AUGMENT)) || exit $$?; \
+		$(PY) -m jobs.featurize $(foreach d,$(DATA),$(call q,$(d))) --out $(call q,$(or $(OUT),features))/$$fs --feature-set $$fs --jobs $(call q,$(JOBS))$(if $(AUGMENT), --augment $(call q,$(AUGMENT))) || exit $$?; \
 	done
 
 train: setup
-	$(PY) -m jobs.train --features $(FEATURES) --jobs $(JOBS)
+	$(PY) -m jobs.train --features $(call q,$(FEATURES)) --jobs $(call q,$(JOBS))
 
 score: setup
-	$(PY) -m jobs.score $(DIR) --out $(or $(OUT),report.csv) --jobs $(JOBS)
+	$(PY) -m jobs.score $(call q,$(DIR)) --out $(call q,$(or $(OUT),report.csv)) --jobs $(call q,$(JOBS))
 
 # The MLflow UI on the embedded store, on loopback: compare the grid's runs side by side.
 ui: setup

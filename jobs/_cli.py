@@ -94,17 +94,30 @@ def output_lock(target: str | Path, wait: bool = False):
     """
     target = Path(target)
     lock_path = target / ".voiceclf.lock" if target.is_dir() else target.with_name(f".{target.name}.lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise JobError(f"{target} is locked by a running job (pid {holder}); rerun with --wait to queue behind it", LOCKED) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # The holder removes the file when done: a lock taken on a removed file locks nothing, retry.
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
+        lock_path.unlink(missing_ok=True)  # while still holding it, so nothing is left beside the output
         os.close(fd)
 
 

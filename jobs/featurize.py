@@ -98,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
             raise JobError(f"{args.out} holds features made with another config ({existing.feature_set}); use another --out", _cli.USAGE)
         done = shards.done_hashes(args.out)
         for it in items:
-            it.sha256 = batch.sha256_file(it.abspath)
+            try:
+                it.sha256 = batch.sha256_file(it.abspath)
+            except OSError:
+                pass  # unreadable, a broken link, a folder: the worker makes it an errors.csv row; a rerun tries again
         todo = [it for it in items if it.sha256 not in done]
         log.info("featurize: %d files in %d source(s), %d already in %s, %d to do", len(items), len(args.sources), len(items) - len(todo), args.out, len(todo))
         if not todo:

@@ -54,7 +54,11 @@ def collect(dirs: list[Path]) -> tuple[list[Item], list[Result]]:
     for d in dirs:
         if not d.is_dir():
             raise JobError(f"{d}: no such directory", _cli.USAGE)
-        for rel in corpus.list_files(d):
+        try:
+            files = corpus.list_files(d)
+        except corpus.CorpusError as e:  # the folder itself cannot be listed
+            raise JobError(str(e), _cli.USAGE) from None
+        for rel in files:
             it = Item(path=rel, source=str(d))
             if any(part.startswith(".") for part in Path(rel).parts):
                 hidden.append(Result(it, error="hidden", message=f"{it.abspath}: hidden file, not scored (rename it to score it)"))
@@ -71,8 +75,18 @@ def check_writable(path: Path) -> None:
         raise JobError(f"cannot write {path}: permission denied", _cli.USAGE)
 
 
+def check_outputs(out: Path, segments: Path | None) -> None:
+    """Refuse outputs that would overwrite each other or cannot be a file, before any work."""
+    for flag, path in (("--out", out), ("--segments", segments)):
+        if path is not None and path.is_dir():
+            raise JobError(f"{flag} {path} is a folder; give a file name (e.g. {path / 'report.csv'})", _cli.USAGE)
+    if segments is not None and segments.resolve() == out.resolve():
+        raise JobError(f"--out and --segments are the same file ({out}); the segments would overwrite the report", _cli.USAGE)
+
+
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
+    check_outputs(args.out, args.segments)
     t_start = time.perf_counter()
     items, hidden = collect(args.dirs)
     for path in filter(None, (args.out, args.segments)):

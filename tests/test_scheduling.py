@@ -6,6 +6,7 @@ installed here; `make airflow-check` loads the DAG with a real Airflow in its ow
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import subprocess
@@ -66,28 +67,50 @@ def test_cron_entries_parser_rejects_malformed_lines():
 
 def test_crontab_has_the_nightly_score_and_weekly_featurize_train(entries):
     assert len(entries) >= 2
-    score = [(f, c) for f, c in entries if re.search(r"make -C \S+ score\b", c)]
-    weekly = [(f, c) for f, c in entries if re.search(r"make -C \S+ features\b", c)]
+    score = [(f, c) for f, c in entries if "-m jobs.score " in c]
+    weekly = [(f, c) for f, c in entries if "-m jobs.featurize " in c]
     assert len(score) == 1 and len(weekly) == 1
     (sf, sc), (wf, wc) = score[0], weekly[0]
     assert sf[2:] == ["*", "*", "*"], "score runs every night"
     assert wf[2:4] == ["*", "*"] and wf[4] != "*", "featurize + train run once a week"
     # train only after a successful featurize, on the features it wrote
-    assert re.search(r"features DATA=/\S+ OUT=(/\S+) && make -C /\S+ train FEATURES=\1\b", wc), wc
-    assert "DIR=/" in sc and "$(date +\\%F)" in sc and re.search(r"OUT=/\S*report-\$\(date \+\\%F\)\.csv", sc), sc
+    assert re.search(r"jobs\.featurize /\S+ --out (/\S+) && \.venv/bin/python -m jobs\.train --features \1\b", wc), wc
+    assert re.search(r"jobs\.score /\S+ --out /\S*report-\$\(date \+\\%F\)\.csv", sc), sc
 
 
 def test_crontab_lines_are_well_formed(entries):
     for fields, cmd in entries:
         for field, (lo, hi) in zip(fields, FIELD_RANGES):
             assert valid_field(field, lo, hi), f"bad schedule field {field!r} in {fields}"
-        makes = re.findall(r"\bmake\b[^;&|]*", cmd)
-        assert makes, f"no make call: {cmd}"
-        for call in makes:
-            m = re.match(r"make -C (\S+) ", call)
-            assert m and m.group(1).startswith("/"), f"make must use -C with an absolute path: {call}"
+        # the entry points, not make: make exits 2 whatever the job's exit code was
+        assert re.match(r"cd /\S+ && ", cmd) and ".venv/bin/python -m jobs." in cmd, cmd
+        assert not re.search(r"\bmake\b", cmd), cmd
         assert re.search(r">> /\S+\.log 2>&1", cmd), f"stdout+stderr must be appended to a log file: {cmd}"
+        assert 'echo "exit $?" >> ' in cmd, f"a failure must log the job's exit code: {cmd}"
         assert not UNESCAPED_PERCENT.search(cmd), f"unescaped % (cron would cut the command there): {cmd}"
+
+
+@pytest.mark.skipif(not shutil.which("sh"), reason="no /bin/sh")
+@pytest.mark.parametrize("code", [0, 3])
+def test_crontab_lines_log_the_jobs_own_exit_code(entries, code, tmp_path):
+    """Each line, run by sh in a stand-in checkout whose python exits ``code``: the log and cron's mail say "exit <code>"."""
+    home, logs = tmp_path / "voiceclf", tmp_path / "log"
+    (home / ".venv" / "bin").mkdir(parents=True)
+    logs.mkdir()
+    stub = home / ".venv" / "bin" / "python"
+    stub.write_text(f'#!/bin/sh\necho "job $*" >&2\nexit {code}\n')
+    stub.chmod(0o755)
+    for _, cmd in entries:
+        as_run = cmd.replace("\\%", "%").replace("/opt/voiceclf", str(home)).replace("/var/log/voiceclf", str(logs))
+        proc = subprocess.run(["sh", "-c", as_run], capture_output=True, text=True, timeout=60)
+        log = next(logs.glob("*.log")).read_text()
+        assert "job -m jobs." in log
+        if code:
+            assert f"exit {code}" in log and f"exit {code}" in proc.stdout, (log, proc.stdout)
+        else:
+            assert "exit" not in log and proc.stdout == "", (log, proc.stdout)
+        for f in logs.iterdir():
+            f.unlink()
 
 
 def test_commented_example_lines_escape_percent_too():
@@ -187,34 +210,86 @@ def test_dag_tasks_in_order_and_chained(dag_tree):
     assert chains == [["featurize", "train", "score"]]
 
 
+def dag_constants(tree: ast.Module) -> dict:
+    """The DAG file's module-level constants that evaluate without Airflow or the file system (e.g. PARAMS_ENV)."""
+    ns: dict = {}
+    for st in tree.body:
+        if isinstance(st, ast.Assign):
+            try:
+                exec(compile(ast.Module(body=[st], type_ignores=[]), str(DAG_FILE), "exec"), ns)
+            except Exception:  # needs Airflow, __file__ or the environment: not a plain constant
+                pass
+    return ns
+
+
 def test_dag_commands_call_the_project_entry_points(dag_tree):
     source = DAG_FILE.read_text()
     assert "VOICECLF_HOME" in source and "voiceclf_home" in source and "parents[2]" in source
+    consts = dag_constants(dag_tree)
     used = set()
     for op in calls_named(dag_tree, "BashOperator"):
         task = ast.literal_eval(kwarg(op, "task_id"))
         assert kwarg(op, "cwd") is not None, f"{task}: runs in the repo root"
         cmd = text_of(kwarg(op, "bash_command"), dag_tree)
         assert f".venv/bin/python -m jobs.{task} " in cmd, cmd
-        used |= set(re.findall(r"params\.(\w+)", cmd))
-        if task == "score":
-            assert "ds" in cmd and "report_path" in cmd
+        # params are data: environment variables the command quotes, never text pasted into the shell
+        assert "params." not in cmd and "{{" not in cmd and "{%" not in cmd, cmd
+        assert ast.literal_eval(kwarg(op, "append_env")) is True, f"{task}: the job needs PATH, HOME, MLFLOW_TRACKING_URI, ..."
+        env = consts[kwarg(op, "env").id]
+        for var in re.findall(r"\$\{?(VOICECLF_\w+)", cmd):
+            assert var in env and f'"${var}"' in cmd, (task, var, cmd)
+            used |= set(re.findall(r"params\.(\w+)", env[var]))
     assert used == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path"}
 
 
-def test_dag_templates_render(dag_tree):
-    """Render the commands with plain Jinja as Airflow would, with and without a logical date (`ds`)."""
+def rendered_tasks(dag_tree, params: dict, **ctx) -> dict[str, tuple[str, dict]]:
+    """task → (bash_command, env), rendered with plain Jinja as Airflow would."""
     jinja2 = pytest.importorskip("jinja2")
     from datetime import datetime
 
+    jenv = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    run = type("DagRun", (), {"run_after": datetime(2025, 1, 3)})()
+    consts = dag_constants(dag_tree)
+    out = {}
+    for op in calls_named(dag_tree, "BashOperator"):
+        render = lambda text: jenv.from_string(text).render(params=params, dag_run=run, **ctx)  # noqa: E731
+        env = {k: render(v) for k, v in consts[kwarg(op, "env").id].items()}
+        out[ast.literal_eval(kwarg(op, "task_id"))] = (render(text_of(kwarg(op, "bash_command"), dag_tree)), env)
+    return out
+
+
+def test_dag_templates_render(dag_tree):
+    """With and without a logical date (`ds`), the report path gets the run's date."""
     (dag,) = calls_named(dag_tree, "DAG")
     params = ast.literal_eval(kwarg(dag, "params"))
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    run = type("DagRun", (), {"run_after": datetime(2025, 1, 3)})()
-    ops = {ast.literal_eval(kwarg(op, "task_id")): op for op in calls_named(dag_tree, "BashOperator")}
-    score_cmd = text_of(kwarg(ops["score"], "bash_command"), dag_tree)
     for ctx, day in (({"ds": "2025-01-02"}, "2025-01-02"), ({}, "2025-01-03")):
-        out = env.from_string(score_cmd).render(params=params, dag_run=run, **ctx)
-        assert f'REPORT="reports/report-{day}.csv"' in out, out
-    featurize = env.from_string(text_of(kwarg(ops["featurize"], "bash_command"), dag_tree)).render(params=params)
-    assert f'jobs.featurize "{params["data_dir"]}" --out "{params["features_dir"]}"' in featurize
+        tasks = rendered_tasks(dag_tree, params, **ctx)
+        assert tasks["score"][1]["VOICECLF_REPORT"] == f"reports/report-{day}.csv", tasks["score"]
+    assert tasks["featurize"][1]["VOICECLF_DATA_DIR"] == params["data_dir"]
+
+
+@pytest.mark.skipif(not shutil.which("bash"), reason="no bash")
+def test_dag_params_reach_the_jobs_as_data_never_as_shell_code(dag_tree, tmp_path):
+    """Hostile trigger-time params, through the real rendering and a real bash: each arrives as one argument, nothing runs."""
+    marker = tmp_path / "ran"
+    params = {
+        "data_dir": f"demo/corpus$(touch {marker})",
+        "recordings_dir": f"-inbox `touch {marker}`",
+        "grid_file": f"g'; touch {marker}; '.toml",
+        "features_dir": 'feat "x" $HOME',
+        "report_path": f"reports/$(touch {marker})/report-{{ds}}.csv",
+    }
+    home = tmp_path / "home"
+    (home / ".venv" / "bin").mkdir(parents=True)
+    stub = home / ".venv" / "bin" / "python"
+    stub.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "argv-$2"\n')
+    stub.chmod(0o755)
+    for task, (cmd, env) in rendered_tasks(dag_tree, params, ds="2025-01-02").items():
+        proc = subprocess.run(["bash", "-c", cmd], cwd=home, env={**os.environ, **env}, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    argv = {t: (home / f"argv-jobs.{t}").read_text().splitlines()[2:] for t in ("featurize", "train", "score")}
+    assert argv["featurize"] == [f"--out={params['features_dir']}", "--", params["data_dir"]]
+    assert argv["train"] == [f"--features={params['features_dir']}", f"--grid={params['grid_file']}"]
+    report = f"reports/$(touch {marker})/report-2025-01-02.csv"
+    assert argv["score"] == [f"--out={report}", "--", params["recordings_dir"]]
+    assert (home / report).parent.is_dir() and not marker.exists()

@@ -6,6 +6,7 @@ file never stops a batch.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import dataclasses
@@ -81,7 +82,7 @@ def _featurize_one(item: Item, cfg: FeatureConfig) -> tuple[Result, np.ndarray |
         with open(item.abspath, "rb") as f:
             data = f.read()
     except OSError as e:
-        return Result(item, error="unreadable", message=f"{item.abspath}: {e.strerror or e}"), None
+        return Result(item, **_unreadable(item.abspath, e)), None
     item.sha256 = item.sha256 or hashlib.sha256(data).hexdigest()
     try:
         decoded = audio.load(item.abspath, cfg, data=data)
@@ -99,6 +100,29 @@ def _featurize_one(item: Item, cfg: FeatureConfig) -> tuple[Result, np.ndarray |
 def windows_of(y: np.ndarray, cfg: FeatureConfig) -> features.Windows:
     """A cleaned waveform's windows: model input for the CNN, mel windows for the speaker encoder."""
     return embedding.mel_windows(y, cfg) if cfg.is_embedding else features.extract(y, cfg)
+
+
+def _unreadable(path: str, e: OSError) -> dict:
+    """The error code and message of an entry that cannot be opened as a file."""
+    if os.path.islink(path):
+        target = os.readlink(path)
+        if e.errno == errno.ELOOP:
+            return dict(error="link_loop", message=f"{path}: symbolic link loop ({target} leads back to itself)")
+        if not os.path.exists(path):
+            return dict(error="broken_link", message=f"{path}: broken symbolic link (its target {target} does not exist)")
+        if os.path.isdir(path):
+            real, here = os.path.realpath(path), os.path.realpath(os.path.dirname(path))
+            if os.path.commonpath([real, here]) == real:
+                return dict(error="link_loop", message=f"{path}: symbolic link loop (it leads back to {real}, a folder above it)")
+            return dict(error="folder_link", message=f"{path}: symbolic link to the folder {target}, not followed (links can loop); pass {real} as a source to include it")
+    if os.path.isdir(path):
+        try:
+            os.listdir(path)
+            reason = e.strerror or str(e)
+        except OSError as le:
+            reason = le.strerror or str(le)
+        return dict(error="unreadable", message=f"{path}: folder cannot be listed ({reason})")
+    return dict(error="unreadable", message=f"{path}: {e.strerror or e}")
 
 
 def featurize_batch(items: list[Item], cfg: FeatureConfig, augment: int = 0) -> list[Result]:

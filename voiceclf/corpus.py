@@ -99,12 +99,14 @@ def list_files(root: str | os.PathLike) -> list[str]:
     -------
     list of str
         POSIX paths relative to ``root``, sorted. Symbolic links to files count as files;
-        symbolic links to folders are not followed (they could loop).
+        symbolic links to folders are not followed (they could loop). What cannot be read
+        as a file is listed too, so that reading it fails and it is reported instead of
+        lost: broken and looping links, links to folders, sub-folders that cannot be listed.
 
     Raises
     ------
     CorpusError
-        ``root`` does not exist or is not a folder.
+        ``root`` does not exist, is not a folder, or cannot be listed.
     """
     base = Path(root)
     if not base.exists():
@@ -112,10 +114,16 @@ def list_files(root: str | os.PathLike) -> list[str]:
     if not base.is_dir():
         raise CorpusError(f"{base} is not a folder (expected a folder of audio files)")
     out = []
-    for dirpath, _dirnames, filenames in os.walk(base):
-        for fn in filenames:
+
+    def unlisted(e: OSError) -> None:
+        if e.filename is None or Path(e.filename) == base:
+            raise CorpusError(f"cannot list {base}: {e.strerror or e}")
+        out.append(Path(e.filename).relative_to(base).as_posix())
+
+    for dirpath, dirnames, filenames in os.walk(base, onerror=unlisted):
+        for fn in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             full = Path(dirpath, fn)
-            if full.is_file():  # skips sockets, FIFOs and broken links, which hold no audio
+            if full.is_file() or full.is_symlink():  # skips sockets and FIFOs, which hold no audio
                 out.append(full.relative_to(base).as_posix())
     return sorted(out)
 

@@ -5,6 +5,11 @@ Jobs call :func:`imap` inside :func:`engine`; switching to a cluster changes not
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import signal
+import threading
+import time
 from typing import Callable, Iterable, Iterator
 
 import joblib
@@ -22,7 +27,9 @@ def engine(backend: str = "loky", scheduler: str | None = None, timeout_s: float
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     if backend != "dask":
-        with joblib.parallel_config(backend=backend):
+        # loky workers idle for minutes after their job dies (even SIGKILLed), holding their memory
+        die = {"initializer": exit_with_parent, "initargs": (os.getpid(),)} if backend == "loky" else {}
+        with joblib.parallel_config(backend=backend, **die):
             yield None
         return
     if not scheduler:
@@ -40,6 +47,30 @@ def engine(backend: str = "loky", scheduler: str | None = None, timeout_s: float
             yield client
     finally:
         client.close()
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this worker when the process that started it dies, however it dies.
+
+    On Linux the kernel sends SIGKILL (prctl PR_SET_PDEATHSIG); elsewhere a thread watches the
+    parent pid. A parent that died before this ran is caught by the pid check.
+    """
+    try:
+        armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # no prctl: not Linux
+        armed = False
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def imap(fn: Callable, tasks: Iterable, n_jobs: int = -1, **kwargs) -> Iterator:

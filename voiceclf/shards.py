@@ -54,8 +54,22 @@ def schema(cfg: FeatureConfig) -> pa.Schema:
 def _atomic_target(path: Path):
     """A temp file beside ``path``; the caller renames it into place when complete."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename: outputs get the usual mode
+    finally:
+        os.close(fd)
     return Path(tmp)
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask would change it for other threads meanwhile)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def part_paths(out_dir: str | Path) -> list[Path]:
@@ -133,7 +147,7 @@ def read_errors(out_dir: str | Path) -> pd.DataFrame:
     path = Path(out_dir) / ERRORS
     if not path.exists():
         return pd.DataFrame(columns=ERROR_COLUMNS)
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return pd.read_csv(path, dtype=str, keep_default_na=False).map(_as_written)
 
 
 def append_errors(out_dir: str | Path, rows: list[dict]) -> None:
@@ -146,9 +160,28 @@ def append_errors(out_dir: str | Path, rows: list[dict]) -> None:
     write_csv_atomic(merged.drop_duplicates(subset=["source", "path", "sha256"], keep="last"), path)
 
 
+# A text cell starting with one of these is a formula when the CSV is opened in a spreadsheet (a
+# file named "=HYPERLINK(...).wav"); a leading ' makes it text (OWASP, CSV injection). A cell that
+# starts with ' gets one more, so reading back (strip one leading ') gives exactly what was written.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _as_text(value):
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
+def _as_written(value):
+    return value[1:] if isinstance(value, str) and value.startswith("'") else value
+
+
 def write_csv_atomic(df: pd.DataFrame, path: str | Path, **to_csv) -> None:
-    """Write a CSV under a temp name beside ``path`` and rename it into place: never a half-written file."""
+    """Write a CSV under a temp name beside ``path`` and rename it into place: never a half-written file.
+
+    Text cells that a spreadsheet would run as formulas get a leading ``'``; numbers are left alone.
+    """
     path = Path(path)
+    text = [c for c in df.columns if df[c].dtype == object or isinstance(df[c].dtype, pd.StringDtype)]
+    df = df.assign(**{c: df[c].map(_as_text) for c in text})
     tmp = _atomic_target(path)
     try:
         df.to_csv(tmp, index=False, **to_csv)

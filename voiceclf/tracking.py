@@ -6,9 +6,11 @@ of a grid search can log its children in any order and mark a crashed one FAILED
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -68,6 +70,10 @@ def connect(uri: str | None = None) -> str:
         Path(urlparse(uri).path).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    try:
+        MlflowClient()  # resolves both stores: an unsupported scheme (ftp://...) fails here, in one line
+    except MlflowException as e:
+        raise TrackingError(f"cannot use the tracking URI {uri}: {e.message.strip().split('. ')[0]}; use sqlite:///..., http(s)://... or a database URI") from None
     return uri
 
 
@@ -224,12 +230,24 @@ def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
                 name, v = ref.split("/", 1)
                 version = client.get_model_version(name, v).version
         except MlflowException:
+            if not alias and "/" in ref and _registered(name):
+                raise TrackingError(f"version {ref.split('/', 1)[1]} of model {name} does not exist in {mlflow.get_tracking_uri()} (versions: {_versions(name)})") from None
             raise NoChampion(f"no model registered as {name}{'@' + alias if alias else ''} in {mlflow.get_tracking_uri()} — run `make train` or `make demo` first") from None
-    try:
-        info = mlflow.models.get_model_info(model_uri)
-        module = mlflow.pytorch.load_model(model_uri)
-    except (MlflowException, OSError) as e:
-        raise TrackingError(f"cannot load {model_uri} from {mlflow.get_tracking_uri()}: {getattr(e, 'message', e)}") from None
+    # A pickled model runs code when it is loaded: refuse everything but pt2, and have MLflow check
+    # that a pt2 archive holds no pickle records either, whatever the environment says.
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    with tempfile.TemporaryDirectory(prefix="voiceclf-model-") as tmp:
+        try:
+            # downloaded once: what is checked is what is loaded
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+            info = mlflow.models.Model.load(local)
+        except (MlflowException, OSError) as e:
+            raise TrackingError(f"cannot load {model_uri} from {mlflow.get_tracking_uri()}: {_one_line(e)}") from None
+        _check_pt2(model_uri, local, info.flavors.get("pytorch"))
+        try:
+            module = mlflow.pytorch.load_model(local)
+        except Exception as e:  # a damaged archive fails in torch or zipfile as well as in MLflow
+            raise TrackingError(f"cannot load {model_uri} from {mlflow.get_tracking_uri()}: {_one_line(e)}") from None
     meta = (info.metadata or {}).get("feature_config")
     if meta is None:
         raise TrackingError(f"{model_uri} carries no feature_config metadata; it was not logged by voiceclf and cannot be scored")
@@ -238,6 +256,43 @@ def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
     except ConfigError as e:
         raise TrackingError(f"{model_uri} was trained with a feature config this code cannot reproduce: {e}") from None
     return LoadedModel(module, cfg, model_uri, str(version))
+
+
+def _registered(name: str) -> bool:
+    try:
+        MlflowClient().get_registered_model(name)
+        return True
+    except MlflowException:
+        return False
+
+
+def _versions(name: str) -> str:
+    found = sorted(int(mv.version) for mv in MlflowClient().search_model_versions(f"name='{name}'"))
+    return ", ".join(map(str, found)) or "none"
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(getattr(e, "message", None) or e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _check_pt2(model_uri: str, local: str, flavor: dict | None) -> None:
+    """Refuse a model that is not a pytorch-flavour pt2 archive before anything in it is read.
+
+    The MLmodel does not name the serialization format; the files do: ``model.pt2`` (torch.export)
+    or ``model.pth`` (pickle). Logged code (``code``) would be put on ``sys.path``: refused too.
+    """
+    if not flavor:
+        raise TrackingError(f"{model_uri} is not a pytorch model; voiceclf scores only pytorch models in pt2 format")
+    data = os.path.realpath(os.path.join(local, str(flavor.get("model_data") or "")))
+    if os.path.commonpath([data, os.path.realpath(local)]) != os.path.realpath(local):
+        raise TrackingError(f"{model_uri}: its MLmodel points outside the model ({flavor.get('model_data')!r}); refused")
+    if flavor.get("code") or not os.path.isfile(os.path.join(data, "model.pt2")) or os.path.exists(os.path.join(data, "model.pth")):
+        found = ", ".join(sorted(os.listdir(data))) if os.path.isdir(data) else "nothing"
+        raise TrackingError(f"{model_uri} is not in pt2 format (found {found}{', logged code' if flavor.get('code') else ''}); "
+                            "voiceclf loads only pt2 models, never pickles, which can run code when loaded")
+    if not zipfile.is_zipfile(os.path.join(data, "model.pt2")):
+        raise TrackingError(f"{model_uri}: model.pt2 is damaged (not a complete pt2 archive); log or register the model again")
 
 
 # ----------------------------------------------------------------------------- figures

@@ -81,12 +81,17 @@ else:
         ctx = {**ctx, "params": params, "dag_run": run, "var": {"value": {}}}
         try:
             cmd = {t: env.from_string(dag.get_task(t).bash_command).render(**ctx) for t in dag.task_ids}
+            envs = {t: {k: env.from_string(v).render(**ctx) for k, v in dag.get_task(t).env.items()} for t in dag.task_ids}
             cwd = env.from_string(dag.get_task("score").cwd).render(**ctx)
         except Exception as e:  # noqa: BLE001
             problems.append(f"templates do not render: {type(e).__name__}: {e}")
             break
-        if f'REPORT="reports/report-{day}.csv"' not in cmd["score"] or "python -m jobs.featurize" not in cmd["featurize"] or not cwd.startswith("/"):
-            problems.append(f"unexpected rendering: cwd={cwd!r} {cmd}")
+        if envs["score"].get("VOICECLF_REPORT") != f"reports/report-{day}.csv" or "python -m jobs.featurize" not in cmd["featurize"] or not cwd.startswith("/"):
+            problems.append(f"unexpected rendering: cwd={cwd!r} {cmd} {envs}")
+        # params are data: passed in env (added to the worker's own), never pasted into the shell command
+        for t in dag.task_ids:
+            if "params." in dag.get_task(t).bash_command or not dag.get_task(t).append_env:
+                problems.append(f"{t}: params must reach the command through env= with append_env=True")
 if problems:
     print("airflow-check: FAILED\n" + "\n".join(problems), file=sys.stderr)
     sys.exit(1)

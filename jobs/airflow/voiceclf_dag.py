@@ -29,7 +29,17 @@ DEFAULT_HOME = os.environ.get("VOICECLF_HOME") or str(REPO_ROOT)
 HOME = "{{ var.value.get('voiceclf_home', %r) }}" % DEFAULT_HOME
 # The run's date: `ds` (the logical date). An Airflow 3 run triggered through the API with no logical
 # date has no `ds`, so fall back to the day it was queued to run.
-SET_RUN_DATE = "{% set run_date = ds if ds is defined else dag_run.run_after.strftime('%Y-%m-%d') %}"
+RUN_DATE = "(ds if ds is defined else dag_run.run_after.strftime('%Y-%m-%d'))"
+# Trigger-time params reach the commands as environment variables, referenced as "$VAR": rendered
+# into bash_command they would be shell code (a data_dir of `x$(rm -rf ~)` would run). `--flag=value`
+# and `--` keep a value that starts with "-" from being read as an option.
+PARAMS_ENV = {
+    "VOICECLF_DATA_DIR": "{{ params.data_dir }}",
+    "VOICECLF_FEATURES_DIR": "{{ params.features_dir }}",
+    "VOICECLF_GRID_FILE": "{{ params.grid_file }}",
+    "VOICECLF_RECORDINGS_DIR": "{{ params.recordings_dir }}",
+    "VOICECLF_REPORT": "{{ params.report_path | replace('{ds}', %s) }}" % RUN_DATE,
+}
 
 DOC = """
 ### voiceclf: featurize → train → score
@@ -47,7 +57,8 @@ else the repo holding this DAG file), the same entry points as `make features|tr
 **Params** (change them in *Trigger DAG w/ config*): `data_dir` (labelled corpus folder or manifest.csv),
 `recordings_dir` (folder to label), `grid_file` (TOML grid), `features_dir` (Parquet shards),
 `report_path` (CSV report; relative paths are under VOICECLF_HOME). The defaults run on the synthetic
-data that `make demo` writes into `demo/`.
+data that `make demo` writes into `demo/`. Params reach the jobs as environment variables (`VOICECLF_*`),
+never as part of the shell command, so any value is taken as a path.
 
 **Exit codes.** A task fails on any non-zero exit of its job, and its log shows which:
 `1` failure (model not loadable, tracking store down, every grid point failed), `2` bad arguments or inputs
@@ -94,21 +105,26 @@ with DAG(
     featurize = BashOperator(
         task_id="featurize",
         cwd=HOME,
-        bash_command='exec .venv/bin/python -m jobs.featurize "{{ params.data_dir }}" --out "{{ params.features_dir }}"',
+        env=PARAMS_ENV,
+        append_env=True,
+        bash_command='exec .venv/bin/python -m jobs.featurize --out="$VOICECLF_FEATURES_DIR" -- "$VOICECLF_DATA_DIR"',
     )
     train = BashOperator(
         task_id="train",
         cwd=HOME,
-        bash_command='exec .venv/bin/python -m jobs.train --features "{{ params.features_dir }}" --grid "{{ params.grid_file }}"',
+        env=PARAMS_ENV,
+        append_env=True,
+        bash_command='exec .venv/bin/python -m jobs.train --features="$VOICECLF_FEATURES_DIR" --grid="$VOICECLF_GRID_FILE"',
     )
     score = BashOperator(
         task_id="score",
         cwd=HOME,
-        bash_command=SET_RUN_DATE + """
+        env=PARAMS_ENV,
+        append_env=True,
+        bash_command="""
 set -eu
-REPORT="{{ params.report_path | replace('{ds}', run_date) }}"
-mkdir -p "$(dirname "$REPORT")"
-exec .venv/bin/python -m jobs.score "{{ params.recordings_dir }}" --out "$REPORT"
+mkdir -p -- "$(dirname -- "$VOICECLF_REPORT")"
+exec .venv/bin/python -m jobs.score --out="$VOICECLF_REPORT" -- "$VOICECLF_RECORDINGS_DIR"
 """,
     )
 

@@ -1,0 +1,425 @@
+"""Issue #13, reliability and security: hostile models, names and permissions; dying parents; clean failures."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, run_job, tone
+from voiceclf import tracking
+from voiceclf.config import FeatureConfig
+from voiceclf.model import GenderCNN
+
+
+def one_line_failure(proc: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The job exited ``code`` with a one-line error and no traceback; returns that line."""
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+# ----------------------------------------------------------------------------- models in the registry
+class OpensAFile(torch.nn.Module):
+    """A "model" whose unpickling creates a file: what a hostile pickle does, harmlessly."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def register(uri: str, kind: str, marker: str = "") -> str:
+    """Log a model of ``kind`` (pt2: an untrained GenderCNN; pickle: OpensAFile) and make it voiceclf@champion; returns its artifact folder."""
+    tracking.connect(uri)
+    client = MlflowClient()
+    run_id = client.create_run(tracking.experiment_id()).info.run_id
+    cfg = FeatureConfig()
+    if kind == "pt2":
+        model_uri = tracking.log_model(run_id, GenderCNN(), cfg, np.zeros((2, *cfg.shape), np.float32))
+    else:
+        with mlflow.start_run(run_id=run_id):
+            model_uri = mlflow.pytorch.log_model(OpensAFile(marker), name="model", serialization_format="pickle", pip_requirements=[],
+                                                 metadata={"feature_config": cfg.to_dict()}).model_uri
+    tracking.register_champion(model_uri, run_id, {}, cfg)
+    model_id = model_uri.rsplit("/", 1)[-1]
+    (folder,) = Path(uri.removeprefix("sqlite:///")).parent.glob(f"artifacts/**/{model_id}/artifacts")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def pt2_store(tmp_path_factory):
+    """A store whose champion (version 1) is a genuine pt2 model; returns (uri, its artifact folder)."""
+    folder = tmp_path_factory.mktemp("pt2store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return uri, register(uri, "pt2")
+
+
+@pytest.fixture(scope="module")
+def inbox(tmp_path_factory):
+    import soundfile as sf
+
+    folder = tmp_path_factory.mktemp("inbox")
+    sf.write(folder / "a.wav", tone(1.5), 16000, subtype="PCM_16")
+    return folder
+
+
+def test_a_pickled_champion_is_refused_before_it_is_unpickled(inbox, tmp_path):
+    marker = tmp_path / "unpickled"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    register(uri, "pickle", str(marker))
+    proc = run_job("score", inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
+    line = one_line_failure(proc)
+    assert "not in pt2 format" in line and "model.pth" in line, line
+    assert not marker.exists(), "the pickle was loaded"
+    assert not (tmp_path / "r.csv").exists()
+    # the payload is live: MLflow's own loader, with pickles allowed (its default), runs it
+    code = f"import mlflow; mlflow.set_registry_uri({uri!r}); mlflow.pytorch.load_model('models:/voiceclf@champion')"
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}, capture_output=True, timeout=300)
+    assert marker.exists()
+
+
+def test_a_genuine_pt2_champion_still_scores(pt2_store, inbox, tmp_path):
+    uri, _ = pt2_store
+    run_job("score", inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri}, check=True)
+    assert (tmp_path / "r.csv").read_text().count("\n") == 2
+
+
+def test_a_missing_model_version_says_so(pt2_store, inbox, tmp_path):
+    uri, _ = pt2_store
+    proc = run_job("score", inbox, "--out", tmp_path / "r.csv", "--model-uri", "models:/voiceclf/99", env={"MLFLOW_TRACKING_URI": uri})
+    line = one_line_failure(proc)
+    assert "version 99 of model voiceclf does not exist" in line and "versions: 1" in line, line
+
+
+def test_an_unsupported_tracking_uri_is_one_line(inbox, tmp_path):
+    proc = run_job("score", inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": "ftp://x"})
+    assert "ftp://x" in one_line_failure(proc)
+
+
+def test_a_truncated_model_archive_is_one_line(inbox, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    folder = register(uri, "pt2")
+    archive = os.path.join(folder, "data", "model.pt2")
+    os.truncate(archive, os.path.getsize(archive) // 2)
+    proc = run_job("score", inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
+    assert "model.pt2 is damaged" in one_line_failure(proc)
+
+
+@pytest.mark.parametrize("case", ["same file", "same file by another name", "out is a folder", "segments is a folder"])
+def test_score_refuses_outputs_that_clash_before_any_work(case, inbox, tmp_path):
+    report = tmp_path / "r.csv"
+    args = {
+        "same file": ["--out", report, "--segments", report],
+        "same file by another name": ["--out", report, "--segments", tmp_path / "sub" / ".." / "r.csv"],
+        "out is a folder": ["--out", tmp_path],
+        "segments is a folder": ["--out", report, "--segments", tmp_path],
+    }[case]
+    (tmp_path / "sub").mkdir()
+    # an unreachable tracking store: refusing the arguments must come before any attempt to use it
+    proc = run_job("score", inbox, *args, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    line = one_line_failure(proc, 2)
+    assert ("same file" in line) if case.startswith("same") else ("is a folder" in line), line
+    assert not report.exists()
+
+
+# ----------------------------------------------------------------------------- workers of a dead job
+def children(pid: int) -> dict[int, str]:
+    """Live (not zombie) child processes of ``pid``: pid → command line."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            out[int(entry)] = cmdline
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_loky_workers_exit_when_their_job_is_killed(tmp_path):
+    import signal
+    import time
+
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        y = np.tile(tone(0.8, f0=110 + 5 * i), 75) + 0.01 * rng.standard_normal(75 * 12800).astype(np.float32)
+        sf.write(tmp_path / f"long_{i:02d}.wav", y, 16000, subtype="PCM_16")
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.featurize", tmp_path, "--allow-unlabelled", "--out", tmp_path / "out", "--jobs", "2"],
+                            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    try:
+        for line in proc.stderr:
+            if "to do" in line:
+                break
+        deadline = time.time() + 120
+        while len(workers := {p for p, cmd in children(proc.pid).items() if "loky" in cmd and "resource_tracker" not in cmd}) < 2:
+            assert proc.poll() is None and time.time() < deadline, "the job ended before its workers could be seen"
+            time.sleep(0.1)
+        time.sleep(2.0)  # mid-run: the workers have imported everything and hold batches
+        assert proc.poll() is None
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 15
+        while any(alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        left = [p for p in workers if alive(p)]
+        assert not left, f"workers {left} outlived their job"
+    finally:
+        proc.kill()
+        for p in workers:  # never leave them behind, even when the test fails
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- CSV cells a spreadsheet would run
+FORMULA_NAMES = ['=HYPERLINK("evil.example","click").wav', "@SUM(1+1).wav", "+1.wav", "-2.wav"]
+
+
+def raw_cells(path: Path, column: str) -> list[str]:
+    import csv
+
+    with open(path, newline="") as f:
+        return [row[column] for row in csv.DictReader(f)]
+
+
+def test_errors_csv_cells_cannot_be_formulas_and_a_rerun_still_skips_them(tmp_path):
+    import pandas as pd
+    import soundfile as sf
+
+    from voiceclf import shards
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    sf.write(src / "good.wav", tone(1.5), 16000, subtype="PCM_16")
+    for name in FORMULA_NAMES[:3]:
+        (src / name).write_text("not audio\n")
+    run_job("featurize", src, "--allow-unlabelled", "--augment", "0", "--out", out, check=True)
+    assert sorted(raw_cells(out / "errors.csv", "path")) == sorted("'" + n for n in FORMULA_NAMES[:3])
+    assert sorted(shards.read_errors(out)["path"]) == sorted(FORMULA_NAMES[:3])
+    # a rerun with one more bad file: the old rows are read back as they were, not escaped twice or duplicated
+    (src / FORMULA_NAMES[3]).write_text("not audio either\n")
+    rerun = run_job("featurize", src, "--allow-unlabelled", "--augment", "0", "--out", out, check=True)
+    assert "4 already in" in rerun.stderr, rerun.stderr[-2000:]
+    assert sorted(raw_cells(out / "errors.csv", "path")) == sorted("'" + n for n in FORMULA_NAMES)
+    errors = shards.read_errors(out)
+    assert sorted(errors["path"]) == sorted(FORMULA_NAMES) and set(errors["error"]) == {"not_audio"}
+    assert isinstance(pd.read_csv(out / "errors.csv"), pd.DataFrame)
+
+
+def test_report_cells_cannot_be_formulas_and_numbers_stay_numbers(pt2_store, tmp_path):
+    import pandas as pd
+    import soundfile as sf
+
+    uri, _ = pt2_store
+    inbox = tmp_path / "=inbox"  # scored by a relative path, so every path cell starts with '='
+    inbox.mkdir()
+    sf.write(inbox / FORMULA_NAMES[0], tone(1.5), 16000, subtype="PCM_16")
+    (inbox / FORMULA_NAMES[1]).write_text("not audio\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "jobs.score", "=inbox", "--out", "r.csv", "--segments", "s.csv"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("r.csv", "s.csv"):
+        cells = raw_cells(tmp_path / name, "path")
+        assert cells and all(c.startswith("'=inbox/") for c in cells), cells
+    report, segments = pd.read_csv(tmp_path / "r.csv"), pd.read_csv(tmp_path / "s.csv")
+    numeric = pd.api.types.is_numeric_dtype
+    assert numeric(report["p_male"]) and report["p_male"].notna().sum() == 1 and numeric(report["windows"])
+    assert numeric(segments["p_male"]) and numeric(segments["start_s"])
+
+
+# ----------------------------------------------------------------------------- what cannot be read is a row, never a stop
+DROP_FILE_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
+
+
+@pytest.fixture(scope="module")
+def as_user(tmp_path_factory) -> list[str]:
+    """A command prefix under which permission bits apply: root drops the file-access override with setpriv."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    if not shutil.which("setpriv"):
+        pytest.skip("root without setpriv: chmod 000 cannot make a file unreadable")
+    probe = tmp_path_factory.mktemp("probe") / "f"
+    probe.write_text("x")
+    probe.chmod(0)
+    if subprocess.run([*DROP_FILE_OVERRIDE, "test", "-r", probe]).returncode != 1:
+        pytest.skip("setpriv cannot drop the file-access override here")
+    return DROP_FILE_OVERRIDE
+
+
+def job(prefix: list[str], name: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, sys.executable, "-m", f"jobs.{name}", *map(str, args)], cwd=REPO, env={**os.environ, **(env or {})},
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture()
+def locked_inbox(tmp_path):
+    """good.wav, plus secret.wav (mode 000) and locked/ (a folder, mode 000, with a recording in it)."""
+    import soundfile as sf
+
+    src = tmp_path / "inbox"
+    (src / "locked").mkdir(parents=True)
+    for name in ("good.wav", "secret.wav", "locked/hidden_away.wav"):
+        sf.write(src / name, tone(1.5), 16000, subtype="PCM_16")
+    (src / "secret.wav").chmod(0)
+    (src / "locked").chmod(0)
+    yield src
+    (src / "locked").chmod(0o755)  # so that the test folder can be removed
+    (src / "secret.wav").chmod(0o644)
+
+
+def test_featurize_makes_unreadable_files_and_folders_rows_and_goes_on(as_user, locked_inbox, tmp_path):
+    from voiceclf import shards
+
+    out = tmp_path / "out"
+    proc = job(as_user, "featurize", locked_inbox, "--allow-unlabelled", "--augment", "0", "--out", out)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = shards.read_errors(out).set_index("path")
+    assert errors.loc["secret.wav", "error"] == "unreadable" and "Permission denied" in errors.loc["secret.wav", "message"]
+    assert errors.loc["locked", "error"] == "unreadable" and "folder cannot be listed (Permission denied)" in errors.loc["locked", "message"]
+    assert set(shards.read(out, with_features=False)[0]["path"]) == {"good.wav"}
+
+
+def test_score_makes_unreadable_files_and_folders_error_rows(as_user, pt2_store, locked_inbox, tmp_path):
+    import pandas as pd
+
+    uri, _ = pt2_store
+    proc = job(as_user, "score", locked_inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    report = pd.read_csv(tmp_path / "r.csv", keep_default_na=False).set_index("path")
+    assert report.loc[str(locked_inbox / "good.wav"), "status"] == "ok"
+    for name, reason in (("secret.wav", "Permission denied"), ("locked", "folder cannot be listed (Permission denied)")):
+        row = report.loc[str(locked_inbox / name)]
+        assert row["status"] == "error" and row["error"].startswith("unreadable: ") and reason in row["error"], row.to_dict()
+
+
+@pytest.fixture()
+def linked_inbox(tmp_path):
+    """good.wav and every kind of link that is not a readable file; returns (folder, path → expected error code)."""
+    import soundfile as sf
+
+    src, elsewhere = tmp_path / "inbox", tmp_path / "elsewhere"
+    (src / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    sf.write(src / "good.wav", tone(1.5), 16000, subtype="PCM_16")
+    sf.write(elsewhere / "far.wav", tone(1.5), 16000, subtype="PCM_16")
+    (src / "broken.wav").symlink_to(src / "deleted.wav")
+    (src / "self.wav").symlink_to("self.wav")
+    (src / "ping.wav").symlink_to("pong.wav")
+    (src / "pong.wav").symlink_to("ping.wav")
+    (src / "sub" / "up").symlink_to("..")
+    (src / "other").symlink_to(elsewhere)
+    return src, {"broken.wav": "broken_link", "self.wav": "link_loop", "ping.wav": "link_loop", "pong.wav": "link_loop",
+                 "sub/up": "link_loop", "other": "folder_link"}
+
+
+def test_featurize_makes_broken_and_looping_links_rows(linked_inbox, tmp_path):
+    from voiceclf import shards
+
+    src, expected = linked_inbox
+    out = tmp_path / "out"
+    run_job("featurize", src, "--allow-unlabelled", "--augment", "0", "--out", out, check=True)
+    errors = shards.read_errors(out)
+    assert dict(zip(errors["path"], errors["error"])) == expected
+    assert all(m.startswith(str(src)) for m in errors["message"])
+    assert set(shards.read(out, with_features=False)[0]["path"]) == {"good.wav"}
+
+
+def test_score_makes_broken_and_looping_links_error_rows(linked_inbox, pt2_store, tmp_path):
+    import pandas as pd
+
+    src, expected = linked_inbox
+    uri, _ = pt2_store
+    run_job("score", src, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri}, check=True)
+    report = pd.read_csv(tmp_path / "r.csv", keep_default_na=False)
+    got = {p[len(str(src)) + 1:]: (s, e.split(":")[0]) for p, s, e in zip(report["path"], report["status"], report["error"])}
+    assert got == {"good.wav": ("ok", ""), **{p: ("error", code) for p, code in expected.items()}}
+
+
+def test_list_files_lists_what_it_cannot_read_and_refuses_a_root_it_cannot_list(as_user, linked_inbox, tmp_path):
+    from voiceclf import corpus
+
+    src, expected = linked_inbox
+    assert corpus.list_files(src) == sorted(["good.wav", *expected])
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        code = f"from voiceclf import corpus; corpus.list_files({str(locked)!r})"
+        proc = subprocess.run([*as_user, sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+        assert "CorpusError: cannot list" in proc.stderr and "Permission denied" in proc.stderr, proc.stderr[-2000:]
+    finally:
+        locked.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------- what a run leaves beside its outputs
+@pytest.mark.parametrize("umask", [0o027, 0o002])
+def test_outputs_follow_the_umask_and_no_lock_file_is_left(umask, pt2_store, inbox, tmp_path):
+    uri, _ = pt2_store
+    out = tmp_path / "features"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    run = lambda *args: subprocess.run([sys.executable, "-m", *map(str, args)], cwd=REPO, env=env, umask=umask,  # noqa: E731
+                                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    (inbox_bad := tmp_path / "in").mkdir()
+    (inbox_bad / "notes.wav").write_text("not audio\n")
+    for src in (inbox, inbox_bad):
+        proc = run("jobs.featurize", src, "--allow-unlabelled", "--augment", "0", "--out", out)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run("jobs.score", inbox, "--out", tmp_path / "r.csv", "--segments", tmp_path / "s.csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    made = [*out.glob("part-*.parquet"), out / "errors.csv", tmp_path / "r.csv", tmp_path / "s.csv"]
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in made} == {p.name: oct(0o666 & ~umask) for p in made}
+    # a run that fails inside the lock removes it as well
+    proc = run("jobs.featurize", inbox, "--allow-unlabelled", "--feature-set", "mfcc_deltas", "--out", out)
+    assert proc.returncode == 2 and "another config" in proc.stderr
+    assert not [p.name for p in [*out.iterdir(), *tmp_path.iterdir()] if p.name.endswith(".lock")]
+
+
+# ----------------------------------------------------------------------------- make
+@pytest.mark.parametrize("target, var, flag", [("score", "DIR", None), ("score", "OUT", "--out"), ("features", "DATA", None), ("train", "FEATURES", "--features")])
+def test_make_passes_a_value_as_one_word_never_as_shell_code(target, var, flag, tmp_path):
+    import shutil
+
+    if not shutil.which("make"):
+        pytest.skip("no make")
+    marker = tmp_path / "ran"
+    value = f"my inbox; touch {marker} `touch {marker}` it's \"quoted\""  # make itself expands $, so no $ here
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > {tmp_path / "argv"}\n')
+    stub.chmod(0o755)
+    # -n prints the recipe without running it (nor `setup`); bash then runs the job's line as make would
+    dry = subprocess.run(["make", "-n", target, f"PY={stub}", "DIR=inbox", "DATA=corpus", f"{var}={value}"],
+                         cwd=REPO, capture_output=True, text=True, check=True)
+    (line,) = [x for x in dry.stdout.splitlines() if f"{stub} -m jobs." in x]
+    subprocess.run(["bash", "-c", line], check=True)
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert not marker.exists()
+    if var == "DATA":  # a list of corpora: each word one argument, none run as code
+        assert argv[2 : 2 + len(value.split())] == value.split(), argv
+    else:
+        assert argv[argv.index(flag) + 1 if flag else 2] == value, argv
