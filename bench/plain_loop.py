@@ -1,14 +1,19 @@
 """The baseline featurizer: the same librosa calls written plainly, one process, one file after another.
 
-    python -m bench.plain_loop DATA_DIR [--out FILE.npz]
+    python -m bench.plain_loop SRC [SRC ...] [--out FILE.npz]
+
+SRC: an AudioMNIST-layout folder (``SRC/<speaker>/*.wav``) or a manifest CSV (a ``path`` column, relative
+to the CSV's folder).
 
 What a person would write without voiceclf: load at 16 kHz, remove DC and high-pass at 50 Hz, keep the
 voiced parts (``librosa.effects.split``), then MFCC + delta + delta-delta on each 1-s window (hop 0.5 s).
-Prints one summary line: ``plain loop: files=..., windows=..., seconds=..., files/s=...``.
+A file that cannot be read is counted and skipped, as featurize does. Prints one summary line:
+``plain loop: files=..., windows=..., errors=..., seconds=..., files/s=...``.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import glob
 import os
 import time
@@ -42,20 +47,30 @@ def plain_features(path: str) -> list[np.ndarray]:
     return out
 
 
+def files_of(src: str) -> list[str]:
+    if src.lower().endswith(".csv"):
+        with open(src, newline="", encoding="utf-8-sig") as f:
+            return [os.path.join(os.path.dirname(os.path.abspath(src)), row["path"]) for row in csv.DictReader(f)]
+    return sorted(glob.glob(os.path.join(src, "*", "*.wav")))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.plain_loop", description=__doc__.split("\n\n")[0])
-    p.add_argument("data", help="AudioMNIST-layout folder: <data>/<speaker>/*.wav")
+    p.add_argument("sources", nargs="+", metavar="SRC", help="AudioMNIST-layout folder (<SRC>/<speaker>/*.wav) or manifest CSV (path column)")
     p.add_argument("--out", help="save the windows here (.npz)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    files = sorted(glob.glob(os.path.join(args.data, "*", "*.wav")))
-    windows = []
+    files = [f for src in args.sources for f in files_of(src)]
+    windows, errors = [], 0
     for f in files:
-        windows += plain_features(f)
+        try:
+            windows += plain_features(f)
+        except Exception:  # not audio, corrupt: featurize makes these errors.csv rows
+            errors += 1
     if args.out:
         np.savez(args.out, features=np.stack(windows))
     seconds = time.perf_counter() - t0
-    print(f"plain loop: files={len(files)}, windows={len(windows)}, seconds={seconds:.1f}, files/s={len(files) / seconds:.1f}")
+    print(f"plain loop: files={len(files)}, windows={len(windows)}, errors={errors}, seconds={seconds:.1f}, files/s={len(files) / seconds:.1f}")
 
 
 if __name__ == "__main__":
