@@ -38,8 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Grid search over the model families on feature shards: the model card's CNN on MFC images "
         "(mfcc_pitch, mfcc_deltas) and a small head on pretrained speaker embeddings (speaker_embedding). "
         "Splits by speaker into train/val/test (stratified by corpus and sex), logs every grid point as a nested "
-        "MLflow run (params, per-epoch curves, per-corpus metrics, model, plots), keeps each point's best epoch and "
-        "registers the point with the highest val_score (speaker-balanced validation accuracy, mean over corpora). "
+        "MLflow run (params, per-epoch curves, per-corpus metrics, model, plots) and keeps each point's best epoch by "
+        "val_score (speaker-balanced validation accuracy, mean over corpora). With two or more training corpora each "
+        "point is also trained without each corpus in turn and scored on it (xval_score): the point that does best on "
+        "corpora it never saw is registered. "
         "The new version becomes models:/voiceclf@champion only if it is at least as good as the current champion "
         "on the same held-out speakers.",
         epilog="Tracking store: MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlruns/mlflow.db. "
@@ -141,8 +143,10 @@ def all_speakers(data: dict[str, tr.Data]) -> pd.DataFrame:
     return spk.sort_values("speaker", ignore_index=True)
 
 
-def run_point(point: tr.GridPoint, data: dict, split: dict, seed: int, threads: int) -> tr.PointResult:
-    return tr.train_point(point, data[point.feature_set], split, seed=seed, threads=threads)
+def run_task(task: tuple, points: list[tr.GridPoint], data: dict, seed: int, threads: int) -> tr.PointResult:
+    """One training of a grid point (in a worker): on the split, or on a cross-corpus validation split."""
+    i, _corpus, split = task
+    return tr.train_point(points[i], data[points[i].feature_set], split, seed=seed, threads=threads)
 
 
 def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data], split: dict) -> float:
@@ -205,19 +209,25 @@ def run(args: argparse.Namespace) -> int:
     if not all(d.speaker_level for d in data.values()):
         log.warning("NO SPEAKER IDS: splitting by file, so the same voice can sit in train and test and the scores will be optimistic")
     try:
-        split = tr.split_speakers(all_speakers(data), seed=args.seed, holdout_corpus=args.holdout_corpus)
+        speakers = all_speakers(data)
+        split = tr.split_speakers(speakers, seed=args.seed, holdout_corpus=args.holdout_corpus)
+        xsplits = tr.cross_corpus_splits(split, speakers)
         points = [pt for fs in sorted(data) for pt in tr.grid(grids[data[fs].cfg.family], fs)]
     except tr.DataError as e:
         raise JobError(str(e), _cli.USAGE) from None
-    n_jobs = min(len(points), os.cpu_count() or 1) if args.jobs == -1 else min(args.jobs, len(points))
+    n_tasks = len(points) * (1 + len(xsplits))
+    n_jobs = min(n_tasks, os.cpu_count() or 1) if args.jobs == -1 else min(args.jobs, n_tasks)
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
     corpora = sorted(set(np.concatenate([d.corpus for d in data.values()])))
     sizes = {f"split_{s}_speakers": len(split[s]) for s in tr.SPLITS}
     common = {"seed": args.seed, "holdout_corpus": args.holdout_corpus or "", "corpora": ",".join(corpora),
+              "selection": "xval_score (leave each training corpus out in turn)" if xsplits else "val_score (one corpus: speaker split only)",
               "speaker_level_split": all(d.speaker_level for d in data.values()), **sizes}
-    log.info("train: %d grid point(s) (%s) on %s; %d/%d/%d speakers (train/val/test)%s; %d parallel; tracking %s",
+    log.info("train: %d grid point(s) (%s) on %s; %d/%d/%d speakers (train/val/test)%s; %s; %d parallel; tracking %s",
              len(points), ", ".join(sorted(data)), ", ".join(corpora), len(split["train"]), len(split["val"]), len(split["test"]),
-             f", test = corpus {args.holdout_corpus}" if args.holdout_corpus else "", n_jobs, uri)
+             f", test = corpus {args.holdout_corpus}" if args.holdout_corpus else "",
+             f"points ranked by cross-corpus validation (each trains {len(xsplits)} more time(s), without {', '.join(xsplits)} in turn)" if xsplits
+             else "points ranked by val_score (fewer than two training corpora: no cross-corpus validation)", n_jobs, uri)
 
     store_errors = tracking.store_errors()
     try:
@@ -226,23 +236,39 @@ def run(args: argparse.Namespace) -> int:
             **{f"grid.{fam}.{k}": v for fam, g in grids.items() for k, v in g.items()}})
         child_ids = [runs.child(pt.name, {**tr.point_params(pt), **common, "data_fingerprint": data[pt.feature_set].fingerprint(),
                                           **{f"feature.{k}": v for k, v in data[pt.feature_set].cfg.to_dict().items()}}) for pt in points]
-        results, model_uris = [], {}
-        with _cli.Reporter("train", len(points), unit="grid points", every=1) as rep, parallel.engine(args.backend, args.scheduler):
+        # each point trains once on the split, and once per training corpus left out (the cross-corpus validation)
+        tasks = [(i, corpus, sub) for i in range(len(points)) for corpus, sub in [(None, split), *xsplits.items()]]
+        results: list[tr.PointResult | None] = [None] * len(points)
+        xres: dict[int, dict[str, tr.PointResult]] = {i: {} for i in range(len(points))}
+        model_uris = {}
+        with _cli.Reporter("train", len(tasks), unit="trainings", every=1) as rep, parallel.engine(args.backend, args.scheduler):
             if n_jobs == 1:  # in-process: per-epoch progress
-                stream = (tr.train_point(pt, data[pt.feature_set], split, seed=args.seed, threads=threads,
-                                         on_epoch=lambda e, row, pt=pt: rep.advance(0, note=f"{pt.name} epoch {e}/{pt.epochs} loss {row['train_loss']:.3f} val_score {row['val_score']:.3f}"))
-                          for pt in points)
+                stream = (tr.train_point(points[i], data[points[i].feature_set], sub, seed=args.seed, threads=threads,
+                                         on_epoch=lambda e, row, pt=points[i], c=c: rep.advance(0, note=f"{pt.name}{f' without {c}' if c else ''} epoch {e}/{pt.epochs} loss {row['train_loss']:.3f} val_score {row['val_score']:.3f}"))
+                          for i, c, sub in tasks)
             else:
-                stream = parallel.imap(run_point, points, n_jobs=n_jobs, data=data, split=split, seed=args.seed, threads=threads)
-            for pt, run_id, res in zip(points, child_ids, stream):
-                results.append(res)
-                if res.error:
-                    log.error("grid point %s failed:\n%s", pt.name, res.error)
-                    runs.finish(run_id, ok=False, error=res.error)
+                stream = parallel.imap(run_task, tasks, n_jobs=n_jobs, points=points, data=data, seed=args.seed, threads=threads)
+            for (i, corpus, _), res in zip(tasks, stream):
+                pt = points[i]
+                if corpus is None:
+                    results[i] = res
                 else:
-                    model_uris[run_id] = log_point(runs, run_id, res, data[pt.feature_set], split)
-                    runs.finish(run_id)
-                rep.advance(1, errors=int(res.error is not None), note=f"{pt.name}: " + (f"val_score {res.final['val_score']:.3f} (epoch {res.best_epoch})" if not res.error else "FAILED"))
+                    res.model = None
+                    xres[i][corpus] = res
+                note = f"{pt.name}{f' without {corpus}' if corpus else ''}: " + ("FAILED" if res.error else
+                        f"val_score {res.final['val_score']:.3f} (epoch {res.best_epoch})" + (f", on {corpus} {res.test['test_score']:.3f}" if corpus else ""))
+                rep.advance(1, errors=int(res.error is not None), note=note)
+                if len(xres[i]) == len(xsplits) and results[i] is not None:  # all of this point's trainings are in
+                    main = results[i]
+                    failed = main.error or next((r.error for r in xres[i].values() if r.error), None)
+                    if failed:
+                        main.error = main.error or f"a cross-corpus validation training failed:\n{failed}"
+                        log.error("grid point %s failed:\n%s", pt.name, main.error)
+                        runs.finish(child_ids[i], ok=False, error=main.error)
+                    else:
+                        main.xval = tr.cross_corpus_score(xres[i])
+                        model_uris[child_ids[i]] = log_point(runs, child_ids[i], main, data[pt.feature_set], split)
+                        runs.finish(child_ids[i])
         winner = tr.best(results)
         table = summary(points, child_ids, results, winner, corpora)
         show_table(table)
@@ -250,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
             runs.finish(runs.parent_id, ok=False, error="every grid point failed")
             raise JobError("every grid point failed; see the errors above and the runs in the MLflow UI", _cli.FAILURE)
         win_id = child_ids[results.index(winner)]
-        win_metrics = {**winner.val, **winner.test, "best_epoch": winner.best_epoch}
+        win_metrics = {**winner.val, **winner.xval, **winner.test, "best_epoch": winner.best_epoch}
         runs.log_summary(table, win_id, win_metrics)
         if args.no_register:
             log.info("winner %s (run %s); not registered (--no-register)", winner.point.name, win_id)
@@ -277,7 +303,7 @@ def log_point(runs: tracking.GridRuns, run_id: str, res: tr.PointResult, data: t
         "per_speaker.csv": res.per_speaker,
     }
     # the per-epoch val_* curves end at the last epoch; best_val_* are the kept epoch's, the figures the grid compares
-    final = {**res.test, **{f"best_{k}": v for k, v in res.val.items()}, "best_epoch": res.best_epoch, "train_seconds": res.seconds}
+    final = {**res.test, **res.xval, **{f"best_{k}": v for k, v in res.val.items()}, "best_epoch": res.best_epoch, "train_seconds": res.seconds}
     return runs.log_point(run_id, res.history, final, artifacts=artifacts, model=res.model, cfg=data.cfg, input_example=np.array(data.x[:2]))
 
 
@@ -286,7 +312,7 @@ def summary(points, run_ids, results, winner, corpora) -> pd.DataFrame:
     for pt, rid, res in zip(points, run_ids, results):
         f = res.final
         row = {"winner": "*" if res is winner else "", "point": pt.name, "run_id": rid, "status": "FAILED" if res.error else "ok",
-               "epoch": res.best_epoch or None, "val_score": f.get("val_score"), "val_worst_corpus": f.get("val_worst_corpus"),
+               "epoch": res.best_epoch or None, "xval_score": res.xval.get("xval_score"), "val_score": f.get("val_score"),
                "test_score": res.test.get("test_score")}
         row.update({f"test.{c}": res.test.get(f"test_speaker_bacc.{c}") for c in corpora})
         row["seconds"] = round(res.seconds, 1)
