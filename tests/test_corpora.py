@@ -112,3 +112,27 @@ def test_score_with_an_embedding_champion(two_corpora, tmp_path):
     assert report.loc[report["path"].str.endswith("notes.txt"), "status"].item() == "error"
     truth = audio_rows["path"].str.extract(r"/(\d\d)/")[0].astype(int).map(lambda s: synth.speaker_gender(s))
     assert (audio_rows["label"].to_numpy() == truth.to_numpy()).mean() >= 0.75
+
+
+def test_score_refuses_a_model_trained_on_another_encoder(tmp_path):
+    """The FeatureConfig names the encoder weights; a model made on other weights is refused before any work."""
+    import dataclasses
+
+    import numpy as np
+
+    from voiceclf.config import FeatureConfig
+    from voiceclf.model import EmbeddingHead
+
+    cfg = dataclasses.replace(FeatureConfig.for_feature_set("speaker_embedding"), encoder_sha256="ab" * 32)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracking.connect(uri)
+    runs = tracking.GridRuns.start("voiceclf", "other-encoder", {})
+    run_id = runs.child("point", {})
+    x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
+    model_uri = runs.log_point(run_id, [], {}, artifacts={}, model=EmbeddingHead().eval(), cfg=cfg, input_example=x)
+    tracking.register_champion(model_uri, run_id, {}, cfg)
+    rec = tmp_path / "rec"
+    synth.make_corpus(rec, speakers=2, clips=1, seed=1)
+    proc = run_job("score", rec, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 1 and "sha256" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "r.csv").exists()
