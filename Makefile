@@ -38,11 +38,9 @@ demo: setup
 
 # One shard folder per feature set under OUT (default features/): both model families train from them.
 # DATA is a list of corpora (folders or manifest .csv files), separated by spaces: all of them in one call.
-FEATURE_SETS ?= mfcc_pitch speaker_embedding
+FEATURE_SETS ?= mfcc_pitch,speaker_embedding
 features: setup
-	for fs in $(FEATURE_SETS); do \
-		$(PY) -m jobs.featurize $(foreach d,$(DATA),$(call q,$(d))) --out $(call q,$(or $(OUT),features))/$$fs --feature-set $$fs --jobs $(call q,$(JOBS))$(if $(AUGMENT), --augment $(call q,$(AUGMENT))) || exit $$?; \
-	done
+	$(PY) -m jobs.featurize $(foreach d,$(DATA),$(call q,$(d))) --out $(call q,$(or $(OUT),features)) --feature-set $(call q,$(FEATURE_SETS)) --jobs $(call q,$(JOBS))$(if $(AUGMENT), --augment $(call q,$(AUGMENT)))
 
 train: setup
 	$(PY) -m jobs.train --features $(call q,$(FEATURES)) --jobs $(call q,$(JOBS))

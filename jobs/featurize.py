@@ -14,6 +14,14 @@ from voiceclf import batch, corpus, embedding, parallel, shards
 from voiceclf.config import FEATURE_SETS, ConfigError, FeatureConfig
 
 
+def _feature_sets(text: str) -> list[str]:
+    sets = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in sets if v not in FEATURE_SETS]
+    if bad or not sets or len(set(sets)) != len(sets):
+        raise argparse.ArgumentTypeError(f"expected one or more of {', '.join(FEATURE_SETS)} separated by commas, got {text!r}")
+    return sets
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m jobs.featurize",
@@ -27,8 +35,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("sources", nargs="+", metavar="SRC", help="corpus root folder or manifest .csv (several allowed)")
     p.add_argument("--out", required=True, type=Path, help="output folder for part-*.parquet and errors.csv")
     p.add_argument("--jobs", type=int, default=-1, help="parallel workers (-1 = all cores; default %(default)s)")
-    p.add_argument("--feature-set", choices=FEATURE_SETS, default=FeatureConfig.feature_set, help="mfcc_pitch / mfcc_deltas: the CNN's 3x98x12 MFC images (third channel pitch bands or delta-deltas); "
-                   "speaker_embedding: 256-d embeddings of a pretrained speaker encoder, for the embedding head (default %(default)s)")
+    p.add_argument("--feature-set", type=_feature_sets, default=[FeatureConfig.feature_set], metavar="SET[,SET]",
+                   help="mfcc_pitch / mfcc_deltas: the CNN's 3x98x12 MFC images (third channel pitch bands or delta-deltas); "
+                   "speaker_embedding: 256-d embeddings of a pretrained speaker encoder, for the embedding head. One set writes "
+                   "its shards into OUT; several (comma-separated, e.g. mfcc_pitch,speaker_embedding: both model families) "
+                   "write OUT/<set>/ each, which `jobs.train --features OUT` finds (default mfcc_pitch)")
     p.add_argument("--shard-rows", type=int, default=2048, help="windows per shard, bounds memory (default %(default)s)")
     p.add_argument("--augment", type=int, default=2, metavar="K", help="add K augmented variants of every labelled file "
                    "(gain, noise at 5-30 dB SNR, EQ, telephone band, reverb; never pitch or speed), used for training only; "
@@ -82,35 +93,43 @@ def prepare_out(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
     items = discover(args.sources, args.allow_unlabelled)
-    prepare_out(args.out)
-    cfg = FeatureConfig.for_feature_set(args.feature_set)
-    if cfg.is_embedding:
+    cfgs = [FeatureConfig.for_feature_set(fs) for fs in args.feature_set]
+    if any(cfg.is_embedding for cfg in cfgs):
         try:
-            embedding.load_encoder(cfg.encoder_sha256)
+            embedding.load_encoder(FeatureConfig.for_feature_set("speaker_embedding").encoder_sha256)
         except embedding.EncoderError as e:
             raise JobError(str(e), _cli.FAILURE) from None
-    with _cli.output_lock(args.out, wait=args.wait):
+    outs = [args.out] if len(cfgs) == 1 else [args.out / cfg.feature_set for cfg in cfgs]
+    for out in outs:
+        prepare_out(out)
+    for it in items:  # hashed once for every feature set
         try:
-            existing = shards.dir_config(args.out)
+            it.sha256 = batch.sha256_file(it.abspath)
+        except OSError:
+            pass  # unreadable, a broken link, a folder: the worker makes it an errors.csv row; a rerun tries again
+    codes = [featurize_set(args, items, cfg, out) for cfg, out in zip(cfgs, outs)]
+    return max(codes)
+
+
+def featurize_set(args: argparse.Namespace, items: list[batch.Item], cfg: FeatureConfig, out: Path) -> int:
+    """One feature set of the items into one shard folder: incremental, locked, every file accounted for."""
+    with _cli.output_lock(out, wait=args.wait):
+        try:
+            existing = shards.dir_config(out)
         except (shards.ShardError, ConfigError) as e:
-            raise JobError(f"{args.out}: {e}", _cli.USAGE) from None
+            raise JobError(f"{out}: {e}", _cli.USAGE) from None
         if existing is not None and existing != cfg:
-            raise JobError(f"{args.out} holds features made with another config ({existing.feature_set}); use another --out", _cli.USAGE)
-        done = shards.done_hashes(args.out)
-        for it in items:
-            try:
-                it.sha256 = batch.sha256_file(it.abspath)
-            except OSError:
-                pass  # unreadable, a broken link, a folder: the worker makes it an errors.csv row; a rerun tries again
+            raise JobError(f"{out} holds features made with another config ({existing.feature_set}); use another --out", _cli.USAGE)
+        done = shards.done_hashes(out)
         todo = [it for it in items if it.sha256 not in done]
-        log.info("featurize: %d files in %d source(s), %d already in %s, %d to do", len(items), len(args.sources), len(items) - len(todo), args.out, len(todo))
+        log.info("featurize %s: %d files in %d source(s), %d already in %s, %d to do", cfg.feature_set, len(items), len(args.sources), len(items) - len(todo), out, len(todo))
         if not todo:
-            _cli.console.print(f"nothing new: all {len(items)} files are already in {args.out}", highlight=False)
+            _cli.console.print(f"nothing new: all {len(items)} files are already in {out}", highlight=False)
             return _cli.OK
-        writer = shards.ShardWriter(args.out, cfg, args.shard_rows)
+        writer = shards.ShardWriter(out, cfg, args.shard_rows)
         windows = 0
         try:
-            with parallel.engine(args.backend, args.scheduler), _cli.Reporter("featurize", len(todo)) as rep:
+            with parallel.engine(args.backend, args.scheduler), _cli.Reporter(f"featurize {cfg.feature_set}", len(todo)) as rep:
                 for results in parallel.imap(batch.featurize_batch, batch.batches(todo, args.jobs), n_jobs=args.jobs, cfg=cfg, augment=args.augment):
                     for r in results:
                         writer.add(r)
@@ -126,12 +145,12 @@ def run(args: argparse.Namespace) -> int:
             # Shards hold whole files only, so flushing what is complete is safe even when interrupted:
             # a rerun skips those files and does the rest.
             writer.flush()
-        _cli.summary_table("featurize summary", {
+        _cli.summary_table(f"featurize summary ({cfg.feature_set})", {
             "files": len(todo), "windows": windows, "errors": rep.errors, "shards written": len(writer.written),
-            "seconds": f"{rep.seconds:.1f}", "files/s": f"{rep.rate:.1f}", "output": str(args.out),
+            "seconds": f"{rep.seconds:.1f}", "files/s": f"{rep.rate:.1f}", "output": str(out),
         })
         if rep.errors:
-            log.warning("%d file(s) gave no windows; see %s", rep.errors, args.out / shards.ERRORS)
+            log.warning("%d file(s) gave no windows; see %s", rep.errors, out / shards.ERRORS)
         return _cli.FILE_ERRORS if args.fail_on_error and rep.errors else _cli.OK
 
 

@@ -13,13 +13,13 @@ SETS = ("mfcc_pitch", "speaker_embedding")
 
 @pytest.fixture(scope="module")
 def two_corpora(tmp_path_factory):
-    """Two synthetic corpora whose speaker folders have the same names (01..08), featurized in one call per feature set."""
+    """Two synthetic corpora whose speaker folders have the same names (01..08), featurized in one call: both sets."""
     root = tmp_path_factory.mktemp("corpora")
     synth.make_corpus(root / "north", speakers=8, clips=5, seed=11)
     synth.make_corpus(root / "south", speakers=8, clips=5, seed=12)
     out = root / "features"
-    for fs in SETS:
-        run_job("featurize", root / "north", root / "south", "--out", out / fs, "--feature-set", fs, "--augment", "1", "--jobs", "2", check=True)
+    run_job("featurize", root / "north", root / "south", "--out", out, "--feature-set", ",".join(SETS), "--augment", "1", "--jobs", "2", check=True)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(SETS)  # several sets: one folder each
     return root, out
 
 

@@ -73,8 +73,8 @@ def test_crontab_has_the_nightly_score_and_weekly_featurize_train(entries):
     (sf, sc), (wf, wc) = score[0], weekly[0]
     assert sf[2:] == ["*", "*", "*"], "score runs every night"
     assert wf[2:4] == ["*", "*"] and wf[4] != "*", "featurize + train run once a week"
-    # train only after a successful featurize, on the features it wrote
-    assert re.search(r"jobs\.featurize /\S+ --out (/\S+) && \.venv/bin/python -m jobs\.train --features \1\b", wc), wc
+    # train only after a successful featurize of both families' feature sets, on the features it wrote
+    assert re.search(r"jobs\.featurize /\S+ --out (/\S+) --feature-set mfcc_pitch,speaker_embedding && \.venv/bin/python -m jobs\.train --features \1\b", wc), wc
     assert re.search(r"jobs\.score /\S+ --out /\S*report-\$\(date \+\\%F\)\.csv", sc), sc
 
 
@@ -288,7 +288,7 @@ def test_dag_params_reach_the_jobs_as_data_never_as_shell_code(dag_tree, tmp_pat
         proc = subprocess.run(["bash", "-c", cmd], cwd=home, env={**os.environ, **env}, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
     argv = {t: (home / f"argv-jobs.{t}").read_text().splitlines()[2:] for t in ("featurize", "train", "score")}
-    assert argv["featurize"] == [f"--out={params['features_dir']}", "--", params["data_dir"]]
+    assert argv["featurize"] == [f"--out={params['features_dir']}", "--feature-set=mfcc_pitch,speaker_embedding", "--", params["data_dir"]]
     assert argv["train"] == [f"--features={params['features_dir']}", f"--grid={params['grid_file']}"]
     report = f"reports/$(touch {marker})/report-2025-01-02.csv"
     assert argv["score"] == [f"--out={report}", "--", params["recordings_dir"]]

@@ -50,7 +50,7 @@ else the repo holding this DAG file), the same entry points as `make features|tr
 
 | task | command |
 | --- | --- |
-| `featurize` | `python -m jobs.featurize <data_dir> --out <features_dir>` (incremental: known files are skipped) |
+| `featurize` | `python -m jobs.featurize <data_dir> --out <features_dir> --feature-set mfcc_pitch,speaker_embedding` (both families; incremental: known files are skipped) |
 | `train` | `python -m jobs.train --features <features_dir> --grid <grid_file>`; registers `models:/voiceclf@champion` |
 | `score` | `python -m jobs.score <recordings_dir> --out <report_path>`, `{ds}` in the path → the run's date |
 
@@ -107,7 +107,7 @@ with DAG(
         cwd=HOME,
         env=PARAMS_ENV,
         append_env=True,
-        bash_command='exec .venv/bin/python -m jobs.featurize --out="$VOICECLF_FEATURES_DIR" -- "$VOICECLF_DATA_DIR"',
+        bash_command='exec .venv/bin/python -m jobs.featurize --out="$VOICECLF_FEATURES_DIR" --feature-set=mfcc_pitch,speaker_embedding -- "$VOICECLF_DATA_DIR"',
     )
     train = BashOperator(
         task_id="train",
