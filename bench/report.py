@@ -1,0 +1,247 @@
+"""The benchmark's results as Markdown: the run, its commands, accuracy, speed and the targets missed."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+from bench import loco
+from bench.procs import python_shown, shown
+from voiceclf.config import REPO_ROOT
+
+TARGETS = {
+    "speaker_bacc": 0.95,  # the best method, on each held-out corpus
+    "short_clip_files_per_s": 100.0,  # featurize --augment 0, clips of 1-3 s, 2 cores
+    "featurize_vs_loop": 3.0,  # featurize mfcc_pitch ÷ the plain loop, every corpus
+    "score_vs_featurize": 0.7,  # score ÷ featurize alone, same files
+    "memory_flat": 1.25,  # peak RSS whole ÷ a tenth
+}
+
+
+def mib(n: int | None) -> str:
+    return "n/a" if not n else f"{n / 2**20:,.0f} MiB"
+
+
+def rates(values) -> str:
+    return ", ".join(f"{v:.0f}" for v in values)
+
+
+def ok_mark(passed: bool) -> str:
+    return "met" if passed else "**MISSED**"
+
+
+def nproc() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _proc_field(path: str, key: str) -> str | None:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.lower().startswith(key.lower()):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def machine() -> str:
+    mem = _proc_field("/proc/meminfo", "MemTotal")
+    mem = f"{int(mem.split()[0]) / 2**20:.1f} GiB" if mem else "unknown"
+    return f"{nproc()} CPUs (nproc), {_proc_field('/proc/cpuinfo', 'model name') or platform.processor() or 'unknown'}, {mem} RAM; {platform.system()} {platform.release()}"
+
+
+def render(args, acc: dict | None, spd: dict | None, runner, started: datetime.datetime, wall: dict, cpu: dict) -> tuple[str, list[str]]:
+    import librosa
+    import torch
+
+    missed: list[str] = []
+    L: list[str] = ["# voiceclf benchmark", ""]
+    add = L.append
+    add(f"- Date: {started.isoformat(timespec='seconds')}")
+    add(f"- Machine: {machine()}")
+    add(f"- Software: Python {platform.python_version()}, torch {torch.__version__}, librosa {librosa.__version__}")
+    add(f"- Mode: {'--quick (smoke run: a few speakers per corpus, 2 epochs, no repeats; the numbers mean nothing)' if args.quick else 'full'}; sections: {', '.join(args.sections)}")
+    add(f"- Wall time: **{wall['total'] / 60:.1f} min** (" + ", ".join(f"{k} {v / 60:.1f} min" for k, v in wall.items() if k != "total") + ")")
+    busy = [f"{k}: this benchmark {v['ours_mean']:.1f}, other processes {v['others_mean']:.1f} on average (max {v['others_max']:.1f}), 1-min load ≤ {v['load_max']:.1f}"
+            for k, v in cpu.items() if v]
+    if busy:
+        add(f"- CPU cores in use while it ran ({'; '.join(busy)}). Other processes slow a measurement down, never up: repeated timings keep the fastest.")
+    add("")
+    add("## Commands")
+    add("")
+    add("```")
+    add(f"cd {REPO_ROOT} && {python_shown()} -m bench.run " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    add("```")
+    add("")
+    add(f"ran, from the repo root (logs in `{shown(runner.logs)}`; repeats of a command listed once):")
+    add("")
+    add("```")
+    add("\n".join(dict.fromkeys(runner.commands)))
+    add("```")
+    add("")
+    inproc = []
+    if acc:
+        inproc += ["`bench.loco.run` (every training with `voiceclf.train.train_point`, joblib processes × 1 torch thread)", "`librosa.pyin` per recording (joblib, cached)"]
+    if inproc:
+        add("and, inside the benchmark process: " + ", ".join(inproc) + ".")
+        add("")
+    if acc:
+        L += accuracy(acc, missed)
+    if spd:
+        L += speed(spd, missed)
+    add("## Targets missed")
+    add("")
+    add("\n".join(f"- {m}" for m in missed) if missed else "None.")
+    add("")
+    return "\n".join(L), missed
+
+
+def accuracy(acc: dict, missed: list[str]) -> list[str]:
+    L: list[str] = []
+    add = L.append
+    stats, table, fz = acc["stats"], acc["table"], acc["featurize"]
+    add("## Accuracy: leave-one-corpus-out")
+    add("")
+    add("Each corpus in turn is the test set, whole; the model trains on the other two and never sees a held-out speaker, in training "
+        "or in any choice. Each family runs its grid of `jobs/grid.toml` as `jobs.train --holdout-corpus C` does: the training corpora's "
+        "speakers split into train and validation (stratified by corpus × sex), each point keeps the epoch with the best `val_score`, and "
+        "points are ranked by `xval_score` (the point trained again without each training corpus in turn, scored on it). The **champion** is "
+        "the top point across families, what `jobs.train` would register. Augmented variants (featurize's default "
+        f"`--augment {fz['augment']}`) are used for training only. The pitch baseline fits one threshold on the median pyin F0 of the training "
+        "corpora's recordings (male below it).")
+    add("")
+    add("Score: **speaker-balanced accuracy** = the share of a speaker's recordings labelled right (windows pooled per recording by mean "
+        "p(male)), averaged within each sex, then over the sexes. Target: ≥ 95 % on each held-out corpus for the best method.")
+    add("")
+    add("| corpus | recordings | speakers (female + male) | windows `mfcc_pitch` (+ augmented) | windows `speaker_embedding` (+ augmented) |")
+    add("|---|---|---|---|---|")
+    for r in stats.to_dict("records"):
+        add(f"| {r['corpus']} | {r['files']:,} | {r['female_speakers']} + {r['male_speakers']} | {r['windows.mfcc_pitch']:,} (+ {r['augmented.mfcc_pitch']:,}) | "
+            f"{r['windows.speaker_embedding']:,} (+ {r['augmented.speaker_embedding']:,}) |")
+    errs = fz["mfcc_pitch"]["errors"]
+    if len(errs):
+        add("")
+        add(f"Files without windows ({len(errs)}, in `errors.csv`): " + ", ".join(f"`{Path(p).name}` ({e})" for p, e in zip(errs["path"][:10], errs["error"][:10]))
+            + (" …" if len(errs) > 10 else ""))
+    add("")
+    add(loco.markdown(table))
+    add("")
+    add("| held-out corpus | champion | target ≥ 95 % (champion) | best method | target ≥ 95 % (best method) |")
+    add("|---|---|---|---|---|")
+    for c, g in table.groupby("held_out", sort=True):
+        champ = g[g["method"].str.startswith("champion")].iloc[0]
+        methods = g[~g["method"].str.startswith("champion")]  # the champion is one of the families' picks
+        top = methods.loc[methods["speaker_bacc"].idxmax()]
+        c_ok, b_ok = champ["speaker_bacc"] >= TARGETS["speaker_bacc"], top["speaker_bacc"] >= TARGETS["speaker_bacc"]
+        if not b_ok:
+            missed.append(f"held-out {c}: best method ({top['method']}) {100 * top['speaker_bacc']:.1f} % speaker-balanced < 95 %")
+        elif not c_ok:
+            missed.append(f"held-out {c}: the champion ({champ['method']}) {100 * champ['speaker_bacc']:.1f} % < 95 %, though {top['method']} reaches {100 * top['speaker_bacc']:.1f} %")
+        add(f"| {c} | {champ['method']}: {100 * champ['speaker_bacc']:.1f} % | {ok_mark(c_ok)} | {top['method']}: {100 * top['speaker_bacc']:.1f} % | {ok_mark(b_ok)} |")
+    add("")
+    add("How each pick was made (scores of the training corpora only; the held-out column is for comparison, never used to choose):")
+    add("")
+    add("| held-out corpus | family | picked point | epoch | `xval_score` | `val_score` | held-out |")
+    add("|---|---|---|---|---|---|---|")
+    for r in table[~table["method"].str.startswith("champion") & table["epoch"].notna()].to_dict("records"):
+        add(f"| {r['held_out']} | {r['method']} | {r['point']} | {int(r['epoch'])} | {100 * r['xval_score']:.1f} % | {100 * r['val_score']:.1f} % | {100 * r['speaker_bacc']:.1f} % |")
+    add("")
+    made = "; ".join(f"`{fs}` " + (f"{fz[fs]['new_files']:,} new files in {fz[fs]['wall_s']:.0f} s ({fz[fs]['rate_job']:.0f} files/s)" if fz[fs]["new_files"] else "reused")
+                     for fs in ("mfcc_pitch", "speaker_embedding"))
+    pitch = acc["pitch"]
+    add(f"Cost: featurize ({made}); loading the shards {acc['load_s']:.0f} s; {acc['notes'][0] if acc['notes'] else 'training'}: {acc['train_s'] / 60:.1f} min; "
+        f"pyin F0 of {len(pitch):,} recordings {acc['pitch_s']:.0f} s ({'computed' if any('pyin' in n for n in acc['notes']) else 'from the cache'}; "
+        f"{int(pitch['f0'].isna().sum())} without a voiced frame, counted as 0 Hz). Grid points: " + "; ".join(f"`{p.name}`" for p in acc["points"]) + ".")
+    add("")
+    return L
+
+
+def speed(s: dict, missed: list[str]) -> list[str]:
+    L: list[str] = []
+    add = L.append
+    T = TARGETS
+    fs_m, fs_e = "mfcc_pitch", "speaker_embedding"
+    short = {fs: s[f"featurize.short.{fs}"] for fs in (fs_m, fs_e)}
+    every = {fs: s[f"featurize.all.{fs}"] for fs in (fs_m, fs_e)}
+    tenth = {fs: s[f"featurize.tenth.{fs}"] for fs in (fs_m, fs_e)}
+    sc = {fs: s[f"score.{fs}"] for fs in (fs_m, fs_e)}
+    loop_s, loop_a = s["loop.short"], s["loop.all"]
+    reps = f"fastest of {s['reps']}" if s["reps"] > 1 else "one run"
+    short_what = "audiomnist_az, 1–2 s clips" + (", 4 speakers" if s["quick"] else "")
+    every_what = "audiomnist_az + librispeech_100 + ravdess" + (" (the --quick subsets)" if s["quick"] else "")
+    add("## Speed")
+    add("")
+    add(f"Each ratio is against a baseline timed in this run on this machine, on the same files. **job** = the files/s a job reports in its summary "
+        "line (its parallel loop, worker start-up included; interpreter start-up and imports not), for the plain loop its own loop timing; "
+        f"**end to end** = files ÷ wall clock of the whole command. Featurize runs pass `--augment 0`: a file then costs what it costs in score and "
+        f"in the plain loop (the default adds training-only variants). Repeats: {reps}, interleaved (all runs listed). The plain loop "
+        "(`bench/plain_loop.py`) is one process with BLAS/OpenMP on one thread, like each featurize worker.")
+    add("")
+    add("| measurement | value | baseline | ratio | target |")
+    add("|---|---|---|---|---|")
+    for fs in (fs_m, fs_e):
+        r = short[fs]
+        ok = r["rate_job"] >= T["short_clip_files_per_s"]
+        if not ok:
+            missed.append(f"featurize `{fs}` on short clips: {r['rate_job']:.0f} files/s < 100")
+        add(f"| featurize `{fs}`, {short_what} ({r['files']:,} files), all cores | job **{r['rate_job']:.0f} files/s** ({rates(r['all_job'])}); end to end "
+            f"{r['rate_e2e']:.0f} ({rates(r['all_e2e'])}) | | | ≥ 100 files/s on 2 cores: {ok_mark(ok)} |")
+    for fs in (fs_m, fs_e):
+        r = every[fs]
+        ratio = r["rate_job"] / loop_a["rate_job"]
+        target = ""
+        if fs == fs_m:
+            ok = ratio >= T["featurize_vs_loop"]
+            target = f"≥ 3×: {ok_mark(ok)}"
+            if not ok:
+                missed.append(f"featurize `{fs}` on every corpus: {ratio:.2f}× the plain loop (job {r['rate_job']:.0f} vs {loop_a['rate_job']:.0f} files/s; target ≥ 3×)")
+        add(f"| featurize `{fs}`, {every_what} ({r['files']:,} files), all cores | job {r['rate_job']:.0f} files/s ({rates(r['all_job'])}) | plain loop, same files: "
+            f"{loop_a['rate_job']:.0f} files/s ({rates(loop_a['all_job'])}) | **{ratio:.2f}×** | {target} |")
+        add(f"| same, end to end | {r['rate_e2e']:.0f} files/s ({rates(r['all_e2e'])}) | plain loop: {loop_a['rate_e2e']:.0f} files/s ({rates(loop_a['all_e2e'])}) | "
+            f"{r['rate_e2e'] / loop_a['rate_e2e']:.2f}× | |")
+    add(f"| featurize `{fs_m}`, {short_what}, job | {short[fs_m]['rate_job']:.0f} files/s | plain loop, same files: {loop_s['rate_job']:.0f} files/s "
+        f"({rates(loop_s['all_job'])}); end to end {loop_s['rate_e2e']:.0f} | {short[fs_m]['rate_job'] / loop_s['rate_job']:.2f}× (end to end "
+        f"{short[fs_m]['rate_e2e'] / loop_s['rate_e2e']:.2f}×) | |")
+    for fs, fam in ((fs_m, "cnn"), (fs_e, "embedding_head")):
+        r, base = sc[fs], short[fs]
+        ratio = r["rate_job"] / base["rate_job"]
+        ok = ratio >= T["score_vs_featurize"]
+        if not ok:
+            missed.append(f"score with a `{fam}` champion: {ratio:.2f}× featurize `{fs}` alone (target ≥ 0.7×)")
+        add(f"| score, `{fam}` champion, {short_what} ({r['files']:,} files), all cores | job {r['rate_job']:.0f} files/s ({rates(r['all_job'])}); first file "
+            f"scored after {r['first_s']} s | featurize `{fs}` alone: job {base['rate_job']:.0f} files/s | **{ratio:.2f}×** | ≥ 0.7×: {ok_mark(ok)} |")
+        add(f"| same, end to end | {r['rate_e2e']:.0f} files/s ({rates(r['all_e2e'])}) | featurize alone: {base['rate_e2e']:.0f} files/s | "
+            f"{r['rate_e2e'] / base['rate_e2e']:.2f}× | |")
+    for fs in (fs_m, fs_e):
+        w, t = every[fs], tenth[fs]
+        ratio = w["peak_rss_tree"] / t["peak_rss_tree"] if w["peak_rss_tree"] and t["peak_rss_tree"] else float("nan")
+        ok = ratio <= T["memory_flat"]
+        if not ok:
+            missed.append(f"featurize `{fs}` peak memory, whole ÷ a tenth = {ratio:.2f}× (not flat)")
+        add(f"| featurize `{fs}` peak RSS (process tree), every corpus | {mib(w['peak_rss_tree'])} (largest process {mib(w['peak_rss_one'])}) | a tenth "
+            f"({t['files']:,} files, one manifest): {mib(t['peak_rss_tree'])} (largest {mib(t['peak_rss_one'])}) | **{ratio:.2f}×** | flat (≤ 1.25×): {ok_mark(ok)} |")
+    add("")
+    add("CPU time per file (user + system of the command and all its workers, lowest of the repeats): the work done, which other load on the machine barely moves.")
+    add("")
+    add("| command | CPU ms per file | ÷ the plain loop's on the same files |")
+    add("|---|---|---|")
+    for name, r, base in ((f"featurize `{fs_m}`, short clips", short[fs_m], loop_s), (f"featurize `{fs_e}`, short clips", short[fs_e], loop_s),
+                          ("score, `cnn` champion, short clips", sc[fs_m], loop_s), ("score, `embedding_head` champion, short clips", sc[fs_e], loop_s),
+                          ("plain loop, short clips", loop_s, loop_s), (f"featurize `{fs_m}`, every corpus", every[fs_m], loop_a),
+                          (f"featurize `{fs_e}`, every corpus", every[fs_e], loop_a), ("plain loop, every corpus", loop_a, loop_a)):
+        add(f"| {name} | {r['cpu_ms']:.2f} | {r['cpu_ms'] / base['cpu_ms']:.2f}× |")
+    add("")
+    ch = s["champions"]
+    st = "; ".join(f"`{fs}`: " + ", ".join(f"{v} {k}" for k, v in sorted(sc[fs]["status"].items())) for fs in (fs_m, fs_e))
+    add(f"Notes. Peak RSS is polled every 50 ms over the command and its worker processes (summed; shared pages count once per process). "
+        f"The champions exist for speed only: a synthetic corpus (`voiceclf.synth`), featurized and trained by `jobs.train` with one grid point and one epoch "
+        f"into a temporary SQLite store per family, where each is `voiceclf@champion` ({ch[fs_m]['train_wall_s']:.0f} s and {ch[fs_e]['train_wall_s']:.0f} s end to end). "
+        f"Score report rows by status: {st} (non-audio files are error rows, as they are errors.csv rows in featurize).")
+    add("")
+    return L
