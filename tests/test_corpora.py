@@ -136,3 +136,15 @@ def test_score_refuses_a_model_trained_on_another_encoder(tmp_path):
     proc = run_job("score", rec, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
     assert proc.returncode == 1 and "sha256" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_champion_of_the_other_family_is_rescored_on_the_same_speakers(two_corpora, tmp_path):
+    """A CNN champion, then a run with embeddings only: the champion is featurized again with its own config to compare."""
+    _, out = two_corpora
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    run_job("train", "--features", out / "mfcc_pitch", "--epochs", "2", "--lr", "1e-3", "--jobs", "1", env=env, check=True)
+    run_job("train", "--features", out / "speaker_embedding", "--epochs", "2", "--hidden", "0", "--jobs", "1", env=env, check=True)
+    tracking.connect(env["MLFLOW_TRACKING_URI"])
+    v2 = MlflowClient().get_model_version("voiceclf", "2")
+    assert v2.tags["family"] == "embedding_head"
+    assert "vs the current champion (version 1)" in v2.tags["promotion"], v2.tags["promotion"]
