@@ -3,6 +3,7 @@ a job's summary line, and how much CPU other processes took while the benchmark 
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shlex
 import subprocess
@@ -105,12 +106,14 @@ def poll_rss(proc: subprocess.Popen, interval: float = 0.05) -> tuple[int | None
 
 
 def parse_summary(text: str, title: str) -> dict[str, str]:
-    """The ``<title>: k=v, k=v`` log line a job writes at the end (last one wins); {} when there is none."""
+    """The ``<title>: k=v, k=v`` (or ``<title> (<what>): k=v, ...``) log line a job writes at the end (last one
+    wins); {} when there is none."""
     found = None
+    pattern = re.compile(rf"{re.escape(title)}(?: \([^)]*\))?: (.*=.*)$")
     for line in text.splitlines():
-        i = line.find(f"{title}: ")
-        if i >= 0 and "=" in line:
-            found = line[i + len(title) + 2:]
+        m = pattern.search(line)
+        if m:
+            found = m.group(1)
     out = {}
     for part in (found or "").split(", "):
         k, sep, v = part.partition("=")

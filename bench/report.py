@@ -174,7 +174,7 @@ def speed(s: dict, missed: list[str]) -> list[str]:
     loop_s, loop_a = s["loop.short"], s["loop.all"]
     reps = f"fastest of {s['reps']}" if s["reps"] > 1 else "one run"
     short_what = "audiomnist_az, 1–2 s clips" + (", 4 speakers" if s["quick"] else "")
-    every_what = "audiomnist_az + librispeech_100 + ravdess" + (" (the --quick subsets)" if s["quick"] else "")
+    every_what = "audiomnist_az + librispeech_100 + ravdess" + (", --quick subsets" if s["quick"] else "")
     add("## Speed")
     add("")
     add(f"Each ratio is against a baseline timed in this run on this machine, on the same files. **job** = the files/s a job reports in its summary "
