@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from rich.console import Console
@@ -82,6 +83,13 @@ def main_wrapper(job: str, run) -> None:
     except (KeyboardInterrupt, Interrupted) as e:
         console.print(f"voiceclf {job}: interrupted ({e or 'SIGINT'}); no partial output was kept, rerun to finish", highlight=False)
         code = INTERRUPTED
+    except Exception as e:  # a bug: still one line for cron and Airflow, the traceback only where asked for
+        if os.environ.get("VOICECLF_TRACEBACK"):
+            console.print_exception()
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        console.print(f"[bold red]voiceclf {job}: internal error:[/] {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                      f"(at {Path(where.filename).name}:{where.lineno}; VOICECLF_TRACEBACK=1 shows the traceback)", highlight=False, soft_wrap=True)
+        code = FAILURE
     sys.exit(code)
 
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import tomllib
 from pathlib import Path
@@ -120,21 +121,37 @@ def feature_dirs(dirs: list[Path]) -> list[Path]:
     return out
 
 
-def load_data(dirs: list[Path]) -> dict[str, tr.Data]:
-    """One Data per feature set; directories of one set are concatenated."""
+def load_data(dirs: list[Path]) -> tuple[dict[str, tr.Data], dict[str, list[Path]]]:
+    """One Data per feature set (directories of one set are concatenated), and the directories of each set."""
     groups: dict = {}
     try:
         for d in feature_dirs(dirs):
-            groups.setdefault(shards.dir_config(d), []).append(d)
-        by_set = {}
+            groups.setdefault(shards.dir_config(d), []).append(d.resolve())
+        by_set, dirs_of = {}, {}
         for cfg, ds in groups.items():
             if cfg.feature_set in by_set:
                 raise JobError(f"{', '.join(map(str, ds))}: two different configs of feature set {cfg.feature_set}; pass folders of one config per set", _cli.USAGE)
             rows, x, cfg = shards.read(ds)
             by_set[cfg.feature_set] = tr.Data.from_shards(rows, x, cfg)
-        return by_set
+            dirs_of[cfg.feature_set] = ds
+        return by_set, dirs_of
     except (shards.ShardError, ConfigError, tr.DataError) as e:
         raise JobError(str(e), _cli.USAGE) from None
+
+
+def dataset_profiles(data: tr.Data, split: dict) -> dict[str, dict[str, int]]:
+    """Per split (as MLflow dataset contexts): speakers and recordings per corpus and sex."""
+    out = {}
+    for s, ctx in (("train", "training"), ("val", "validation"), ("test", "test")):
+        part = tr.parts_of(data, split)[s]
+        files = pd.DataFrame({"file": part.file, "speaker": part.speaker, "corpus": part.corpus, "sex": [LABELS[v] for v in part.y]})
+        files = files[part.variant == 0].drop_duplicates("file")
+        tags = {"windows": int(len(part.y)), "speakers_digest": hashlib.sha256("\n".join(split[s]).encode()).hexdigest()[:16]}
+        for (c, sex), g in files.groupby(["corpus", "sex"]):
+            tags[f"{c}.{sex}.speakers"] = int(g["speaker"].nunique())
+            tags[f"{c}.{sex}.recordings"] = int(len(g))
+        out[ctx] = tags
+    return out
 
 
 def all_speakers(data: dict[str, tr.Data]) -> pd.DataFrame:
@@ -204,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         uri = tracking.connect(args.tracking_uri)
     except tracking.TrackingError as e:
         raise JobError(str(e), _cli.FAILURE) from None
-    data = load_data(args.features)
+    data, dirs_of = load_data(args.features)
     first = next(iter(data.values()))
     if not all(d.speaker_level for d in data.values()):
         log.warning("NO SPEAKER IDS: splitting by file, so the same voice can sit in train and test and the scores will be optimistic")
@@ -268,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
                     else:
                         main.xval = tr.cross_corpus_score(xres[i])
                         model_uris[child_ids[i]] = log_point(runs, child_ids[i], main, data[pt.feature_set], split)
+                        d = data[pt.feature_set]
+                        runs.log_datasets(child_ids[i], pt.feature_set, sorted({str(p) for p in dirs_of[pt.feature_set]}), d.fingerprint(), dataset_profiles(d, split))
                         runs.finish(child_ids[i])
         winner = tr.best(results)
         table = summary(points, child_ids, results, winner, corpora)
@@ -278,11 +297,13 @@ def run(args: argparse.Namespace) -> int:
         win_id = child_ids[results.index(winner)]
         win_metrics = {**winner.val, **winner.xval, **winner.test, "best_epoch": winner.best_epoch}
         runs.log_summary(table, win_id, win_metrics)
+        runs.describe(runs.parent_id, grid_markdown(table, corpora, args.holdout_corpus, bool(xsplits)))
         if args.no_register:
             log.info("winner %s (run %s); not registered (--no-register)", winner.point.name, win_id)
         else:
             promote, reason = decide_promotion(winner, data, split, args.force_promote)
-            version = tracking.register_version(model_uris[win_id], win_id, win_metrics, data[winner.point.feature_set].cfg, promote=promote, reason=reason)
+            version = tracking.register_version(model_uris[win_id], win_id, win_metrics, data[winner.point.feature_set].cfg, promote=promote, reason=reason,
+                                                description=version_markdown(winner, corpora, reason, bool(xsplits)))
             runs.tag(runs.parent_id, {"voiceclf.promoted": str(promote).lower(), "voiceclf.promotion": reason})
             if promote:
                 _cli.console.print(f"registered {tracking.MODEL_NAME} version {version} as [bold]models:/{tracking.MODEL_NAME}@{tracking.ALIAS}[/] "
@@ -318,6 +339,32 @@ def summary(points, run_ids, results, winner, corpora) -> pd.DataFrame:
         row["seconds"] = round(res.seconds, 1)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _fmt(v) -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def grid_markdown(table: pd.DataFrame, corpora: list[str], holdout: str | None, xval: bool) -> str:
+    """The parent run's description: the grid as a Markdown table, winner marked."""
+    cols = [c for c in table.columns if c != "run_id"]
+    lines = [f"Grid over {', '.join(sorted({p.split()[0] for p in table['point']}))} on {', '.join(corpora)}"
+             + (f"; test = held-out corpus **{holdout}**" if holdout else "") + ". Points ranked by "
+             + ("`xval_score` (each training corpus left out in turn)." if xval else "`val_score` (one training corpus)."), "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in table[cols].itertuples(index=False):
+        lines.append("| " + " | ".join(("**★**" if v == "*" else _fmt(v)) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def version_markdown(winner: tr.PointResult, corpora: list[str], reason: str, xval: bool) -> str:
+    """The model version's description: what it is, how it was chosen, its held-out figures per corpus."""
+    t = winner.test
+    per = ", ".join(f"{c} {t[f'test_speaker_bacc.{c}']:.3f}" for c in corpora if f"test_speaker_bacc.{c}" in t)
+    return (f"**{winner.point.family}** on `{winner.point.feature_set}` ({winner.point.name}, epoch {winner.best_epoch}). "
+            f"Chosen by {'`xval_score` ' + format(winner.xval.get('xval_score', float('nan')), '.3f') + ' (corpora left out in turn)' if xval else '`val_score` ' + format(winner.final['val_score'], '.3f')}. "
+            f"Held-out speakers: test_score {t['test_score']:.3f} (speaker-balanced; per corpus: {per}); file balanced accuracy {t['test_balanced_acc']:.3f}. "
+            f"Promotion: {reason}.")
 
 
 def show_table(table: pd.DataFrame) -> None:

@@ -5,6 +5,7 @@ of a grid search can log its children in any order and mark a crashed one FAILED
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -85,6 +86,14 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+EXPERIMENT_DESCRIPTION = """Adult female vs male voices. One parent run per `train` call, one nested run per grid point.
+
+- `val_score`: speaker-balanced accuracy on the validation speakers (accuracy per speaker, averaged within each sex, then over the sexes), mean over corpora; it picks each point's epoch (`best_epoch`, `best_val_*`).
+- `xval_score`: with two or more training corpora, the point is trained again without each corpus in turn and scored on it; the mean ranks the grid points. This is how a model does on a corpus it never saw.
+- `test_score`, `test_speaker_bacc.<corpus>`: the same on held-out speakers (with `--holdout-corpus`, a whole held-out corpus).
+- The winner becomes `models:/voiceclf@champion` only if its `test_score` is at least the current champion's on the same held-out speakers."""
+
+
 def experiment_id(name: str = EXPERIMENT) -> str:
     client = MlflowClient()
     try:
@@ -93,7 +102,9 @@ def experiment_id(name: str = EXPERIMENT) -> str:
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
-        return client.create_experiment(name, artifact_location=_artifact_root(mlflow.get_tracking_uri()))
+        exp_id = client.create_experiment(name, artifact_location=_artifact_root(mlflow.get_tracking_uri()))
+        client.set_experiment_tag(exp_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION)
+        return exp_id
     except MlflowException as e:
         raise TrackingError(f"tracking store {mlflow.get_tracking_uri()}: {e.message}") from None
 
@@ -144,6 +155,32 @@ class GridRuns:
             return None
         return log_model(run_id, model, cfg, input_example)
 
+    def log_datasets(self, run_id: str, name: str, sources: list[str], digest: str, contexts: dict[str, dict[str, str]]) -> None:
+        """The feature shards a run learned from, as MLflow datasets: one input per context
+        (``training``/``validation``/``test``) whose digest is the data fingerprint and whose tags
+        count speakers and files per corpus and sex; the UI's Dataset column shows them."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": all of them local folders
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(",".join(sources))
+        # one dataset per context (MLflow keeps one input per dataset and run): the split's speakers are part of its digest
+        inputs = []
+        for ctx, tags in contexts.items():
+            split_digest = hashlib.sha256(f"{digest}\t{ctx}\t{tags.get('speakers_digest', '')}".encode()).hexdigest()[:16]
+            entity = MetaDataset(source, name=f"{name} {ctx}", digest=split_digest)._to_mlflow_entity()
+            inputs.append(DatasetInput(entity, [InputTag("mlflow.data.context", ctx), InputTag("data_fingerprint", digest),
+                                                *(InputTag(k, str(v)) for k, v in tags.items())]))
+        MlflowClient().log_inputs(run_id, datasets=inputs)
+
+    def describe(self, run_id: str, markdown: str) -> None:
+        """The run's description in the MLflow UI."""
+        MlflowClient().set_tag(run_id, "mlflow.note.content", markdown)
+
     def tag(self, run_id: str, tags: dict[str, str]) -> None:
         MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -184,7 +221,7 @@ def log_model(run_id: str, model, cfg: FeatureConfig, input_example: np.ndarray)
 
 
 # ----------------------------------------------------------------------------- registry
-def register_version(model_uri: str, run_id: str, metrics: dict, cfg: FeatureConfig, *, promote: bool = True, reason: str = "") -> int:
+def register_version(model_uri: str, run_id: str, metrics: dict, cfg: FeatureConfig, *, promote: bool = True, reason: str = "", description: str = "") -> int:
     """Register a new version of ``voiceclf`` from ``model_uri``; give it the ``champion`` alias if ``promote``.
 
     The version's tags say what it is (run, feature config, metrics) and why it was or was not promoted.
@@ -195,6 +232,8 @@ def register_version(model_uri: str, run_id: str, metrics: dict, cfg: FeatureCon
             **{k: f"{v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float))}}
     # register_model links the version to the logged model (a server insists on it) and waits until READY
     mv = mlflow.register_model(model_uri, MODEL_NAME, tags=tags)
+    if description:
+        client.update_model_version(MODEL_NAME, mv.version, description=description)
     if not client.get_registered_model(MODEL_NAME).description:
         client.update_registered_model(MODEL_NAME, description="Adult female (0) vs male (1) voice classifier. Families: the model-card CNN on "
                                        "1-s MFC windows, or a head on 1.6-s pretrained speaker embeddings; the alias champion marks the one scoring uses.")
