@@ -62,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--holdout-corpus", metavar="NAME", help="test on this corpus only and train/validate on the others (leave-one-corpus-out)")
     p.add_argument("--experiment", default=tracking.EXPERIMENT, help="MLflow experiment (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for the split and training (default %(default)s)")
-    p.add_argument("--jobs", type=int, default=-1, help="grid points trained in parallel (-1 = all cores; default %(default)s)")
+    p.add_argument("--jobs", type=int, default=-1, help="trainings in parallel (-1 = all cores; default %(default)s; 1 on a GPU)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train: auto = CUDA when torch sees a GPU, else the CPU (default %(default)s)")
     p.add_argument("--backend", choices=parallel.BACKENDS, default="loky", help="joblib backend (default %(default)s)")
     p.add_argument("--scheduler", help="Dask scheduler address for --backend dask")
     p.add_argument("--no-register", action="store_true", help="do not register the winner in the Model Registry")
@@ -160,10 +161,10 @@ def all_speakers(data: dict[str, tr.Data]) -> pd.DataFrame:
     return spk.sort_values("speaker", ignore_index=True)
 
 
-def run_task(task: tuple, points: list[tr.GridPoint], data: dict, seed: int, threads: int) -> tr.PointResult:
+def run_task(task: tuple, points: list[tr.GridPoint], data: dict, seed: int, threads: int, device: str) -> tr.PointResult:
     """One training of a grid point (in a worker): on the split, or on a cross-corpus validation split."""
     i, _corpus, split = task
-    return tr.train_point(points[i], data[points[i].feature_set], split, seed=seed, threads=threads)
+    return tr.train_point(points[i], data[points[i].feature_set], split, seed=seed, threads=threads, device=device)
 
 
 def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data], split: dict) -> float:
@@ -232,12 +233,18 @@ def run(args: argparse.Namespace) -> int:
         points = [pt for fs in sorted(data) for pt in tr.grid(grids[data[fs].cfg.family], fs)]
     except tr.DataError as e:
         raise JobError(str(e), _cli.USAGE) from None
+    try:
+        device = str(tr.pick_device(args.device))
+    except tr.DataError as e:
+        raise JobError(str(e), _cli.USAGE) from None
     n_tasks = len(points) * (1 + len(xsplits))
     n_jobs = min(n_tasks, os.cpu_count() or 1) if args.jobs == -1 else min(args.jobs, n_tasks)
+    if device != "cpu":
+        n_jobs = 1  # one process owns the GPU; its batches are the parallelism
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
     corpora = sorted(set(np.concatenate([d.corpus for d in data.values()])))
     sizes = {f"split_{s}_speakers": len(split[s]) for s in tr.SPLITS}
-    common = {"seed": args.seed, "holdout_corpus": args.holdout_corpus or "", "corpora": ",".join(corpora),
+    common = {"seed": args.seed, "holdout_corpus": args.holdout_corpus or "", "corpora": ",".join(corpora), "device": device,
               "selection": "xval_score (leave each training corpus out in turn)" if xsplits else "val_score (one corpus: speaker split only)",
               "speaker_level_split": all(d.speaker_level for d in data.values()), **sizes}
     log.info("train: %d grid point(s) (%s) on %s; %d/%d/%d speakers (train/val/test)%s; %s; %d parallel; tracking %s",
@@ -260,11 +267,11 @@ def run(args: argparse.Namespace) -> int:
         model_uris = {}
         with _cli.Reporter("train", len(tasks), unit="trainings", every=1) as rep, parallel.engine(args.backend, args.scheduler):
             if n_jobs == 1:  # in-process: per-epoch progress
-                stream = (tr.train_point(points[i], data[points[i].feature_set], sub, seed=args.seed, threads=threads,
+                stream = (tr.train_point(points[i], data[points[i].feature_set], sub, seed=args.seed, threads=threads, device=device,
                                          on_epoch=lambda e, row, pt=points[i], c=c: rep.advance(0, note=f"{pt.name}{f' without {c}' if c else ''} epoch {e}/{pt.epochs} loss {row['train_loss']:.3f} val_score {row['val_score']:.3f}"))
                           for i, c, sub in tasks)
             else:
-                stream = parallel.imap(run_task, tasks, n_jobs=n_jobs, points=points, data=data, seed=args.seed, threads=threads)
+                stream = parallel.imap(run_task, tasks, n_jobs=n_jobs, points=points, data=data, seed=args.seed, threads=threads, device=device)
             for (i, corpus, _), res in zip(tasks, stream):
                 pt = points[i]
                 if corpus is None:

@@ -72,10 +72,22 @@ def test_both_families_hold_out_a_corpus_and_log_per_corpus_metrics(two_corpora,
         assert "val_speaker_bacc.north" in m and "val_speaker_bacc.south" not in m
         assert m["test_score"] == m["test_speaker_bacc.south"]
         assert [h.step for h in client.get_metric_history(r.info.run_id, "val_score")] == [1, 2, 3]
+        # the runs table's Dataset column: one input per split, digest from the data fingerprint, counts per corpus and sex
+        inputs = {t.value: d for d in r.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
+        assert set(inputs) == {"training", "validation", "test"}
+        tags = {t.key: t.value for t in inputs["test"].tags}
+        assert tags["data_fingerprint"] == r.data.params["data_fingerprint"] and "south.female.speakers" in tags and "north.female.speakers" not in tags
+        assert inputs["training"].dataset.source_type == "local" and r.data.params["family"] in ("cnn", "embedding_head")
+    # one training corpus is left: nothing to leave out in turn, so val_score ranks
+    assert all("xval_score" not in r.data.metrics and r.data.params["selection"].startswith("val_score") for r in children)
     best = max(children, key=lambda r: (r.data.metrics["best_val_score"], -r.data.metrics["best_val_loss"]))
     mv = client.get_model_version_by_alias("voiceclf", "champion")
     assert mv.tags["run_id"] == best.info.run_id and mv.tags["promoted"] == "true"
     assert parents[0].data.tags["voiceclf.winner_run_id"] == best.info.run_id
+    note = parents[0].data.tags["mlflow.note.content"]
+    assert "| winner | point |" in note and note.count("**★**") == 1 and "held-out corpus **south**" in note
+    assert "test_score" in mv.description and "south" in mv.description and "Promotion: first champion" in mv.description
+    assert "xval_score" in client.get_experiment_by_name("voiceclf").tags["mlflow.note.content"]
 
 
 def test_a_worse_winner_is_registered_but_not_promoted(two_corpora, tmp_path):
@@ -84,6 +96,9 @@ def test_a_worse_winner_is_registered_but_not_promoted(two_corpora, tmp_path):
     emb = out / "speaker_embedding"
     good = run_job("train", "--features", emb, "--epochs", "20", "--lr", "3e-3", "--hidden", "0", "--jobs", "1", env=env)
     assert good.returncode == 0, good.stderr[-3000:]
+    _, children, _ = child_runs(env["MLFLOW_TRACKING_URI"])  # two training corpora: each left out in turn ranks the point
+    m = children[0].data.metrics
+    assert m["xval_score"] == pytest.approx((m["xval_speaker_bacc.north"] + m["xval_speaker_bacc.south"]) / 2)
     bad = run_job("train", "--features", emb, "--epochs", "1", "--lr", "1e-9", "--hidden", "0", "--no-feature-noise", "--jobs", "1", env=env)
     assert bad.returncode == 0, bad.stderr[-3000:]
     assert "WITHOUT the champion alias" in bad.stderr

@@ -52,6 +52,14 @@ def test_split_refuses_one_sex_and_too_few_speakers():
         tr.split_speakers(few)
 
 
+def test_device_auto_falls_back_to_the_cpu():
+    assert tr.pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert tr.pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(tr.DataError, match="no CUDA device"):
+            tr.pick_device("cuda")
+
+
 def test_speaker_balanced_accuracy_weighs_speakers_and_sexes_equally():
     # 3 male speakers all right; 1 female speaker with 10 files all wrong, 1 female with 1 file right
     files = pd.DataFrame({

@@ -212,11 +212,22 @@ def grid(values: dict[str, list], feature_set: str) -> list[GridPoint]:
 
 
 # ----------------------------------------------------------------------------- metrics
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when torch sees a GPU, else the CPU; ``cuda`` without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda: torch sees no CUDA device (a CPU build of torch, or no GPU); use --device auto or cpu")
+    return torch.device(name)
+
+
 @torch.no_grad()
 def logits_of(model: torch.nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits on the CPU, computed on the model's device in batches."""
     model.eval()
+    device = next(model.parameters()).device
     x = torch.as_tensor(x)
-    out = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    out = [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
@@ -280,7 +291,8 @@ def perturb(x: torch.Tensor, model: torch.nn.Module, gen: torch.Generator) -> to
     CNN windows (N, 3, T, K): circular time shift, noise, one time mask, one coefficient mask.
     Embeddings (N, D): noise of a tenth of each dimension's spread.
     """
-    noise = 0.1 * model.std * torch.randn(x.shape, generator=gen)
+    std, mean = model.std.cpu(), model.mean.cpu()
+    noise = 0.1 * std * torch.randn(x.shape, generator=gen)
     if x.dim() == 2:
         return x + noise
     b, c, t, k = x.shape
@@ -292,7 +304,7 @@ def perturb(x: torch.Tensor, model: torch.nn.Module, gen: torch.Generator) -> to
     frames, coeffs = torch.arange(t).unsqueeze(0), torch.arange(k).unsqueeze(0)
     tmask = ((frames >= t0) & (frames < t0 + tw))[:, None, :, None]
     kmask = ((coeffs >= k0) & (coeffs < k0 + kw))[:, None, None, :]
-    return torch.where(tmask | kmask, model.mean.expand_as(x), x)
+    return torch.where(tmask | kmask, mean.expand_as(x), x)
 
 
 def sample_weights(data: Data, balance: str) -> np.ndarray:
@@ -341,9 +353,13 @@ def parts_of(data: Data, split: dict[str, list]) -> dict[str, Data]:
     return {s: data.subset(np.isin(data.speaker, split[s]) & (real | (s == "train"))) for s in SPLITS}
 
 
-def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int = 0, threads: int | None = None, on_epoch=None) -> PointResult:
+def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int = 0, threads: int | None = None, on_epoch=None, device: str = "cpu") -> PointResult:
     """Train one grid point, keeping the epoch with the best ``val_score``; never raises: a failure
-    comes back as ``PointResult.error``."""
+    comes back as ``PointResult.error``.
+
+    Batches are drawn and perturbed on the CPU (one random stream whatever the device), then moved
+    to ``device``; the returned model is on the CPU.
+    """
     t0 = time.perf_counter()
     result = PointResult(point)
     try:
@@ -354,7 +370,8 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
         parts = parts_of(data, split)
         tr, va = parts["train"], parts["val"]
         x_tr, y_tr = torch.from_numpy(tr.x), torch.from_numpy(tr.y)
-        model = build_model(data.cfg, hidden=point.hidden).fit_standardisation(x_tr)
+        dev = torch.device(device)
+        model = build_model(data.cfg, hidden=point.hidden).fit_standardisation(x_tr).to(dev)
         weights = torch.from_numpy(sample_weights(tr, point.balance))
         loss_fn = torch.nn.CrossEntropyLoss()
         opt = torch.optim.Adam(model.parameters(), lr=point.lr, weight_decay=point.weight_decay)
@@ -370,6 +387,7 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
                 xb, yb = x_tr[idx], y_tr[idx]
                 if point.feature_noise:
                     xb = perturb(xb, model, gen)
+                xb, yb = xb.to(dev), yb.to(dev)
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
                 opt.zero_grad(set_to_none=True)
@@ -390,7 +408,7 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
             if on_epoch:
                 on_epoch(epoch, row)
         model.load_state_dict(best_state)
-        model.eval()
+        model = model.cpu().eval()
         result.val = {k: v for k, v in result.final.items() if k.startswith("val_")}
         te = parts["test"]
         files = file_level(predict_proba(model, te.x), te)
