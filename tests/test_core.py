@@ -115,3 +115,18 @@ def test_voiced_intervals_match_librosa_split():
         y = np.concatenate([voice(rng.uniform(0.2, 1.5), f0=rng.uniform(90, 250), lead_s=rng.uniform(0, 0.5), tail_s=0.2, seed=seed) for _ in range(3)])
         ref = librosa.effects.split(y, top_db=cfg.top_db, frame_length=cfg.n_fft * 2, hop_length=cfg.hop_length)
         np.testing.assert_array_equal(features.voiced_intervals(y, cfg), ref)
+
+
+def test_console_script_runs_the_same_entry_points():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("voiceclf")
+    assert exe.exists(), "make setup installs the voiceclf console script"
+    top = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert top.returncode == 0 and all(c in top.stdout for c in ("featurize", "train", "score", "demo"))
+    sub = subprocess.run([exe, "train", "--help"], capture_output=True, text=True)
+    assert sub.returncode == 0 and "--holdout-corpus" in sub.stdout
+    bad = subprocess.run([exe, "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown command" in bad.stderr
