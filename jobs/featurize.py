@@ -127,7 +127,7 @@ def featurize_set(args: argparse.Namespace, items: list[batch.Item], cfg: Featur
             _cli.console.print(f"nothing new: all {len(items)} files are already in {out}", highlight=False)
             return _cli.OK
         writer = shards.ShardWriter(out, cfg, args.shard_rows)
-        windows = 0
+        windows, finished = 0, False
         try:
             with parallel.engine(args.backend, args.scheduler), _cli.Reporter(f"featurize {cfg.feature_set}", len(todo)) as rep:
                 for results in parallel.imap(batch.featurize_batch, batch.batches(todo, args.jobs), n_jobs=args.jobs, cfg=cfg, augment=args.augment):
@@ -139,12 +139,14 @@ def featurize_set(args: argparse.Namespace, items: list[batch.Item], cfg: Featur
                         if r.error:
                             log.warning("%s: %s", r.error, r.message)
                     rep.advance(len(originals), errors=sum(r.error is not None for r in originals))
+            finished = True
         except parallel.EngineError as e:
             raise JobError(str(e), _cli.USAGE) from None
         finally:
             # Shards hold whole files only, so flushing what is complete is safe even when interrupted:
-            # a rerun skips those files and does the rest.
-            writer.flush()
+            # a rerun skips those files and does the rest. Interrupted, the last file's variants may
+            # still have been coming: it is left out and done again.
+            writer.flush(whole_files_only=not finished)
         _cli.summary_table(f"featurize summary ({cfg.feature_set})", {
             "files": len(todo), "windows": windows, "errors": rep.errors, "shards written": len(writer.written),
             "seconds": f"{rep.seconds:.1f}", "files/s": f"{rep.rate:.1f}", "output": str(out),

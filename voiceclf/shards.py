@@ -78,10 +78,12 @@ def part_paths(out_dir: str | Path) -> list[Path]:
 
 
 class ShardWriter:
-    """Buffers results in order and writes a shard each time ``shard_rows`` windows are reached.
+    """Buffers results in order and writes a shard at the first file boundary past ``shard_rows`` windows.
 
-    A file's windows never straddle two shards, so a shard on disk is complete for every file in
-    it, and an interrupted run can resume by skipping the files already present.
+    A file's rows (its recording and the augmented variants that follow it) never straddle two
+    shards, so a shard on disk is complete for every file in it, and an interrupted run can resume
+    by skipping the files already present: a file cut off from its variants would be skipped too,
+    and its variants lost for good.
     """
 
     def __init__(self, out_dir: str | Path, cfg: FeatureConfig, shard_rows: int = 2048) -> None:
@@ -91,23 +93,31 @@ class ShardWriter:
         self.next_index = max(existing, default=-1) + 1
         self._buffer: list[Result] = []
         self._rows = 0
+        self._complete = 0  # _buffer[:_complete] are whole files; the rest is the last file, its variants may follow
         self.written: list[Path] = []
         self.errors: list[dict] = []
 
     def add(self, result: Result) -> None:
+        """Add results in featurize_batch's order: a file's recording (augment 0), then its variants."""
+        if result.item.augment == 0:  # a new file: the ones buffered are whole, a shard may end here
+            if self._rows >= self.shard_rows:
+                self.flush()
+            self._complete = len(self._buffer)
         if result.error:
             it = result.item
             self.errors.append(dict(path=it.path, error=result.error, message=result.message, source=it.source, sha256=it.sha256 or ""))
             return
         self._buffer.append(result)
         self._rows += result.n_windows
-        if self._rows >= self.shard_rows:
-            self.flush()
 
-    def flush(self) -> None:
-        if self._buffer:
-            self.written.append(self._write(self._buffer))
-            self._buffer, self._rows = [], 0
+    def flush(self, whole_files_only: bool = False) -> None:
+        """Write what is buffered. ``whole_files_only`` (an interrupted run) leaves out the last file, whose
+        variants may not have arrived: it is in no shard, so a rerun featurizes it again."""
+        keep = self._buffer[self._complete :] if whole_files_only else []
+        todo = self._buffer[: self._complete] if whole_files_only else self._buffer
+        if todo:
+            self.written.append(self._write(todo))
+        self._buffer, self._rows, self._complete = keep, sum(r.n_windows for r in keep), 0
         if self.errors:
             append_errors(self.out_dir, self.errors)
             self.errors = []

@@ -1,0 +1,75 @@
+"""Issue #13: what a rerun, a crash or a damaged file must not do to the training data.
+
+Shards keep a file's recording and its variants together; a rerun reconciles the shards with what
+is on disk now; damaged shards are named, never read as data; manifests are unambiguous.
+"""
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_job
+from voiceclf import batch, shards, synth
+from voiceclf.config import FeatureConfig
+
+
+def _shard_files(out) -> list[dict[str, set[int]]]:
+    """Per shard: sha256 → the augment values of its rows."""
+    per_shard = []
+    for p in shards.part_paths(out):
+        t = pq.read_table(p, columns=["sha256", "augment"]).to_pandas()
+        per_shard.append({h: set(g) for h, g in t.groupby("sha256")["augment"]})
+    return per_shard
+
+
+def _assert_files_whole(per_shard: list[dict[str, set[int]]], augment: int) -> None:
+    seen = [h for shard in per_shard for h in shard]
+    assert len(seen) == len(set(seen)), "a file's rows straddle two shards"
+    for shard in per_shard:
+        for h, values in shard.items():
+            assert values == set(range(augment + 1)), f"{h[:12]}: augment values {sorted(values)} in its shard"
+
+
+# -- 6: a file's recording and variants live in one shard ------------------------------
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    synth.make_corpus(root, speakers=2, clips=3, seed=5)
+    return root
+
+
+def test_writer_keeps_a_file_and_its_variants_in_one_shard(small_corpus, tmp_path):
+    from voiceclf import corpus
+
+    cfg = FeatureConfig()
+    items = [batch.Item(path=r.path, source=r.source, corpus=r.corpus, speaker=r.speaker, label=r.label)
+             for r in corpus.discover(small_corpus).itertuples(index=False)]
+    results = batch.featurize_batch(items, cfg, augment=2)
+    assert [r.item.augment for r in results] == [0, 1, 2] * len(items)
+    writer = shards.ShardWriter(tmp_path / "out", cfg, shard_rows=1)
+    (tmp_path / "out").mkdir()
+    for r in results:
+        writer.add(r)
+    writer.flush()
+    per_shard = _shard_files(tmp_path / "out")
+    assert len(per_shard) == len(items)  # one shard per file: each file's rows reach shard_rows
+    _assert_files_whole(per_shard, 2)
+
+    # interrupted after a recording and one variant: the unfinished file is left out, not cut
+    part = tmp_path / "part"
+    part.mkdir()
+    writer = shards.ShardWriter(part, cfg, shard_rows=10_000)
+    for r in results[:5]:  # file 1 whole, file 2's recording and first variant
+        writer.add(r)
+    writer.flush(whole_files_only=True)
+    per_shard = _shard_files(part)
+    assert [set(s) for s in per_shard] == [{results[0].item.sha256}]
+    _assert_files_whole(per_shard, 2)
+
+
+def test_featurize_small_shards_keep_files_whole(small_corpus, tmp_path):
+    out = tmp_path / "out"
+    run_job("featurize", small_corpus, "--out", out, "--shard-rows", "1", "--augment", "2", "--jobs", "1", check=True)
+    per_shard = _shard_files(out)
+    assert len(per_shard) == 6
+    _assert_files_whole(per_shard, 2)
