@@ -115,6 +115,10 @@ def featurize_set(args: argparse.Namespace, items: list[batch.Item], cfg: Featur
     """One feature set of the items into one shard folder: incremental, locked, every file accounted for."""
     with _cli.output_lock(out, wait=args.wait):
         try:
+            shards.verify(out)  # a damaged shard's files would count as done, its bad values trained on
+        except shards.ShardError as e:
+            raise JobError(str(e), _cli.USAGE) from None
+        try:
             existing = shards.dir_config(out)
         except (shards.ShardError, ConfigError) as e:
             raise JobError(f"{out}: {e}", _cli.USAGE) from None

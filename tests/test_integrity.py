@@ -73,3 +73,68 @@ def test_featurize_small_shards_keep_files_whole(small_corpus, tmp_path):
     per_shard = _shard_files(out)
     assert len(per_shard) == 6
     _assert_files_whole(per_shard, 2)
+
+
+# -- 8: a damaged shard is named, never trained on -------------------------------------
+def _zero_middle_of_features(path) -> None:
+    """Zero 64 bytes in the middle of the features column's pages (not its header, not the footer)."""
+    md = pq.read_metadata(path)
+    rg = md.row_group(0)
+    col = next(rg.column(i) for i in range(rg.num_columns) if rg.column(i).path_in_schema.startswith("features"))
+    raw = bytearray(path.read_bytes())
+    start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+    mid = start + col.total_compressed_size // 2
+    assert any(raw[mid : mid + 64])
+    raw[mid : mid + 64] = bytes(64)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.fixture(scope="module")
+def damaged(small_corpus, tmp_path_factory):
+    """Two copies of a shard folder: one with zeroed bytes inside a shard's pages, one with a truncated shard."""
+    import shutil
+
+    base = tmp_path_factory.mktemp("damaged")
+    good = base / "good"
+    run_job("featurize", small_corpus, "--out", good, "--shard-rows", "4", "--augment", "0", "--jobs", "1", check=True)
+    parts = shards.part_paths(good)
+    assert len(parts) >= 2
+    out = {}
+    for kind in ("zeroed", "truncated"):
+        shutil.copytree(good, base / kind)
+        victim = base / kind / parts[1].name
+        if kind == "zeroed":
+            _zero_middle_of_features(victim)
+        else:
+            victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+        out[kind] = (base / kind, victim.name)
+    return out
+
+
+def _one_line_naming(proc, name: str) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert "error:" in last and name in last, last
+    return last
+
+
+@pytest.mark.parametrize("kind", ["zeroed", "truncated"])
+def test_train_refuses_a_damaged_shard(damaged, kind, tmp_path):
+    out, name = damaged[kind]
+    proc = run_job("train", "--features", out, "--epochs", "1", "--jobs", "1", "--no-register",
+                   env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    _one_line_naming(proc, name)
+
+
+@pytest.mark.parametrize("kind", ["zeroed", "truncated"])
+def test_featurize_refuses_a_damaged_shard_and_says_how_to_rebuild(damaged, small_corpus, kind):
+    out, name = damaged[kind]
+    proc = run_job("featurize", small_corpus, "--out", out, "--augment", "0", "--jobs", "1")
+    last = _one_line_naming(proc, name)
+    assert "delete it and rerun featurize" in last
+    # as it says: without the shard, a rerun featurizes its files again and the folder reads whole
+    (out / name).unlink()
+    run_job("featurize", small_corpus, "--out", out, "--shard-rows", "4", "--augment", "0", "--jobs", "1", check=True)
+    rows, x, _ = shards.read(out)
+    assert rows["path"].nunique() == 6 and len(x) == len(rows)

@@ -30,6 +30,41 @@ class ShardError(ValueError):
     """Shards are missing, unreadable, or were made with different FeatureConfigs."""
 
 
+def _damaged(path: Path, e: Exception) -> ShardError:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return ShardError(f"{path}: cannot read this shard ({reason}): it is damaged or unreadable; delete it and rerun "
+                      "featurize with the same sources to rebuild it (the files in it are featurized again)")
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as e:
+        raise _damaged(path, e) from None
+
+
+def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A shard's columns with every page checked against its CRC: zeroed or flipped bytes are an error, not data."""
+    try:
+        return pq.read_table(path, columns=columns, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as e:
+        raise _damaged(path, e) from None
+
+
+def verify(out_dir: str | Path) -> None:
+    """Read every page of every shard (one row group at a time) and check its CRC; a damaged shard is a ShardError.
+
+    Shards written before page checksums existed are read whole, which still finds truncation and a broken footer.
+    """
+    for p in part_paths(out_dir):
+        try:
+            f = pq.ParquetFile(p, page_checksum_verification=True)
+            for i in range(f.num_row_groups):
+                f.read_row_group(i)
+        except (OSError, pa.ArrowException) as e:
+            raise _damaged(p, e) from None
+
+
 def schema(cfg: FeatureConfig) -> pa.Schema:
     size = int(np.prod(cfg.shape))
     return pa.schema(
@@ -143,14 +178,19 @@ class ShardWriter:
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel(), pa.float32()), feats.shape[1]))
         table = pa.Table.from_arrays(arrays, schema=self.schema)
         final = self.out_dir / f"part-{self.next_index:05d}.parquet"
-        tmp = _atomic_target(final)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _write_table(table, final)
         self.next_index += 1
         return final
+
+
+def _write_table(table: pa.Table, final: Path) -> None:
+    """Write a shard under a temp name and rename it into place, with a CRC on every page (checked on read)."""
+    tmp = _atomic_target(final)
+    try:
+        pq.write_table(table, tmp, write_page_checksum=True)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_errors(out_dir: str | Path) -> pd.DataFrame:
@@ -201,7 +241,7 @@ def write_csv_atomic(df: pd.DataFrame, path: str | Path, **to_csv) -> None:
 
 
 def shard_config(path: str | Path) -> FeatureConfig:
-    meta = pq.read_schema(path).metadata or {}
+    meta = _read_schema(Path(path)).metadata or {}
     if CONFIG_KEY not in meta:
         raise ShardError(f"{path}: no {CONFIG_KEY.decode()} metadata; not a voiceclf shard")
     return FeatureConfig.from_json(meta[CONFIG_KEY].decode())
@@ -219,7 +259,7 @@ def done_hashes(out_dir: str | Path) -> set[str]:
     """sha256 of every file already accounted for (in a shard or in errors.csv)."""
     hashes: set[str] = set()
     for p in part_paths(out_dir):
-        hashes.update(pq.read_table(p, columns=["sha256"]).column("sha256").unique().to_pylist())
+        hashes.update(_read_table(p, columns=["sha256"]).column("sha256").unique().to_pylist())
     hashes.update(h for h in read_errors(out_dir).get("sha256", []) if h)
     return hashes
 
@@ -227,9 +267,9 @@ def done_hashes(out_dir: str | Path) -> set[str]:
 def _read_part(path: Path, cfg: FeatureConfig, with_features: bool) -> pa.Table:
     """One shard in the current schema. Shards written before a column existed read as: ``corpus`` the
     source folder's name, ``augment`` 0 (they hold recordings only)."""
-    names = pq.read_schema(path).names
+    names = _read_schema(path).names
     wanted = [f.name for f in schema(cfg) if with_features or f.name != "features"]
-    table = pq.read_table(path, columns=[n for n in wanted if n in names])
+    table = _read_table(path, columns=[n for n in wanted if n in names])
     if "corpus" not in names:
         corpus = [Path(s).name for s in table.column("source").to_pylist()]
         table = table.add_column(wanted.index("corpus"), "corpus", pa.array(corpus, pa.string()))
