@@ -28,7 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Turn labelled audio folders into Parquet feature shards (one row per 1-s window). "
         "Accepted layouts: AudioMNIST (<root>/<NN>/*.wav + audioMNIST_meta.txt), label folders "
         "(<root>/female/**, <root>/male/**), or a manifest CSV (path,label[,speaker]). "
-        "Incremental: files already in OUT (by sha256) are skipped.",
+        "Incremental: files already in OUT (by sha256) are skipped; first, the rows of OUT from these sources are brought "
+        "in line with them (a moved or relabelled file takes its new path and label, a deleted one is dropped).",
         epilog="Exit codes: 0 ok (per-file errors are listed in OUT/errors.csv), 1 failure, 2 bad arguments or inputs, "
         "3 OUT is locked by another run, 4 file errors with --fail-on-error, 130 interrupted.",
     )
@@ -81,6 +82,13 @@ def discover(sources: list[str], allow_unlabelled: bool) -> list[batch.Item]:
     return items
 
 
+def _few(names: list[str], limit: int = 3) -> str:
+    """' (a, b, c, ... and N more)': a few names for a log line, or nothing."""
+    if not names:
+        return ""
+    return " (" + ", ".join(names[:limit]) + (f", ... and {len(names) - limit} more" if len(names) > limit else "") + ")"
+
+
 def prepare_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +132,16 @@ def featurize_set(args: argparse.Namespace, items: list[batch.Item], cfg: Featur
             raise JobError(f"{out}: {e}", _cli.USAGE) from None
         if existing is not None and existing != cfg:
             raise JobError(f"{out} holds features made with another config ({existing.feature_set}); use another --out", _cli.USAGE)
+        try:
+            changed = shards.reconcile(out, items)
+        except shards.ShardError as e:
+            raise JobError(str(e), _cli.USAGE) from None
+        if changed:
+            log.warning("reconciled %s with the sources: %d file(s) relabelled%s, %d moved or updated%s, %d gone and removed%s, "
+                        "%d errors.csv row(s) dropped%s; %d shard(s) rewritten", out,
+                        len(changed.relabelled), _few(changed.relabelled), len(changed.updated), _few(changed.updated),
+                        len(changed.removed), _few(changed.removed), len(changed.errors_dropped), _few(changed.errors_dropped),
+                        changed.shards_rewritten)
         done = shards.done_hashes(out)
         todo = [it for it in items if it.sha256 not in done]
         log.info("featurize %s: %d files in %d source(s), %d already in %s, %d to do", cfg.feature_set, len(items), len(args.sources), len(items) - len(todo), out, len(todo))

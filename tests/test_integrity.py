@@ -138,3 +138,68 @@ def test_featurize_refuses_a_damaged_shard_and_says_how_to_rebuild(damaged, smal
     run_job("featurize", small_corpus, "--out", out, "--shard-rows", "4", "--augment", "0", "--jobs", "1", check=True)
     rows, x, _ = shards.read(out)
     assert rows["path"].nunique() == 6 and len(x) == len(rows)
+
+
+# -- 7: a rerun brings the shards in line with the sources ----------------------------
+def _label_folders(small_corpus, root):
+    """The small corpus as label folders (<root>/<label>/<speaker>/*.wav), plus a file that is not audio."""
+    import json
+    import shutil
+
+    meta = json.loads((small_corpus / synth.META_FILE).read_text())
+    for spk, entry in meta.items():
+        shutil.copytree(small_corpus / spk, root / entry["gender"] / spk)
+    (root / "female" / "notes.wav").write_text("not audio\n")
+    return root
+
+
+def _files(out) -> dict[str, dict]:
+    rows, _, _ = shards.read(out, with_features=False)
+    return {h: dict(paths=set(g["path"]), labels=set(g["label"]), speakers=set(g["speaker"]), augment=set(g["augment"]))
+            for h, g in rows.groupby("sha256")}
+
+
+def test_rerun_relabels_moved_files_and_drops_deleted_ones(small_corpus, tmp_path):
+    src = _label_folders(small_corpus, tmp_path / "src")
+    out = tmp_path / "out"
+    args = ["--out", out, "--augment", "1", "--shard-rows", "4", "--jobs", "1"]
+    run_job("featurize", src, *args, check=True)
+    moved, deleted = src / "male" / "02" / "1_02_0.wav", src / "female" / "01" / "2_01_0.wav"
+    moved_hash, deleted_hash = batch.sha256_file(moved), batch.sha256_file(deleted)
+    before = _files(out)
+    assert before[moved_hash]["labels"] == {"male"} and deleted_hash in before
+    assert "notes.wav" in set(shards.read_errors(out)["path"].str.split("/").str[-1])
+
+    moved.rename(src / "female" / "01" / "1_02_0.wav")
+    deleted.unlink()
+    (src / "female" / "notes.wav").unlink()
+    proc = run_job("featurize", src, *args, check=True)
+    log = proc.stderr
+    assert "1 file(s) relabelled (male/02/1_02_0.wav → female/01/1_02_0.wav (male → female))" in log, log
+    assert "1 gone and removed (female/01/2_01_0.wav)" in log and "1 errors.csv row(s) dropped (female/notes.wav)" in log
+    assert "nothing new" in log  # moved, not new: it is not featurized again
+    after = _files(out)
+    assert deleted_hash not in after
+    assert after[moved_hash] == dict(paths={"female/01/1_02_0.wav"}, labels={"female"}, speakers={"src/01"}, augment={0, 1})
+    assert {h: v for h, v in after.items() if h != moved_hash} == {h: v for h, v in before.items() if h not in (moved_hash, deleted_hash)}
+    assert len(shards.read_errors(out)) == 0
+    rows, x, _ = shards.read(out)
+    assert len(rows) == len(x)
+
+    # in line now: a rerun rewrites nothing
+    mtimes = {p.name: p.stat().st_mtime_ns for p in shards.part_paths(out)}
+    proc = run_job("featurize", src, *args, check=True)
+    assert "reconciled" not in proc.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in shards.part_paths(out)} == mtimes
+
+
+def test_rerun_leaves_other_sources_alone(small_corpus, tmp_path):
+    """A shard folder may hold corpora featurized by separate runs: a run reconciles only its own sources."""
+    src = _label_folders(small_corpus, tmp_path / "src")
+    out = tmp_path / "out"
+    run_job("featurize", small_corpus, "--out", out, "--augment", "0", "--jobs", "1", check=True)
+    proc = run_job("featurize", src, "--out", out, "--augment", "0", "--jobs", "1", check=True)
+    assert "reconciled" not in proc.stderr
+    rows, _, _ = shards.read(out, with_features=False)
+    assert set(rows["source"]) == {str(small_corpus)}  # src's files have the same content: skipped as done
+    assert rows["path"].nunique() == 6

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from voiceclf.batch import Result
+from voiceclf.batch import Item, Result
 from voiceclf.config import FeatureConfig
 
 CONFIG_KEY = b"voiceclf.feature_config"
@@ -262,6 +263,94 @@ def done_hashes(out_dir: str | Path) -> set[str]:
         hashes.update(_read_table(p, columns=["sha256"]).column("sha256").unique().to_pylist())
     hashes.update(h for h in read_errors(out_dir).get("sha256", []) if h)
     return hashes
+
+
+# What discovery says about a file, as the shard rows store it
+_ABOUT = ("path", "source", "corpus", "speaker", "label")
+
+
+@dataclass
+class Reconciled:
+    """What :func:`reconcile` changed, one entry per file, e.g. ``male/a.wav → female/a.wav (male → female)``."""
+
+    relabelled: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)  # moved or renamed, or a new speaker or corpus; same label
+    removed: list[str] = field(default_factory=list)  # gone from the sources: its rows are dropped
+    errors_dropped: list[str] = field(default_factory=list)  # errors.csv rows of files no longer listed as they were
+    shards_rewritten: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.relabelled or self.updated or self.removed or self.errors_dropped)
+
+
+def reconcile(out_dir: str | Path, items: list[Item]) -> Reconciled:
+    """Bring the shards and errors.csv in line with the files discovery lists now.
+
+    Files are skipped by content hash, so without this a file moved from ``male/`` to ``female/``
+    would keep ``male`` and a deleted file would stay in the training data. A file in the shards is
+    matched by (source, path, sha256) to ``items``: listed with another label, speaker or corpus, its
+    rows take the new values; not listed but its content is, at a path not in the shards yet (moved,
+    renamed), its rows take that path and its values; otherwise (deleted, changed, no longer listed)
+    its rows are dropped. errors.csv rows of files not listed as they were are dropped, so such a file
+    is tried again. Only rows whose source is one of the items' sources are touched: a shard folder
+    may hold corpora featurized by other runs. Each affected shard is rewritten atomically (temp file,
+    then rename; a shard left empty is deleted): an interrupted reconcile is finished by the next run.
+    """
+    out_dir, out = Path(out_dir), Reconciled()
+    sources = {it.source for it in items}
+    listed = {(it.source, it.path, it.sha256): it for it in items if it.sha256}
+    by_hash: dict[str, list[Item]] = {}
+    for it in listed.values():
+        by_hash.setdefault(it.sha256, []).append(it)
+    cfg = dir_config(out_dir)
+    parts = part_paths(out_dir)
+    files: dict[Path, dict[tuple, dict]] = {}  # shard → (source, path, sha256) → its values
+    for p in parts:
+        t = _read_part(p, cfg, with_features=False).select([*_ABOUT, "sha256"]).to_pylist()
+        files[p] = {(r["source"], r["path"], r["sha256"]): r for r in t if r["source"] in sources}
+    taken = {key for keys in files.values() for key in keys if key in listed}
+    plan: dict[Path, dict[tuple, Item | None]] = {}  # shard → changed file → its item now (None: drop it)
+    for p, keys in files.items():
+        for key, old in sorted(keys.items()):
+            now = listed.get(key)
+            if now is None:
+                now = next((it for it in by_hash.get(key[2], []) if (it.source, it.path, it.sha256) not in taken), None)
+                if now is not None:
+                    taken.add((now.source, now.path, now.sha256))
+            if now is None:
+                plan.setdefault(p, {})[key] = None
+                out.removed.append(old["path"])
+                continue
+            new = {a: getattr(now, a) for a in _ABOUT}
+            if all(old[a] == new[a] for a in _ABOUT):
+                continue
+            plan.setdefault(p, {})[key] = now
+            what = old["path"] if old["path"] == new["path"] else f"{old['path']} → {new['path']}"
+            if old["label"] != new["label"]:
+                out.relabelled.append(f"{what} ({old['label']} → {new['label']})")
+            else:
+                out.updated.append(what)
+    for p, changes in plan.items():
+        table = _read_part(p, cfg, with_features=True)
+        keys = list(zip(*(table.column(c).to_pylist() for c in ("source", "path", "sha256"))))
+        keep = [changes.get(k, True) is not None for k in keys]
+        table = table.filter(pa.array(keep))
+        if table.num_rows == 0:
+            p.unlink()
+        else:
+            kept = [k for k, ok in zip(keys, keep) if ok]
+            columns = {a: [getattr(changes[k], a) if k in changes else v for k, v in zip(kept, table.column(a).to_pylist())] for a in _ABOUT}
+            arrays = [pa.array(columns[f.name], f.type) if f.name in columns else table.column(f.name) for f in schema(cfg)]
+            _write_table(pa.Table.from_arrays(arrays, schema=schema(cfg)), p)
+        out.shards_rewritten += 1
+    errors = read_errors(out_dir)
+    if len(errors) and {"source", "sha256"} <= set(errors.columns):  # an errors.csv from before those columns: left alone
+        now_keys = {(it.source, it.path, it.sha256 or "") for it in items}
+        stale = errors["source"].isin(sources) & ~pd.Series([k in now_keys for k in zip(errors["source"], errors["path"], errors["sha256"])], index=errors.index)
+        if stale.any():
+            out.errors_dropped = errors.loc[stale, "path"].tolist()
+            write_csv_atomic(errors[~stale], out_dir / ERRORS)
+    return out
 
 
 def _read_part(path: Path, cfg: FeatureConfig, with_features: bool) -> pa.Table:
