@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(gain, noise at 5-30 dB SNR, EQ, telephone band, reverb; never pitch or speed), used for training only; "
                    "0 turns it off (default %(default)s: the best setting in `make bench`)")
     p.add_argument("--allow-unlabelled", action="store_true", help="accept a plain folder of audio with no labels")
+    p.add_argument("--allow-outside-paths", action="store_true", help="accept manifest paths that are absolute or lead out "
+                   "of the manifest's folder (../x.wav); refused by default, as they are more often a mistake")
     p.add_argument("--fail-on-error", action="store_true", help="exit 4 when any file could not be featurized")
     p.add_argument("--backend", choices=parallel.BACKENDS, default="loky", help="joblib backend (default %(default)s)")
     p.add_argument("--scheduler", help="Dask scheduler address for --backend dask, e.g. tcp://host:8786")
@@ -61,11 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def discover(sources: list[str], allow_unlabelled: bool) -> list[batch.Item]:
+def discover(sources: list[str], allow_unlabelled: bool, allow_outside_paths: bool = False) -> list[batch.Item]:
     items: list[batch.Item] = []
     for src in sources:
         try:
-            df = corpus.discover(src, require_labels=not allow_unlabelled)
+            df = corpus.discover(src, require_labels=not allow_unlabelled, allow_outside_paths=allow_outside_paths)
         except corpus.CorpusError as e:
             raise JobError(str(e), _cli.USAGE) from None
         for row in df.itertuples(index=False):
@@ -100,7 +102,7 @@ def prepare_out(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
-    items = discover(args.sources, args.allow_unlabelled)
+    items = discover(args.sources, args.allow_unlabelled, args.allow_outside_paths)
     cfgs = [FeatureConfig.for_feature_set(fs) for fs in args.feature_set]
     if any(cfg.is_embedding for cfg in cfgs):
         try:

@@ -203,3 +203,63 @@ def test_rerun_leaves_other_sources_alone(small_corpus, tmp_path):
     rows, _, _ = shards.read(out, with_features=False)
     assert set(rows["source"]) == {str(small_corpus)}  # src's files have the same content: skipped as done
     assert rows["path"].nunique() == 6
+
+
+# -- 9: a manifest says one thing about each file, and about files of its own folder ---
+def _wav(path, seconds: float = 1.2) -> None:
+    import soundfile as sf
+
+    from conftest import tone
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, tone(seconds), 16000, subtype="PCM_16")
+
+
+def test_manifest_file_listed_with_two_labels_is_refused(tmp_path):
+    from voiceclf import corpus
+
+    for f in ("a.wav", "b.wav"):
+        _wav(tmp_path / "m" / f)
+    m = tmp_path / "m" / "list.csv"
+    m.write_text("path,label\na.wav,female\nb.wav,male\n./a.wav,male\n")
+    with pytest.raises(corpus.CorpusError, match="listed twice with different labels") as ei:
+        corpus.discover(m)
+    assert "'a.wav' (line 2: female, line 4: male)" in str(ei.value)
+    proc = run_job("featurize", m, "--out", tmp_path / "out", "--augment", "0", "--jobs", "1")
+    last = _one_line_naming(proc, "list.csv")
+    assert "line 2" in last and "line 4" in last and "b.wav" not in last
+    assert not (tmp_path / "out").exists() or not shards.part_paths(tmp_path / "out")
+
+
+def test_manifest_file_listed_twice_with_one_label_is_one_row(tmp_path):
+    from voiceclf import corpus
+
+    for f in ("a.wav", "b.wav"):
+        _wav(tmp_path / "m" / f)
+    (tmp_path / "m" / "sub").mkdir()
+    m = tmp_path / "m" / "list.csv"
+    m.write_text("path,label,speaker\na.wav,f,s1\nb.wav,male,s2\nsub/../a.wav,female,s1\n")
+    df = corpus.discover(m)
+    assert list(df["path"]) == ["a.wav", "b.wav"] and list(df["label"]) == ["female", "male"]
+
+
+def test_manifest_paths_outside_its_folder_are_refused_unless_allowed(tmp_path):
+    from voiceclf import corpus
+
+    _wav(tmp_path / "m" / "in.wav")
+    _wav(tmp_path / "elsewhere.wav")
+    m = tmp_path / "m" / "list.csv"
+    m.write_text(f"path,label\nin.wav,female\n../elsewhere.wav,male\n{tmp_path / 'm' / 'in.wav'},female\n")
+    with pytest.raises(corpus.CorpusError, match="outside") as ei:
+        corpus.discover(m)
+    assert "line 3: '../elsewhere.wav'" in str(ei.value) and f"line 4: '{tmp_path / 'm' / 'in.wav'}'" in str(ei.value)
+    df = corpus.discover(m, allow_outside_paths=True)
+    assert list(df["path"]) == ["../elsewhere.wav", "in.wav"]  # the absolute line is in.wav again: one row
+
+    out = tmp_path / "out"
+    proc = run_job("featurize", m, "--out", out, "--augment", "0", "--jobs", "1")
+    last = _one_line_naming(proc, "list.csv")
+    assert "'../elsewhere.wav'" in last and "line 4" in last and "--allow-outside-paths" in last
+    run_job("featurize", m, "--out", out, "--augment", "0", "--jobs", "1", "--allow-outside-paths", check=True)
+    rows, _, _ = shards.read(out, with_features=False)
+    assert set(rows["path"]) == {"../elsewhere.wav", "in.wav"}
