@@ -53,7 +53,8 @@ def featurize_corpora(runner: Runner, sources: list[Path], out_root: Path) -> di
         for attempt in (1, 2):
             log(f"featurize {fs}: {len(sources)} corpora → {shown(d)} (incremental)")
             try:
-                res = runner.job("featurize", [*map(shown, sources), "--out", shown(d), "--feature-set", fs], log_name=f"featurize_{fs}")
+                res = runner.job("featurize", [*map(shown, sources), "--out", shown(d), "--feature-set", fs,
+                                                  "--allow-outside-paths"], log_name=f"featurize_{fs}")  # --quick manifests list ../shared/data
                 shards.read(d, with_features=False)
                 break
             except Exception as e:

@@ -33,7 +33,8 @@ def fresh(d: Path) -> Path:
 
 def featurize(runner: Runner, sources: list[Path], out: Path, fs: str, tag: str, poll: bool = False) -> dict:
     """One featurize call with ``--augment 0`` (the work score does per file) into a fresh folder."""
-    res = runner.job("featurize", [*map(shown, sources), "--out", shown(fresh(out)), "--feature-set", fs, "--augment", "0"],
+    res = runner.job("featurize", [*map(shown, sources), "--out", shown(fresh(out)), "--feature-set", fs, "--augment", "0",
+                                       "--allow-outside-paths"],  # the subset manifests list files of ../shared/data
                      log_name=f"speed_{tag}", poll_memory=poll)
     rows, _, _ = shards.read(out, with_features=False)
     files = rows.drop_duplicates(["source", "path"]).shape[0] + len(shards.read_errors(out))

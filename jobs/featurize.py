@@ -28,7 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Turn labelled audio folders into Parquet feature shards (one row per 1-s window). "
         "Accepted layouts: AudioMNIST (<root>/<NN>/*.wav + audioMNIST_meta.txt), label folders "
         "(<root>/female/**, <root>/male/**), or a manifest CSV (path,label[,speaker]). "
-        "Incremental: files already in OUT (by sha256) are skipped.",
+        "Incremental: files already in OUT (by sha256) are skipped; first, the rows of OUT from these sources are brought "
+        "in line with them (a moved or relabelled file takes its new path and label, a deleted one is dropped).",
         epilog="Exit codes: 0 ok (per-file errors are listed in OUT/errors.csv), 1 failure, 2 bad arguments or inputs, "
         "3 OUT is locked by another run, 4 file errors with --fail-on-error, 130 interrupted.",
     )
@@ -45,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(gain, noise at 5-30 dB SNR, EQ, telephone band, reverb; never pitch or speed), used for training only; "
                    "0 turns it off (default %(default)s: the best setting in `make bench`)")
     p.add_argument("--allow-unlabelled", action="store_true", help="accept a plain folder of audio with no labels")
+    p.add_argument("--allow-outside-paths", action="store_true", help="accept manifest paths that are absolute or lead out "
+                   "of the manifest's folder (../x.wav); refused by default, as they are more often a mistake")
     p.add_argument("--fail-on-error", action="store_true", help="exit 4 when any file could not be featurized")
     p.add_argument("--backend", choices=parallel.BACKENDS, default="loky", help="joblib backend (default %(default)s)")
     p.add_argument("--scheduler", help="Dask scheduler address for --backend dask, e.g. tcp://host:8786")
@@ -60,11 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def discover(sources: list[str], allow_unlabelled: bool) -> list[batch.Item]:
+def discover(sources: list[str], allow_unlabelled: bool, allow_outside_paths: bool = False) -> list[batch.Item]:
     items: list[batch.Item] = []
     for src in sources:
         try:
-            df = corpus.discover(src, require_labels=not allow_unlabelled)
+            df = corpus.discover(src, require_labels=not allow_unlabelled, allow_outside_paths=allow_outside_paths)
         except corpus.CorpusError as e:
             raise JobError(str(e), _cli.USAGE) from None
         for row in df.itertuples(index=False):
@@ -81,6 +84,13 @@ def discover(sources: list[str], allow_unlabelled: bool) -> list[batch.Item]:
     return items
 
 
+def _few(names: list[str], limit: int = 3) -> str:
+    """' (a, b, c, ... and N more)': a few names for a log line, or nothing."""
+    if not names:
+        return ""
+    return " (" + ", ".join(names[:limit]) + (f", ... and {len(names) - limit} more" if len(names) > limit else "") + ")"
+
+
 def prepare_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +102,7 @@ def prepare_out(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
-    items = discover(args.sources, args.allow_unlabelled)
+    items = discover(args.sources, args.allow_unlabelled, args.allow_outside_paths)
     cfgs = [FeatureConfig.for_feature_set(fs) for fs in args.feature_set]
     if any(cfg.is_embedding for cfg in cfgs):
         try:
@@ -115,11 +125,25 @@ def featurize_set(args: argparse.Namespace, items: list[batch.Item], cfg: Featur
     """One feature set of the items into one shard folder: incremental, locked, every file accounted for."""
     with _cli.output_lock(out, wait=args.wait):
         try:
+            shards.verify(out)  # a damaged shard's files would count as done, its bad values trained on
+        except shards.ShardError as e:
+            raise JobError(str(e), _cli.USAGE) from None
+        try:
             existing = shards.dir_config(out)
         except (shards.ShardError, ConfigError) as e:
             raise JobError(f"{out}: {e}", _cli.USAGE) from None
         if existing is not None and existing != cfg:
             raise JobError(f"{out} holds features made with another config ({existing.feature_set}); use another --out", _cli.USAGE)
+        try:
+            changed = shards.reconcile(out, items)
+        except shards.ShardError as e:
+            raise JobError(str(e), _cli.USAGE) from None
+        if changed:
+            log.warning("reconciled %s with the sources: %d file(s) relabelled%s, %d moved or updated%s, %d gone and removed%s, "
+                        "%d errors.csv row(s) dropped%s; %d shard(s) rewritten", out,
+                        len(changed.relabelled), _few(changed.relabelled), len(changed.updated), _few(changed.updated),
+                        len(changed.removed), _few(changed.removed), len(changed.errors_dropped), _few(changed.errors_dropped),
+                        changed.shards_rewritten)
         done = shards.done_hashes(out)
         todo = [it for it in items if it.sha256 not in done]
         log.info("featurize %s: %d files in %d source(s), %d already in %s, %d to do", cfg.feature_set, len(items), len(args.sources), len(items) - len(todo), out, len(todo))
@@ -127,7 +151,7 @@ def featurize_set(args: argparse.Namespace, items: list[batch.Item], cfg: Featur
             _cli.console.print(f"nothing new: all {len(items)} files are already in {out}", highlight=False)
             return _cli.OK
         writer = shards.ShardWriter(out, cfg, args.shard_rows)
-        windows = 0
+        windows, finished = 0, False
         try:
             with parallel.engine(args.backend, args.scheduler), _cli.Reporter(f"featurize {cfg.feature_set}", len(todo)) as rep:
                 for results in parallel.imap(batch.featurize_batch, batch.batches(todo, args.jobs), n_jobs=args.jobs, cfg=cfg, augment=args.augment):
@@ -139,12 +163,14 @@ def featurize_set(args: argparse.Namespace, items: list[batch.Item], cfg: Featur
                         if r.error:
                             log.warning("%s: %s", r.error, r.message)
                     rep.advance(len(originals), errors=sum(r.error is not None for r in originals))
+            finished = True
         except parallel.EngineError as e:
             raise JobError(str(e), _cli.USAGE) from None
         finally:
             # Shards hold whole files only, so flushing what is complete is safe even when interrupted:
-            # a rerun skips those files and does the rest.
-            writer.flush()
+            # a rerun skips those files and does the rest. Interrupted, the last file's variants may
+            # still have been coming: it is left out and done again.
+            writer.flush(whole_files_only=not finished)
         _cli.summary_table(f"featurize summary ({cfg.feature_set})", {
             "files": len(todo), "windows": windows, "errors": rep.errors, "shards written": len(writer.written),
             "seconds": f"{rep.seconds:.1f}", "files/s": f"{rep.rate:.1f}", "output": str(out),

@@ -92,7 +92,7 @@ def test_featurize_train_score_against_a_tracking_server(features, corpus, mlflo
 def test_a_server_that_dies_mid_run_fails_clearly_and_a_rerun_completes(features, mlflow_server, tmp_path):
     env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
     proc = start("train", "--features", features, "--lr", "1e-3", "--epochs", "6", "--jobs", "1", env=env)
-    wait_for(proc, "grid points to do")
+    wait_for(proc, "trainings to do")
     os.killpg(mlflow_server.proc.pid, signal.SIGKILL)
     mlflow_server.proc.wait()
     err = proc.stderr.read()

@@ -216,7 +216,7 @@ def _label_folders(root: Path, label_dirs: dict[str, Path]) -> pd.DataFrame:
     return _table(rows, root)
 
 
-def _manifest(csv_path: Path, require_labels: bool) -> pd.DataFrame:
+def _manifest(csv_path: Path, require_labels: bool, allow_outside_paths: bool = False) -> pd.DataFrame:
     folder = csv_path.parent
     try:
         # utf-8-sig: spreadsheets often prefix a byte-order mark to the header
@@ -237,7 +237,8 @@ def _manifest(csv_path: Path, require_labels: bool) -> pd.DataFrame:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise CorpusError(f"{csv_path}: cannot read the manifest ({e})") from None
 
-    rows, bad_label, bad_path = [], [], []
+    rows, bad_label, bad_path, outside, twice = [], [], [], [], []
+    seen: dict[str, tuple[int, str | None]] = {}  # path relative to the folder → (first line, its label)
     for line, rec in records:
         cell = (rec.get("path") or "").strip()
         raw_label = (rec.get("label") or "").strip()
@@ -245,12 +246,23 @@ def _manifest(csv_path: Path, require_labels: bool) -> pd.DataFrame:
         if label is None and (raw_label or require_labels):
             bad_label.append(f"line {line}: {raw_label!r}")
         full = Path(cell) if Path(cell).is_absolute() else folder / cell
+        rel = Path(os.path.relpath(full, folder)).as_posix()  # "./a.wav", "sub/../a.wav" and "a.wav" are one file
+        # a manifest names files of its own folder: one elsewhere is more often a mistake (or another corpus) than meant
+        if cell and not allow_outside_paths and (Path(cell).is_absolute() or rel == ".." or rel.startswith("../")):
+            outside.append(f"line {line}: {cell!r}")
+            continue
         if not cell or not full.is_file():
             bad_path.append(f"line {line}: {cell!r}")
             continue
+        if rel in seen:  # listed again: one row, unless the lines disagree on what it is
+            first, first_label = seen[rel]
+            if first_label != label:
+                twice.append(f"{rel!r} (line {first}: {first_label}, line {line}: {label})")
+            continue
+        seen[rel] = (line, label)
         speaker = (rec.get("speaker") or "").strip() or None
         rows.append({
-            "path": Path(os.path.relpath(full, folder)).as_posix(),
+            "path": rel,
             "source": str(folder),
             "corpus": (rec.get("corpus") or "").strip() or folder.name,
             "speaker": speaker,
@@ -263,6 +275,13 @@ def _manifest(csv_path: Path, require_labels: bool) -> pd.DataFrame:
         )
     if bad_path:
         problems.append(f"missing file(s), relative to {folder}: {_listing(bad_path)}")
+    if outside:
+        problems.append(
+            f"path(s) absolute or outside {folder}: {_listing(outside)}; paths are relative to the manifest's "
+            "folder (featurize --allow-outside-paths accepts them)"
+        )
+    if twice:
+        problems.append(f"file(s) listed twice with different labels: {_listing(twice)}")
     if problems:
         raise CorpusError(f"{csv_path}: " + "; ".join(problems))
     if not rows:
@@ -271,7 +290,7 @@ def _manifest(csv_path: Path, require_labels: bool) -> pd.DataFrame:
 
 
 # -- public API -------------------------------------------------------------------------
-def discover(src: str | os.PathLike, *, require_labels: bool = True) -> pd.DataFrame:
+def discover(src: str | os.PathLike, *, require_labels: bool = True, allow_outside_paths: bool = False) -> pd.DataFrame:
     """List the files of a corpus with their speaker and label.
 
     Layouts, detected in this order:
@@ -283,7 +302,8 @@ def discover(src: str | os.PathLike, *, require_labels: bool = True) -> pd.DataF
     2. Label folders: ``<root>/female/**`` and ``<root>/male/**``. The speaker is the
        first sub-folder under the label folder, if the file lies in one.
     3. Manifest: ``src`` is a ``.csv`` with columns ``path,label[,speaker][,corpus]``, paths
-       relative to the manifest's folder (which becomes ``source``).
+       relative to the manifest's folder (which becomes ``source``). A file listed twice is one
+       row (its first line); listed with two different labels, it is an error.
 
     Labels are normalised case-insensitively (female/f/woman, male/m/man).
 
@@ -294,6 +314,10 @@ def discover(src: str | os.PathLike, *, require_labels: bool = True) -> pd.DataF
     require_labels : bool
         When False, a folder matching no layout is accepted as unlabelled (every regular
         file, speaker and label None), and a manifest may omit labels.
+    allow_outside_paths : bool
+        When False (the default), a manifest's absolute paths and paths leading out of its folder
+        (``../x.wav``) are an error; when True they are listed (``path`` relative to the manifest's
+        folder, e.g. ``../x.wav``).
 
     Returns
     -------
@@ -307,7 +331,8 @@ def discover(src: str | os.PathLike, *, require_labels: bool = True) -> pd.DataF
     ------
     CorpusError
         ``src`` does not exist, matches no layout (with ``require_labels``), holds no files,
-        or its labels/metadata are inconsistent; the message names the offending items.
+        or its labels/metadata are inconsistent, or a manifest's paths are outside its folder or
+        list a file with two labels; the message names the offending items (lines of a manifest).
     """
     root = Path(os.path.abspath(src))  # absolute and without "..", as `source` promises
     if not root.exists():
@@ -315,7 +340,7 @@ def discover(src: str | os.PathLike, *, require_labels: bool = True) -> pd.DataF
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise CorpusError(f"{root} is a file but not a manifest .csv; {_LAYOUTS_HELP}")
-        return _manifest(root, require_labels)
+        return _manifest(root, require_labels, allow_outside_paths)
     if not root.is_dir():
         raise CorpusError(f"{root} is neither a folder nor a manifest .csv file")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from voiceclf.batch import Result
+from voiceclf.batch import Item, Result
 from voiceclf.config import FeatureConfig
 
 CONFIG_KEY = b"voiceclf.feature_config"
@@ -28,6 +29,41 @@ _PART = re.compile(r"^part-(\d{5,})\.parquet$")
 
 class ShardError(ValueError):
     """Shards are missing, unreadable, or were made with different FeatureConfigs."""
+
+
+def _damaged(path: Path, e: Exception) -> ShardError:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return ShardError(f"{path}: cannot read this shard ({reason}): it is damaged or unreadable; delete it and rerun "
+                      "featurize with the same sources to rebuild it (the files in it are featurized again)")
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as e:
+        raise _damaged(path, e) from None
+
+
+def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A shard's columns with every page checked against its CRC: zeroed or flipped bytes are an error, not data."""
+    try:
+        return pq.read_table(path, columns=columns, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as e:
+        raise _damaged(path, e) from None
+
+
+def verify(out_dir: str | Path) -> None:
+    """Read every page of every shard (one row group at a time) and check its CRC; a damaged shard is a ShardError.
+
+    Shards written before page checksums existed are read whole, which still finds truncation and a broken footer.
+    """
+    for p in part_paths(out_dir):
+        try:
+            f = pq.ParquetFile(p, page_checksum_verification=True)
+            for i in range(f.num_row_groups):
+                f.read_row_group(i)
+        except (OSError, pa.ArrowException) as e:
+            raise _damaged(p, e) from None
 
 
 def schema(cfg: FeatureConfig) -> pa.Schema:
@@ -78,10 +114,12 @@ def part_paths(out_dir: str | Path) -> list[Path]:
 
 
 class ShardWriter:
-    """Buffers results in order and writes a shard each time ``shard_rows`` windows are reached.
+    """Buffers results in order and writes a shard at the first file boundary past ``shard_rows`` windows.
 
-    A file's windows never straddle two shards, so a shard on disk is complete for every file in
-    it, and an interrupted run can resume by skipping the files already present.
+    A file's rows (its recording and the augmented variants that follow it) never straddle two
+    shards, so a shard on disk is complete for every file in it, and an interrupted run can resume
+    by skipping the files already present: a file cut off from its variants would be skipped too,
+    and its variants lost for good.
     """
 
     def __init__(self, out_dir: str | Path, cfg: FeatureConfig, shard_rows: int = 2048) -> None:
@@ -91,23 +129,31 @@ class ShardWriter:
         self.next_index = max(existing, default=-1) + 1
         self._buffer: list[Result] = []
         self._rows = 0
+        self._complete = 0  # _buffer[:_complete] are whole files; the rest is the last file, its variants may follow
         self.written: list[Path] = []
         self.errors: list[dict] = []
 
     def add(self, result: Result) -> None:
+        """Add results in featurize_batch's order: a file's recording (augment 0), then its variants."""
+        if result.item.augment == 0:  # a new file: the ones buffered are whole, a shard may end here
+            if self._rows >= self.shard_rows:
+                self.flush()
+            self._complete = len(self._buffer)
         if result.error:
             it = result.item
             self.errors.append(dict(path=it.path, error=result.error, message=result.message, source=it.source, sha256=it.sha256 or ""))
             return
         self._buffer.append(result)
         self._rows += result.n_windows
-        if self._rows >= self.shard_rows:
-            self.flush()
 
-    def flush(self) -> None:
-        if self._buffer:
-            self.written.append(self._write(self._buffer))
-            self._buffer, self._rows = [], 0
+    def flush(self, whole_files_only: bool = False) -> None:
+        """Write what is buffered. ``whole_files_only`` (an interrupted run) leaves out the last file, whose
+        variants may not have arrived: it is in no shard, so a rerun featurizes it again."""
+        keep = self._buffer[self._complete :] if whole_files_only else []
+        todo = self._buffer[: self._complete] if whole_files_only else self._buffer
+        if todo:
+            self.written.append(self._write(todo))
+        self._buffer, self._rows, self._complete = keep, sum(r.n_windows for r in keep), 0
         if self.errors:
             append_errors(self.out_dir, self.errors)
             self.errors = []
@@ -133,14 +179,19 @@ class ShardWriter:
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel(), pa.float32()), feats.shape[1]))
         table = pa.Table.from_arrays(arrays, schema=self.schema)
         final = self.out_dir / f"part-{self.next_index:05d}.parquet"
-        tmp = _atomic_target(final)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _write_table(table, final)
         self.next_index += 1
         return final
+
+
+def _write_table(table: pa.Table, final: Path) -> None:
+    """Write a shard under a temp name and rename it into place, with a CRC on every page (checked on read)."""
+    tmp = _atomic_target(final)
+    try:
+        pq.write_table(table, tmp, write_page_checksum=True)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_errors(out_dir: str | Path) -> pd.DataFrame:
@@ -191,7 +242,7 @@ def write_csv_atomic(df: pd.DataFrame, path: str | Path, **to_csv) -> None:
 
 
 def shard_config(path: str | Path) -> FeatureConfig:
-    meta = pq.read_schema(path).metadata or {}
+    meta = _read_schema(Path(path)).metadata or {}
     if CONFIG_KEY not in meta:
         raise ShardError(f"{path}: no {CONFIG_KEY.decode()} metadata; not a voiceclf shard")
     return FeatureConfig.from_json(meta[CONFIG_KEY].decode())
@@ -209,17 +260,105 @@ def done_hashes(out_dir: str | Path) -> set[str]:
     """sha256 of every file already accounted for (in a shard or in errors.csv)."""
     hashes: set[str] = set()
     for p in part_paths(out_dir):
-        hashes.update(pq.read_table(p, columns=["sha256"]).column("sha256").unique().to_pylist())
+        hashes.update(_read_table(p, columns=["sha256"]).column("sha256").unique().to_pylist())
     hashes.update(h for h in read_errors(out_dir).get("sha256", []) if h)
     return hashes
+
+
+# What discovery says about a file, as the shard rows store it
+_ABOUT = ("path", "source", "corpus", "speaker", "label")
+
+
+@dataclass
+class Reconciled:
+    """What :func:`reconcile` changed, one entry per file, e.g. ``male/a.wav → female/a.wav (male → female)``."""
+
+    relabelled: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)  # moved or renamed, or a new speaker or corpus; same label
+    removed: list[str] = field(default_factory=list)  # gone from the sources: its rows are dropped
+    errors_dropped: list[str] = field(default_factory=list)  # errors.csv rows of files no longer listed as they were
+    shards_rewritten: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.relabelled or self.updated or self.removed or self.errors_dropped)
+
+
+def reconcile(out_dir: str | Path, items: list[Item]) -> Reconciled:
+    """Bring the shards and errors.csv in line with the files discovery lists now.
+
+    Files are skipped by content hash, so without this a file moved from ``male/`` to ``female/``
+    would keep ``male`` and a deleted file would stay in the training data. A file in the shards is
+    matched by (source, path, sha256) to ``items``: listed with another label, speaker or corpus, its
+    rows take the new values; not listed but its content is, at a path not in the shards yet (moved,
+    renamed), its rows take that path and its values; otherwise (deleted, changed, no longer listed)
+    its rows are dropped. errors.csv rows of files not listed as they were are dropped, so such a file
+    is tried again. Only rows whose source is one of the items' sources are touched: a shard folder
+    may hold corpora featurized by other runs. Each affected shard is rewritten atomically (temp file,
+    then rename; a shard left empty is deleted): an interrupted reconcile is finished by the next run.
+    """
+    out_dir, out = Path(out_dir), Reconciled()
+    sources = {it.source for it in items}
+    listed = {(it.source, it.path, it.sha256): it for it in items if it.sha256}
+    by_hash: dict[str, list[Item]] = {}
+    for it in listed.values():
+        by_hash.setdefault(it.sha256, []).append(it)
+    cfg = dir_config(out_dir)
+    parts = part_paths(out_dir)
+    files: dict[Path, dict[tuple, dict]] = {}  # shard → (source, path, sha256) → its values
+    for p in parts:
+        t = _read_part(p, cfg, with_features=False).select([*_ABOUT, "sha256"]).to_pylist()
+        files[p] = {(r["source"], r["path"], r["sha256"]): r for r in t if r["source"] in sources}
+    taken = {key for keys in files.values() for key in keys if key in listed}
+    plan: dict[Path, dict[tuple, Item | None]] = {}  # shard → changed file → its item now (None: drop it)
+    for p, keys in files.items():
+        for key, old in sorted(keys.items()):
+            now = listed.get(key)
+            if now is None:
+                now = next((it for it in by_hash.get(key[2], []) if (it.source, it.path, it.sha256) not in taken), None)
+                if now is not None:
+                    taken.add((now.source, now.path, now.sha256))
+            if now is None:
+                plan.setdefault(p, {})[key] = None
+                out.removed.append(old["path"])
+                continue
+            new = {a: getattr(now, a) for a in _ABOUT}
+            if all(old[a] == new[a] for a in _ABOUT):
+                continue
+            plan.setdefault(p, {})[key] = now
+            what = old["path"] if old["path"] == new["path"] else f"{old['path']} → {new['path']}"
+            if old["label"] != new["label"]:
+                out.relabelled.append(f"{what} ({old['label']} → {new['label']})")
+            else:
+                out.updated.append(what)
+    for p, changes in plan.items():
+        table = _read_part(p, cfg, with_features=True)
+        keys = list(zip(*(table.column(c).to_pylist() for c in ("source", "path", "sha256"))))
+        keep = [changes.get(k, True) is not None for k in keys]
+        table = table.filter(pa.array(keep))
+        if table.num_rows == 0:
+            p.unlink()
+        else:
+            kept = [k for k, ok in zip(keys, keep) if ok]
+            columns = {a: [getattr(changes[k], a) if k in changes else v for k, v in zip(kept, table.column(a).to_pylist())] for a in _ABOUT}
+            arrays = [pa.array(columns[f.name], f.type) if f.name in columns else table.column(f.name) for f in schema(cfg)]
+            _write_table(pa.Table.from_arrays(arrays, schema=schema(cfg)), p)
+        out.shards_rewritten += 1
+    errors = read_errors(out_dir)
+    if len(errors) and {"source", "sha256"} <= set(errors.columns):  # an errors.csv from before those columns: left alone
+        now_keys = {(it.source, it.path, it.sha256 or "") for it in items}
+        stale = errors["source"].isin(sources) & ~pd.Series([k in now_keys for k in zip(errors["source"], errors["path"], errors["sha256"])], index=errors.index)
+        if stale.any():
+            out.errors_dropped = errors.loc[stale, "path"].tolist()
+            write_csv_atomic(errors[~stale], out_dir / ERRORS)
+    return out
 
 
 def _read_part(path: Path, cfg: FeatureConfig, with_features: bool) -> pa.Table:
     """One shard in the current schema. Shards written before a column existed read as: ``corpus`` the
     source folder's name, ``augment`` 0 (they hold recordings only)."""
-    names = pq.read_schema(path).names
+    names = _read_schema(path).names
     wanted = [f.name for f in schema(cfg) if with_features or f.name != "features"]
-    table = pq.read_table(path, columns=[n for n in wanted if n in names])
+    table = _read_table(path, columns=[n for n in wanted if n in names])
     if "corpus" not in names:
         corpus = [Path(s).name for s in table.column("source").to_pylist()]
         table = table.add_column(wanted.index("corpus"), "corpus", pa.array(corpus, pa.string()))
