@@ -18,7 +18,7 @@ from joblib import Parallel, delayed
 
 from voiceclf import shards
 from voiceclf import train as tr
-from voiceclf.config import LABELS, REPO_ROOT
+from voiceclf.config import REPO_ROOT
 
 GRID_FILE = REPO_ROOT / "jobs" / "grid.toml"
 PYIN_FMIN, PYIN_FMAX = 60.0, 400.0
@@ -177,6 +177,3 @@ def markdown(table: pd.DataFrame) -> str:
     for r in table[cols].itertuples(index=False):
         lines.append(f"| {r.held_out} | {r.method} | {100 * r.speaker_bacc:.1f} % | {100 * r.speakers_ge_90:.1f} % | {r.speakers} | {r.point} | {r.worst} |")
     return "\n".join(lines)
-
-
-__all__ = ["LABELS", "load", "default_points", "run", "chosen", "summary", "pitch_table", "pitch_rows", "markdown"]
