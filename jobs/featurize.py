@@ -104,11 +104,12 @@ def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
     items = discover(args.sources, args.allow_unlabelled, args.allow_outside_paths)
     cfgs = [FeatureConfig.for_feature_set(fs) for fs in args.feature_set]
-    if any(cfg.is_embedding for cfg in cfgs):
-        try:
-            embedding.load_encoder(FeatureConfig.for_feature_set("speaker_embedding").encoder_sha256)
-        except embedding.EncoderError as e:
-            raise JobError(str(e), _cli.FAILURE) from None
+    for cfg in cfgs:
+        if cfg.is_embedding:  # the encoder these features name, checked before any work
+            try:
+                embedding.load_encoder(cfg.encoder_sha256)
+            except embedding.EncoderError as e:
+                raise JobError(str(e), _cli.FAILURE) from None
     outs = [args.out] if len(cfgs) == 1 else [args.out / cfg.feature_set for cfg in cfgs]
     for out in outs:
         prepare_out(out)
