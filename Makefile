@@ -22,12 +22,14 @@ setup: $(STAMP)
 # Idempotent: reinstalls only when pyproject.toml or this file changes. torch first, pinned to the CPU build.
 # The speaker encoder's weights come from the Resemblyzer wheel, installed without its dependencies: voiceclf
 # reads only its weights file (its own imports need webrtcvad and pkg_resources, which nothing here uses).
+# Last, librosa's numba cache is compiled once, before any parallel job (see voiceclf/parallel.py).
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,dask]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps resemblyzer==0.1.4
+	$(PY) -c 'from voiceclf.parallel import warm_jit_cache; warm_jit_cache()'
 	touch $@
 
 test: setup

@@ -423,3 +423,15 @@ def test_make_passes_a_value_as_one_word_never_as_shell_code(target, var, flag, 
         assert argv[2 : 2 + len(value.split())] == value.split(), argv
     else:
         assert argv[argv.index(flag) + 1 if flag else 2] == value, argv
+
+
+def test_librosa_gufuncs_are_compiled_in_the_parent_before_any_worker_starts(tmp_path):
+    """Workers compiling numba's cached gufuncs at once can write a mismatched cache pair that crashes
+    every later process with SIGSEGV (numba#10128); the parent compiles them first, in one process."""
+    code = ("import sys\nfrom voiceclf import parallel\nwith parallel.engine('loky'):\n"
+            "    print('librosa.core.pitch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+    assert list(tmp_path.rglob("pitch._pi_wrapper-*.nbi")), "the gufunc cache was not written before the workers"

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
+import importlib.util
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import joblib
@@ -26,6 +29,8 @@ def engine(backend: str = "loky", scheduler: str | None = None, timeout_s: float
     """Run the enclosed joblib calls on ``backend``; ``dask`` connects to ``scheduler`` first."""
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend != "threading":
+        warm_jit_cache()
     if backend != "dask":
         # loky workers idle for minutes after their job dies (even SIGKILLed), holding their memory
         die = {"initializer": exit_with_parent, "initargs": (os.getpid(),)} if backend == "loky" else {}
@@ -47,6 +52,36 @@ def engine(backend: str = "loky", scheduler: str | None = None, timeout_s: float
             yield client
     finally:
         client.close()
+
+
+# librosa compiles its numba gufuncs (cache=True) when these modules are first imported. Worker processes
+# that do so at once on an empty cache can leave a mismatched pair of cache files, and every later process
+# that loads the pair dies of SIGSEGV (numba/numba#10128, librosa/librosa#1998; seen in our CI). The cure
+# upstream gives: compile once, in one process, before any worker starts. A Dask cluster on other hosts
+# has caches of its own that this cannot reach.
+_JIT_MODULES = ("librosa.util.utils", "librosa.core.audio", "librosa.core.pitch")
+
+
+def _jit_cache_is_warm() -> bool:
+    """Whether numba's cache index of every gufunc module sits beside it (found without importing librosa)."""
+    if os.environ.get("NUMBA_CACHE_DIR") or os.environ.get("NUMBA_DISABLE_JIT"):
+        return False  # a cache elsewhere: assume cold, warming is only slower
+    spec = importlib.util.find_spec("librosa")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    root = Path(spec.submodule_search_locations[0])
+    for name in _JIT_MODULES:
+        module = root.joinpath(*name.split(".")[1:]).with_suffix(".py")
+        if not any((module.parent / "__pycache__").glob(f"{module.stem}.*.nbi")):
+            return False
+    return True
+
+
+def warm_jit_cache() -> None:
+    """Compile librosa's cached gufuncs in this process unless their cache exists (a no-op then)."""
+    if not _jit_cache_is_warm():
+        for name in _JIT_MODULES:
+            importlib.import_module(name)
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
