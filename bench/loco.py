@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from voiceclf import shards
+from voiceclf import io, shards
 from voiceclf import train as tr
 from voiceclf.config import REPO_ROOT
 
@@ -138,10 +138,7 @@ def pitch_table(data: tr.Data, cache: Path, n_jobs: int = -1, log=print) -> pd.D
         parts = Parallel(n_jobs=n_jobs)(delayed(f0_of_files)(todo[i : i + size]) for i in range(0, len(todo), size))
         new = pd.DataFrame({"file": todo, "f0": [v for p in parts for v in p]})
         have = pd.concat([have, new], ignore_index=True) if len(have) else new
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp")
-        have.to_parquet(tmp, index=False)
-        os.replace(tmp, cache)
+        io.write_parquet(have, cache)
     return files.merge(have, on="file", how="left")
 
 

@@ -38,13 +38,6 @@ def python_shown() -> str:
     return shown(sys.executable) if Path(sys.executable).is_relative_to(REPO_ROOT) else "python"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class Runner:
     """Runs ``python -m <module>`` from the repo root, logs to the workdir, records every command."""
 

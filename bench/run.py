@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench import corpora, loco, report, speed
-from bench.procs import BenchError, CpuMonitor, Runner, log, parse_summary, shown, shutdown_workers, write_atomic
-from voiceclf import shards
+from bench.procs import BenchError, CpuMonitor, Runner, log, parse_summary, shown, shutdown_workers
+from voiceclf import io, shards
 from voiceclf.config import LABELS, REPO_ROOT
 
 SECTIONS = ("accuracy", "speed")
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
             return 1
     wall = {"total": time.perf_counter() - t_start, **wall}
     text, missed = report.render(args, acc, spd, runner, started, wall, cpu)
-    write_atomic(args.out, text)
+    io.write_text(args.out, text)
     log(f"wrote {shown(args.out)} after {wall['total'] / 60:.1f} min; targets missed: {len(missed)}")
     for m in missed:
         log(f"  missed: {m}")

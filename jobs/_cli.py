@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -13,6 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from voiceclf import io
 
 # Exit codes, the same for every job (README "Exit codes"): cron and Airflow act on them.
 OK = 0  # the batch ran (rows with per-file errors included)
@@ -95,38 +96,12 @@ def main_wrapper(job: str, run) -> None:
 
 @contextlib.contextmanager
 def output_lock(target: str | Path, wait: bool = False):
-    """An exclusive lock beside ``target`` (a directory or a file) for the duration of a run.
-
-    Two cron runs of the same job on the same output must not interleave their writes: the second
-    exits with LOCKED, or blocks until the first is done with ``wait``.
-    """
-    target = Path(target)
-    lock_path = target / ".voiceclf.lock" if target.is_dir() else target.with_name(f".{target.name}.lock")
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise JobError(f"{target} is locked by a running job (pid {holder}); rerun with --wait to queue behind it", LOCKED) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        # The holder removes the file when done: a lock taken on a removed file locks nothing, retry.
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
+    """:func:`voiceclf.io.lock` on ``target``; a second run on the same output exits with LOCKED."""
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        lock_path.unlink(missing_ok=True)  # while still holding it, so nothing is left beside the output
-        os.close(fd)
+        with io.lock(target, wait=wait):
+            yield
+    except io.LockedError as e:
+        raise JobError(f"{e}; rerun with --wait to queue behind it", LOCKED) from None
 
 
 class Reporter:

@@ -14,10 +14,9 @@ import torch
 
 from jobs import _cli
 from jobs._cli import JobError, log
-from voiceclf import batch, corpus, embedding, parallel, tracking
+from voiceclf import batch, corpus, embedding, io, parallel, tracking
 from voiceclf.batch import Item, Result
 from voiceclf.score import REPORT_COLUMNS, SEGMENT_COLUMNS, score_results
-from voiceclf.shards import write_csv_atomic
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -124,9 +123,9 @@ def run(args: argparse.Namespace) -> int:
                 first_scored = first_scored or time.perf_counter() - t_start
                 rep.advance(len(results), errors=sum(x["status"] == "error" for x in r))
         report = pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("path", kind="stable")
-        write_csv_atomic(report, args.out, float_format="%.6g")
+        io.write_csv(report, args.out, float_format="%.6g")
         if args.segments:
-            write_csv_atomic(pd.DataFrame(segments, columns=SEGMENT_COLUMNS).sort_values(["path", "start_s"], kind="stable"), args.segments, float_format="%.6g")
+            io.write_csv(pd.DataFrame(segments, columns=SEGMENT_COLUMNS).sort_values(["path", "start_s"], kind="stable"), args.segments, float_format="%.6g")
     counts = report["status"].value_counts()
     labels = report.loc[report["status"] == "ok", "label"].value_counts()
     _cli.summary_table("score summary", {

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from voiceclf import audio, batch, embedding, synth
+from voiceclf import batch, embedding, synth
 from voiceclf.config import ENCODER_SHA256, ConfigError, FeatureConfig
 
 CFG = FeatureConfig.for_feature_set("speaker_embedding")

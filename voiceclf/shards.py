@@ -6,9 +6,7 @@ no windows), so every input file is accounted for.
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from voiceclf import io
 from voiceclf.batch import Item, Result
 from voiceclf.config import FeatureConfig
 
@@ -85,27 +84,6 @@ def schema(cfg: FeatureConfig) -> pa.Schema:
         ],
         metadata={CONFIG_KEY: cfg.to_json().encode()},
     )
-
-
-def _atomic_target(path: Path):
-    """A temp file beside ``path``; the caller renames it into place when complete."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename: outputs get the usual mode
-    finally:
-        os.close(fd)
-    return Path(tmp)
-
-
-def _umask() -> int:
-    """The process umask, read without setting it (os.umask would change it for other threads meanwhile)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        mask = os.umask(0o022)
-        os.umask(mask)
-        return mask
 
 
 def part_paths(out_dir: str | Path) -> list[Path]:
@@ -186,19 +164,15 @@ class ShardWriter:
 
 def _write_table(table: pa.Table, final: Path) -> None:
     """Write a shard under a temp name and rename it into place, with a CRC on every page (checked on read)."""
-    tmp = _atomic_target(final)
-    try:
+    with io.atomic_path(final) as tmp:
         pq.write_table(table, tmp, write_page_checksum=True)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_errors(out_dir: str | Path) -> pd.DataFrame:
     path = Path(out_dir) / ERRORS
     if not path.exists():
         return pd.DataFrame(columns=ERROR_COLUMNS)
-    return pd.read_csv(path, dtype=str, keep_default_na=False).map(_as_written)
+    return io.read_csv(path)
 
 
 def append_errors(out_dir: str | Path, rows: list[dict]) -> None:
@@ -208,37 +182,7 @@ def append_errors(out_dir: str | Path, rows: list[dict]) -> None:
     new = pd.DataFrame(rows, columns=ERROR_COLUMNS)
     merged = pd.concat([old, new], ignore_index=True) if len(old) else new
     # a file that failed before and fails again keeps one row: the latest reason
-    write_csv_atomic(merged.drop_duplicates(subset=["source", "path", "sha256"], keep="last"), path)
-
-
-# A text cell starting with one of these is a formula when the CSV is opened in a spreadsheet (a
-# file named "=HYPERLINK(...).wav"); a leading ' makes it text (OWASP, CSV injection). A cell that
-# starts with ' gets one more, so reading back (strip one leading ') gives exactly what was written.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
-
-
-def _as_text(value):
-    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
-
-
-def _as_written(value):
-    return value[1:] if isinstance(value, str) and value.startswith("'") else value
-
-
-def write_csv_atomic(df: pd.DataFrame, path: str | Path, **to_csv) -> None:
-    """Write a CSV under a temp name beside ``path`` and rename it into place: never a half-written file.
-
-    Text cells that a spreadsheet would run as formulas get a leading ``'``; numbers are left alone.
-    """
-    path = Path(path)
-    text = [c for c in df.columns if df[c].dtype == object or isinstance(df[c].dtype, pd.StringDtype)]
-    df = df.assign(**{c: df[c].map(_as_text) for c in text})
-    tmp = _atomic_target(path)
-    try:
-        df.to_csv(tmp, index=False, **to_csv)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    io.write_csv(merged.drop_duplicates(subset=["source", "path", "sha256"], keep="last"), path)
 
 
 def shard_config(path: str | Path) -> FeatureConfig:
@@ -349,7 +293,7 @@ def reconcile(out_dir: str | Path, items: list[Item]) -> Reconciled:
         stale = errors["source"].isin(sources) & ~pd.Series([k in now_keys for k in zip(errors["source"], errors["path"], errors["sha256"])], index=errors.index)
         if stale.any():
             out.errors_dropped = errors.loc[stale, "path"].tolist()
-            write_csv_atomic(errors[~stale], out_dir / ERRORS)
+            io.write_csv(errors[~stale], out_dir / ERRORS)
     return out
 
 

@@ -1,0 +1,48 @@
+"""voiceclf.io: atomic writes and output locks, in-process (the two-process lock race is in test_ops)."""
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from voiceclf import io
+
+
+def test_a_failed_write_leaves_neither_a_partial_file_nor_a_temp_file(tmp_path):
+    target = tmp_path / "report.csv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("half a rep")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.csv"]
+
+
+def test_outputs_get_the_mode_the_umask_gives_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o027)
+    try:
+        io.write_text(tmp_path / "a" / "x.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a" / "x.txt").stat().st_mode & 0o777 == 0o640
+
+
+def test_formula_cells_are_neutralised_and_read_back_as_written(tmp_path):
+    df = pd.DataFrame({"path": ["=HYPERLINK(\"x\").wav", "'quoted.wav", "-1.wav", "plain.wav"], "p": [0.5, -0.25, 1.0, 0.0]})
+    io.write_csv(df, tmp_path / "r.csv")
+    raw = pd.read_csv(tmp_path / "r.csv", dtype=str)
+    assert raw["path"].tolist() == ["'=HYPERLINK(\"x\").wav", "''quoted.wav", "'-1.wav", "plain.wav"]
+    assert raw["p"].tolist() == ["0.5", "-0.25", "1.0", "0.0"]  # numbers are left alone
+    assert io.read_csv(tmp_path / "r.csv")["path"].tolist() == df["path"].tolist()
+
+
+def test_a_second_holder_is_refused_with_the_first_ones_pid_and_the_lock_file_goes(tmp_path):
+    code = f"from voiceclf import io\ntry:\n    with io.lock({str(tmp_path)!r}):\n        pass\nexcept io.LockedError as e:\n    print(e.holder)\n"
+    with io.lock(tmp_path):
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert other.stdout.strip() == str(os.getpid()), other.stderr
+    assert not (tmp_path / ".voiceclf.lock").exists()
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout == ""

@@ -1,0 +1,135 @@
+"""Files that are never half-written, and a lock per output: the one place for both.
+
+Every output of the project (shards, errors.csv, the score report and segments, the benchmark's
+files) is written under a temp name beside its final path and renamed into place, so a reader, a
+crash or a kill never sees a partial file. Two runs on one output serialise on :func:`lock`.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock on the same output."""
+
+    def __init__(self, target: Path, holder: str) -> None:
+        super().__init__(f"{target} is locked by a running job (pid {holder})")
+        self.target, self.holder = target, holder
+
+
+def umask() -> int:
+    """The process umask, read without setting it (os.umask would change it for other threads meanwhile)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temp path beside ``path`` to write to; renamed onto ``path`` when the block ends without error.
+
+    On an error (or a kill) the temp file is removed or left under a hidden ``.<name>.*.tmp`` name,
+    never under the final one. The file gets the mode a plain ``open`` would give (umask applied),
+    not mkstemp's 0600.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+        os.close(fd)
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a DataFrame as Parquet atomically, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+# A text cell starting with one of these is a formula when the CSV is opened in a spreadsheet (a
+# file named "=HYPERLINK(...).wav"); a leading ' makes it text (OWASP, CSV injection). A cell that
+# starts with ' gets one more, so reading back (strip one leading ') gives exactly what was written.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _as_text(value):
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
+def _as_written(value):
+    return value[1:] if isinstance(value, str) and value.startswith("'") else value
+
+
+def write_csv(df: pd.DataFrame, path: str | Path, **to_csv) -> None:
+    """Write a CSV atomically. Text cells a spreadsheet would run as formulas get a leading ``'``."""
+    text = [c for c in df.columns if df[c].dtype == object or isinstance(df[c].dtype, pd.StringDtype)]
+    df = df.assign(**{c: df[c].map(_as_text) for c in text})
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, **to_csv)
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """A CSV written by :func:`write_csv`, every cell as the text that was written."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False).map(_as_written)
+
+
+@contextlib.contextmanager
+def lock(target: str | Path, wait: bool = False) -> Iterator[None]:
+    """An exclusive lock beside ``target`` (a directory or a file) for the duration of the block.
+
+    Two scheduled runs on the same output must not interleave their writes: the second raises
+    :class:`LockedError`, or blocks until the first is done with ``wait``. The lock file holds the
+    holder's pid and is removed when the block ends.
+    """
+    target = Path(target)
+    lock_path = target / ".voiceclf.lock" if target.is_dir() else target.with_name(f".{target.name}.lock")
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise LockedError(target, holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # The holder removes the file when done: a lock taken on a removed file locks nothing, retry.
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # while still holding it, so nothing is left beside the output
+        os.close(fd)
