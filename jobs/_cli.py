@@ -153,6 +153,28 @@ class Reporter:
             self._bar.stop()
 
 
+@contextlib.contextmanager
+def progress_bars():
+    """The ``on_progress`` callback a job hands to a pipeline function: one :class:`Reporter` per stage."""
+    open_: list[Reporter] = []
+
+    def on_progress(p) -> None:
+        if not open_ or open_[-1].description != p.stage:
+            close()
+            open_.append(Reporter(p.stage, p.total, unit=p.unit).__enter__())
+        rep = open_[-1]
+        rep.advance(p.done - rep.done, errors=p.errors - rep.errors)
+
+    def close() -> None:
+        while open_:
+            open_.pop().__exit__(None, None, None)
+
+    try:
+        yield on_progress
+    finally:
+        close()
+
+
 def summary_table(title: str, rows: dict) -> None:
     """The end-of-job summary: a small table on a terminal, one log line otherwise."""
     if interactive():

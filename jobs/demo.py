@@ -18,7 +18,7 @@ import pandas as pd
 
 from jobs import _cli, featurize, score, train
 from jobs._cli import JobError
-from voiceclf import synth
+from voiceclf import pipeline, synth
 from voiceclf.config import REPO_ROOT
 
 
@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--speakers", type=int, default=24, help="training speakers, half female (default %(default)s)")
     p.add_argument("--clips", type=int, default=20, help="clips per training speaker (default %(default)s)")
     p.add_argument("--epochs", default="8", help="epochs of every point of the demo grid (default %(default)s; the best epoch is kept)")
-    p.add_argument("--jobs", default="-1", help="parallel workers (default all cores)")
+    p.add_argument("--jobs", type=int, default=-1, help="parallel workers (default all cores)")
     return p.parse_args(argv)
 
 
@@ -55,12 +55,19 @@ def run(args: argparse.Namespace) -> int:
     truth = make_recordings(work / "recordings")
     step("2/5 featurize: MFC images for the CNN and speaker embeddings for the embedding head")
     # no augmentation: the synthetic voices are clean, and the demo should take a minute
-    featurize.run(featurize.parse_args([str(work / "corpus"), "--out", str(work / "features"), "--feature-set", "mfcc_pitch,speaker_embedding", "--jobs", args.jobs, "--augment", "0"]))
+    with _cli.progress_bars() as on_progress:
+        for summary in pipeline.featurize_dir([work / "corpus"], work / "features", ["mfcc_pitch", "speaker_embedding"],
+                                              augment=0, jobs=args.jobs, on_progress=on_progress):
+            featurize.report(summary)
     step("3/5 train the grid of jobs/grid.toml over both families and register the champion")
-    train.run(train.parse_args(["--features", str(work / "features"), "--epochs", args.epochs, "--jobs", args.jobs]))
+    code = train.run(train.parse_args(["--features", str(work / "features"), "--epochs", args.epochs, "--jobs", str(args.jobs)]))
+    if code != _cli.OK:
+        return code
     step("4/5 score the recordings of unseen speakers")
     report_path = work / "report.csv"
-    score.run(score.parse_args([str(work / "recordings"), "--out", str(report_path), "--jobs", args.jobs]))
+    code = score.run(score.parse_args([str(work / "recordings"), "--out", str(report_path), "--jobs", str(args.jobs)]))
+    if code not in (_cli.OK, _cli.FILE_ERRORS):
+        return code
 
     step("5/5 check the report against the synthetic labels")
     report = pd.read_csv(report_path)

@@ -5,12 +5,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from jobs import _cli
 from jobs._cli import JobError, log
-from voiceclf import batch, corpus, embedding, parallel, shards
+from voiceclf import corpus, embedding, io, parallel, pipeline, shards
 from voiceclf.config import FEATURE_SETS, ConfigError, FeatureConfig
 
 
@@ -63,27 +62,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def discover(sources: list[str], allow_unlabelled: bool, allow_outside_paths: bool = False) -> list[batch.Item]:
-    items: list[batch.Item] = []
-    for src in sources:
-        try:
-            df = corpus.discover(src, require_labels=not allow_unlabelled, allow_outside_paths=allow_outside_paths)
-        except corpus.CorpusError as e:
-            raise JobError(str(e), _cli.USAGE) from None
-        for row in df.itertuples(index=False):
-            # speaker ids are unique across corpora: two corpora's "01" are two people
-            speaker = f"{row.corpus}/{row.speaker}" if row.speaker else None
-            items.append(batch.Item(path=row.path, source=row.source, corpus=row.corpus, speaker=speaker, label=row.label))
-    folders: dict[str, set] = {}
-    for it in items:
-        folders.setdefault(it.corpus, set()).add(it.source)
-    for name, where in folders.items():
-        if len(where) > 1:
-            log.warning("corpus %r comes from %d folders (%s): equal speaker ids in them are taken as one person; "
-                        "give a manifest a corpus column to tell them apart", name, len(where), ", ".join(sorted(where)))
-    return items
-
-
 def _few(names: list[str], limit: int = 3) -> str:
     """' (a, b, c, ... and N more)': a few names for a log line, or nothing."""
     if not names:
@@ -91,94 +69,45 @@ def _few(names: list[str], limit: int = 3) -> str:
     return " (" + ", ".join(names[:limit]) + (f", ... and {len(names) - limit} more" if len(names) > limit else "") + ")"
 
 
-def prepare_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise JobError(f"cannot create output folder {out}: {e.strerror}", _cli.USAGE) from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise JobError(f"output folder {out} is not writable", _cli.USAGE)
-
-
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
-    items = discover(args.sources, args.allow_unlabelled, args.allow_outside_paths)
-    cfgs = [FeatureConfig.for_feature_set(fs) for fs in args.feature_set]
-    for cfg in cfgs:
-        if cfg.is_embedding:  # the encoder these features name, checked before any work
-            try:
-                embedding.load_encoder(cfg.encoder_sha256)
-            except embedding.EncoderError as e:
-                raise JobError(str(e), _cli.FAILURE) from None
-    outs = [args.out] if len(cfgs) == 1 else [args.out / cfg.feature_set for cfg in cfgs]
-    for out in outs:
-        prepare_out(out)
-    for it in items:  # hashed once for every feature set
-        try:
-            it.sha256 = batch.sha256_file(it.abspath)
-        except OSError:
-            pass  # unreadable, a broken link, a folder: the worker makes it an errors.csv row; a rerun tries again
-    codes = [featurize_set(args, items, cfg, out) for cfg, out in zip(cfgs, outs)]
-    return max(codes)
+    try:
+        with _cli.progress_bars() as on_progress:
+            summaries = pipeline.featurize_dir(
+                args.sources, args.out, args.feature_set, augment=args.augment, shard_rows=args.shard_rows, jobs=args.jobs,
+                backend=args.backend, scheduler=args.scheduler, wait=args.wait, allow_unlabelled=args.allow_unlabelled,
+                allow_outside_paths=args.allow_outside_paths, on_progress=on_progress)
+    except io.LockedError as e:
+        raise JobError(f"{e}; rerun with --wait to queue behind it", _cli.LOCKED) from None
+    except embedding.EncoderError as e:
+        raise JobError(str(e), _cli.FAILURE) from None
+    except (corpus.CorpusError, shards.ShardError, ConfigError, parallel.EngineError, pipeline.OutputError) as e:
+        raise JobError(str(e), _cli.USAGE) from None
+    errors = 0
+    for s in summaries:
+        report(s)
+        errors += s.errors
+    return _cli.FILE_ERRORS if args.fail_on_error and errors else _cli.OK
 
 
-def featurize_set(args: argparse.Namespace, items: list[batch.Item], cfg: FeatureConfig, out: Path) -> int:
-    """One feature set of the items into one shard folder: incremental, locked, every file accounted for."""
-    with _cli.output_lock(out, wait=args.wait):
-        try:
-            shards.verify(out)  # a damaged shard's files would count as done, its bad values trained on
-        except shards.ShardError as e:
-            raise JobError(str(e), _cli.USAGE) from None
-        try:
-            existing = shards.dir_config(out)
-        except (shards.ShardError, ConfigError) as e:
-            raise JobError(f"{out}: {e}", _cli.USAGE) from None
-        if existing is not None and existing != cfg:
-            raise JobError(f"{out} holds features made with another config ({existing.feature_set}); use another --out", _cli.USAGE)
-        try:
-            changed = shards.reconcile(out, items)
-        except shards.ShardError as e:
-            raise JobError(str(e), _cli.USAGE) from None
-        if changed:
-            log.warning("reconciled %s with the sources: %d file(s) relabelled%s, %d moved or updated%s, %d gone and removed%s, "
-                        "%d errors.csv row(s) dropped%s; %d shard(s) rewritten", out,
-                        len(changed.relabelled), _few(changed.relabelled), len(changed.updated), _few(changed.updated),
-                        len(changed.removed), _few(changed.removed), len(changed.errors_dropped), _few(changed.errors_dropped),
-                        changed.shards_rewritten)
-        done = shards.done_hashes(out)
-        todo = [it for it in items if it.sha256 not in done]
-        log.info("featurize %s: %d files in %d source(s), %d already in %s, %d to do", cfg.feature_set, len(items), len(args.sources), len(items) - len(todo), out, len(todo))
-        if not todo:
-            _cli.console.print(f"nothing new: all {len(items)} files are already in {out}", highlight=False)
-            return _cli.OK
-        writer = shards.ShardWriter(out, cfg, args.shard_rows)
-        windows, finished = 0, False
-        try:
-            with parallel.engine(args.backend, args.scheduler), _cli.Reporter(f"featurize {cfg.feature_set}", len(todo)) as rep:
-                for results in parallel.imap(batch.featurize_batch, batch.batches(todo, args.jobs), n_jobs=args.jobs, cfg=cfg, augment=args.augment):
-                    for r in results:
-                        writer.add(r)
-                        windows += r.n_windows
-                    originals = [r for r in results if r.item.augment == 0]
-                    for r in originals:
-                        if r.error:
-                            log.warning("%s: %s", r.error, r.message)
-                    rep.advance(len(originals), errors=sum(r.error is not None for r in originals))
-            finished = True
-        except parallel.EngineError as e:
-            raise JobError(str(e), _cli.USAGE) from None
-        finally:
-            # Shards hold whole files only, so flushing what is complete is safe even when interrupted:
-            # a rerun skips those files and does the rest. Interrupted, the last file's variants may
-            # still have been coming: it is left out and done again.
-            writer.flush(whole_files_only=not finished)
-        _cli.summary_table(f"featurize summary ({cfg.feature_set})", {
-            "files": len(todo), "windows": windows, "errors": rep.errors, "shards written": len(writer.written),
-            "seconds": f"{rep.seconds:.1f}", "files/s": f"{rep.rate:.1f}", "output": str(out),
-        })
-        if rep.errors:
-            log.warning("%d file(s) gave no windows; see %s", rep.errors, out / shards.ERRORS)
-        return _cli.FILE_ERRORS if args.fail_on_error and rep.errors else _cli.OK
+def report(s: pipeline.FeaturizeSummary) -> None:
+    """What a feature set's folder got: reconciled rows, the summary, where the errors are."""
+    changed = s.reconciled
+    if changed:
+        log.warning("reconciled %s with the sources: %d file(s) relabelled%s, %d moved or updated%s, %d gone and removed%s, "
+                    "%d errors.csv row(s) dropped%s; %d shard(s) rewritten", s.out,
+                    len(changed.relabelled), _few(changed.relabelled), len(changed.updated), _few(changed.updated),
+                    len(changed.removed), _few(changed.removed), len(changed.errors_dropped), _few(changed.errors_dropped),
+                    changed.shards_rewritten)
+    if not s.todo:
+        _cli.console.print(f"nothing new: all {s.files} files are already in {s.out}", highlight=False)
+        return
+    _cli.summary_table(f"featurize summary ({s.feature_set})", {
+        "files": s.todo, "windows": s.windows, "errors": s.errors, "shards written": s.shards_written,
+        "seconds": f"{s.seconds:.1f}", "files/s": f"{s.files_per_s:.1f}", "output": str(s.out),
+    })
+    if s.errors:
+        log.warning("%d file(s) gave no windows; see %s", s.errors, s.out / shards.ERRORS)
 
 
 def main(argv=None) -> None:

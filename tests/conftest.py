@@ -61,8 +61,10 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def features(corpus, tmp_path_factory) -> Path:
+    from voiceclf import pipeline
+
     out = tmp_path_factory.mktemp("features")
-    run_job("featurize", "--augment", "0", corpus, "--out", out, "--jobs", "2", check=True)
+    pipeline.featurize_dir([corpus], out, jobs=2)  # in-process: the job's own process is tested in test_featurize
     return out
 
 

@@ -160,3 +160,17 @@ def test_shards_from_before_the_augment_column_still_read(features, tmp_path):
         pq.write_table(t.drop(["augment"]), p)
     rows, x, _ = shards.read(old)
     assert (rows["augment"] == 0).all() and len(rows) == len(x) == len(shards.read(features, with_features=False)[0])
+
+
+def test_featurize_dir_reports_progress_and_accounts_for_every_file_in_process(corpus, tmp_path):
+    from voiceclf import pipeline
+
+    events = []
+    [summary] = pipeline.featurize_dir([corpus], tmp_path / "f", jobs=1, on_progress=events.append)
+    assert summary.files == summary.todo == len(list(corpus.rglob("*.wav")))
+    assert [e.done for e in events] == sorted(e.done for e in events) and events[-1].done == events[-1].total == summary.todo
+    assert events[-1].errors == summary.errors == 4  # the planted empty, text, corrupt and silent files
+    rows = shards.read(tmp_path / "f", with_features=False)[0]
+    assert rows["path"].nunique() + len(shards.read_errors(tmp_path / "f")) == summary.files
+    [again] = pipeline.featurize_dir([corpus], tmp_path / "f", jobs=1)
+    assert again.todo == 0 and again.shards_written == 0
