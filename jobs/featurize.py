@@ -59,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--shard-rows must be >= 1")
     if args.jobs == 0:
         p.error("--jobs must be -1 (all cores) or >= 1")
+    if args.backend == "dask" and not args.scheduler:
+        p.error("--backend dask needs --scheduler ADDR (e.g. tcp://host:8786)")
     return args
 
 
@@ -81,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
         raise JobError(f"{e}; rerun with --wait to queue behind it", _cli.LOCKED) from None
     except embedding.EncoderError as e:
         raise JobError(str(e), _cli.FAILURE) from None
-    except (corpus.CorpusError, shards.ShardError, ConfigError, parallel.EngineError, pipeline.OutputError) as e:
+    except corpus.CorpusError as e:
+        raise JobError(f"{e} (--allow-outside-paths accepts them)" if e.outside_paths else str(e), _cli.USAGE) from None
+    except (shards.ShardError, ConfigError, parallel.EngineError, pipeline.OutputError) as e:
         raise JobError(str(e), _cli.USAGE) from None
     errors = 0
     for s in summaries:

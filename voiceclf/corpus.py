@@ -43,7 +43,12 @@ _LAYOUTS_HELP = (
 
 
 class CorpusError(ValueError):
-    """The source cannot be turned into a list of labelled files; the message says why."""
+    """The source cannot be turned into a list of labelled files; the message says why.
+
+    ``outside_paths``: among the reasons, manifest paths that ``allow_outside_paths`` would accept.
+    """
+
+    outside_paths: bool = False
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -277,13 +282,14 @@ def _manifest(csv_path: Path, require_labels: bool, allow_outside_paths: bool = 
         problems.append(f"missing file(s), relative to {folder}: {_listing(bad_path)}")
     if outside:
         problems.append(
-            f"path(s) absolute or outside {folder}: {_listing(outside)}; paths are relative to the manifest's "
-            "folder (featurize --allow-outside-paths accepts them)"
+            f"path(s) absolute or outside {folder}: {_listing(outside)}; paths are relative to the manifest's folder"
         )
     if twice:
         problems.append(f"file(s) listed twice with different labels: {_listing(twice)}")
     if problems:
-        raise CorpusError(f"{csv_path}: " + "; ".join(problems))
+        err = CorpusError(f"{csv_path}: " + "; ".join(problems))
+        err.outside_paths = bool(outside)
+        raise err
     if not rows:
         raise CorpusError(f"{csv_path}: the manifest lists no files")
     return _table(rows, folder)

@@ -62,8 +62,8 @@ def weights_path() -> Path:
         for loc in spec.submodule_search_locations:
             if (Path(loc) / "pretrained.pt").is_file():
                 return Path(loc) / "pretrained.pt"
-    raise EncoderError("the speaker encoder weights are not installed: `make setup` installs them "
-                       "(pip install --no-deps resemblyzer==0.1.4)")
+    raise EncoderError("the speaker encoder weights are not installed: they come with the resemblyzer==0.1.4 "
+                       "wheel (pip install --no-deps resemblyzer==0.1.4)")
 
 
 @functools.lru_cache(maxsize=2)

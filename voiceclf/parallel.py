@@ -38,7 +38,7 @@ def engine(backend: str = "loky", scheduler: str | None = None, timeout_s: float
             yield None
         return
     if not scheduler:
-        raise EngineError("--backend dask needs --scheduler ADDR (e.g. tcp://host:8786)")
+        raise EngineError("the dask backend needs a scheduler address (e.g. tcp://host:8786)")
     try:
         from distributed import Client
     except ImportError:
