@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jobs import _cli
 from jobs._cli import JobError, log
-from voiceclf import batch, corpus, embedding, parallel, shards
+from voiceclf import batch, corpus, embedding, parallel, shards, vad
 from voiceclf.config import FEATURE_SETS, ConfigError, FeatureConfig
 
 
@@ -105,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
     items = discover(args.sources, args.allow_unlabelled, args.allow_outside_paths)
     cfgs = [FeatureConfig.for_feature_set(fs) for fs in args.feature_set]
     for cfg in cfgs:
+        try:
+            vad.check(cfg)  # the speech detector these features name, checked before any work
+        except vad.VadError as e:
+            raise JobError(str(e), _cli.FAILURE) from None
         if cfg.is_embedding:  # the encoder these features name, checked before any work
             try:
                 embedding.load_encoder(cfg.encoder_sha256)
