@@ -58,8 +58,8 @@ class FeatureConfig:
     top_db: float = 35.0  # voiced = within top_db of the loudest frame (librosa.effects.split)
     # speech detection (voiceclf.vad): a recording with less voice than this is no_speech; 0 turns it off.
     # Energy alone calls noise speech; Silero VAD rejects noise, tones and music and keeps quiet speech (bench/vad.py).
-    vad_min_speech_s: float = 0.2
-    vad_threshold: float = 0.5  # p(speech) of a 32-ms chunk for it to count as speech
+    vad_min_speech_s: float = 0.1
+    vad_threshold: float = 0.3  # p(speech) of a 32-ms chunk for it to count as speech (Silero's own default: 0.5)
     vad_sha256: str = VAD_SHA256
     window_s: float = 1.0
     hop_s: float = 0.5
