@@ -14,7 +14,7 @@ import torch
 
 from jobs import _cli
 from jobs._cli import JobError, log
-from voiceclf import batch, corpus, embedding, io, parallel, tracking
+from voiceclf import batch, corpus, embedding, io, parallel, tracking, vad
 from voiceclf.batch import Item, Result
 from voiceclf.score import REPORT_COLUMNS, SEGMENT_COLUMNS, score_results
 
@@ -96,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     except tracking.TrackingError as e:
         raise JobError(str(e), _cli.FAILURE) from None
     cfg = model.cfg
+    try:
+        vad.check(cfg)  # the speech detector the model's features name, checked before any work
+    except vad.VadError as e:
+        raise JobError(f"{model.uri}: {e}", _cli.FAILURE) from None
     if cfg.is_embedding:  # the model was trained on one encoder's embeddings: refuse any other before work starts
         try:
             embedding.load_encoder(cfg.encoder_sha256)

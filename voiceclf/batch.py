@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from voiceclf import audio, embedding, features
+from voiceclf import audio, embedding, features, vad
 from voiceclf import augment as voiceclf_augment
 from voiceclf.config import FeatureConfig
 
@@ -91,9 +91,10 @@ def _featurize_one(item: Item, cfg: FeatureConfig) -> tuple[Result, np.ndarray |
     except Exception as e:  # a decoder bug must not stop the batch either; keep the cause
         return Result(item, error="decode_failed", message=f"{item.abspath}: {type(e).__name__}: {e}"), None
     wins = windows_of(decoded.samples, cfg)
-    result = Result(item, windows=wins, source_sample_rate=decoded.source_sample_rate, duration_s=decoded.duration_s)
-    if len(wins) == 0:
-        result.error, result.message = "no_speech", f"{item.abspath}: no voiced region found (silent or too quiet)"
+    why = vad.why_not_speech(decoded.samples, cfg) if len(wins) else "no voiced region found (silent or too quiet)"
+    result = Result(item, windows=None if why else wins, source_sample_rate=decoded.source_sample_rate, duration_s=decoded.duration_s)
+    if why:
+        result.error, result.message = "no_speech", f"{item.abspath}: {why}"
     return result, decoded.samples
 
 

@@ -26,6 +26,10 @@ FEATURE_SETS = CNN_FEATURE_SETS + EMBEDDING_FEATURE_SETS
 ENCODER_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
 EMBEDDING_DIM = 256
 
+#: sha256 of the Silero VAD weights this code was written for (``silero_vad/data/silero_vad_16k.safetensors`` of
+#: the silero-vad 6.2.3 wheel); a FeatureConfig names the detector it used, and featurize/score refuse another.
+VAD_SHA256 = "c59271c284ae9c8335d795d60e0bfdb71aaaceec578d9bd9ffc1b8153c319ea1"
+
 #: The repository root (the folder holding ``voiceclf/``); the embedded MLflow store lives under it.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +56,11 @@ class FeatureConfig:
     target_peak: float = 0.9  # level normalisation: peak amplitude after clean-up
     # voice activity and windowing
     top_db: float = 35.0  # voiced = within top_db of the loudest frame (librosa.effects.split)
+    # speech detection (voiceclf.vad): a recording with less voice than this is no_speech; 0 turns it off.
+    # Energy alone calls noise speech; Silero VAD rejects noise, tones and music and keeps quiet speech (bench/vad.py).
+    vad_min_speech_s: float = 0.1
+    vad_threshold: float = 0.3  # p(speech) of a 32-ms chunk for it to count as speech (Silero's own default: 0.5)
+    vad_sha256: str = VAD_SHA256
     window_s: float = 1.0
     hop_s: float = 0.5
     # ch 0/1: the model card's MFC
@@ -86,6 +95,11 @@ class FeatureConfig:
         need(self.silence_peak_dbfs < 0, "silence_peak_dbfs", "a negative dBFS value")
         need(0 < self.target_peak <= 1, "target_peak", "a value in (0, 1]")
         need(self.top_db > 0, "top_db", "a positive number of dB")
+        need(self.vad_min_speech_s >= 0, "vad_min_speech_s", "a number of seconds >= 0 (0: no speech detection)")
+        need(0 < self.vad_threshold < 1, "vad_threshold", "a probability in (0, 1)")
+        if self.vad_min_speech_s > 0:
+            need(self.sample_rate == 16000, "sample_rate", "16000 (Silero VAD's 16 kHz model), or vad_min_speech_s 0")
+            need(bool(re.fullmatch(r"[0-9a-f]{64}", self.vad_sha256)), "vad_sha256", "the sha256 (64 hex digits) of the VAD weights")
         need(self.window_s > 0, "window_s", "a positive number of seconds")
         need(0 < self.hop_s <= self.window_s, "hop_s", "a positive number of seconds <= window_s")
         # windows are strided views of one frame sequence: a window hop must be whole frames

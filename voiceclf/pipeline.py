@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from voiceclf import batch, corpus, embedding, io, parallel, shards
+from voiceclf import batch, corpus, embedding, io, parallel, shards, vad
 from voiceclf.config import FeatureConfig
 
 log = logging.getLogger("voiceclf")
@@ -115,8 +115,9 @@ def featurize_dir(
     """
     items = discover(sources, allow_unlabelled, allow_outside_paths)
     cfgs = [FeatureConfig.for_feature_set(fs) for fs in feature_sets]
-    for cfg in cfgs:
-        if cfg.is_embedding:  # the encoder these features name, checked before any work
+    for cfg in cfgs:  # the speech detector and encoder these features name, checked before any work
+        vad.check(cfg)
+        if cfg.is_embedding:
             embedding.load_encoder(cfg.encoder_sha256)
     out = Path(out)
     outs = [out] if len(cfgs) == 1 else [out / cfg.feature_set for cfg in cfgs]

@@ -1,0 +1,104 @@
+"""Speech detection (issue 13.11): what is not a voice is no_speech, quiet or noisy speech stays ok."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from conftest import run_job
+from voiceclf import audio, batch, synth, vad
+from voiceclf.config import ConfigError, FeatureConfig
+
+SR = 16000
+
+
+def _level(y: np.ndarray, rms_dbfs: float) -> np.ndarray:
+    return (y * 10 ** (rms_dbfs / 20) / np.sqrt(np.mean(np.square(y, dtype=np.float64)))).astype(np.float32)
+
+
+def _speech(seed: int = 0, gender: str = "male", seconds: float = 2.5) -> np.ndarray:
+    return synth.synth_recording(gender, np.random.default_rng(seed), duration_s=seconds)
+
+
+def _inputs(folder):
+    """File name → expected status: non-voice that energy alone took for speech, and speech that must stay."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    n = int(2.5 * SR)
+    sf.write(folder / "white_noise.wav", _level(rng.standard_normal(n), -20), SR, subtype="PCM_16")
+    sf.write(folder / "random_bytes.wav", np.zeros(n, np.float32), SR, subtype="PCM_16")
+    raw = (folder / "random_bytes.wav").read_bytes()
+    (folder / "random_bytes.wav").write_bytes(raw[: len(raw) - 2 * n] + rng.bytes(2 * n))  # a valid header, then noise
+    sf.write(folder / "quiet_speech.wav", _level(_speech(1, "female"), -45), SR, subtype="PCM_16")
+    noise = _level(rng.standard_normal(n), -25)  # 5 dB below the speech
+    sf.write(folder / "noisy_speech.wav", np.clip(_level(_speech(2, "male"), -20) + noise, -1, 1), SR, subtype="PCM_16")
+    return {"white_noise.wav": "no_speech", "random_bytes.wav": "no_speech", "quiet_speech.wav": "ok", "noisy_speech.wav": "ok"}
+
+
+def test_noise_is_not_speech_and_the_reason_says_so():
+    cfg = FeatureConfig()
+    noise = audio.clean(_level(np.random.default_rng(0).standard_normal(3 * SR), -20), cfg)
+    why = vad.why_not_speech(noise, cfg)
+    assert why is not None and why.startswith("no voiced speech: Silero VAD found 0.00 s of speech in 3.0 s")
+    assert vad.why_not_speech(noise, dataclasses.replace(cfg, vad_min_speech_s=0.0)) is None  # 0: off
+
+
+def test_quiet_and_noisy_speech_are_speech():
+    cfg = FeatureConfig()
+    speech = _speech(4)
+    assert vad.why_not_speech(audio.clean(_level(speech, -50), cfg), cfg) is None
+    noisy = _level(speech, -20) + _level(np.random.default_rng(1).standard_normal(len(speech)), -20)  # 0 dB SNR
+    assert vad.why_not_speech(audio.clean(noisy, cfg), cfg) is None
+
+
+def test_blocks_give_the_one_pass_probabilities():
+    y = audio.clean(_speech(5, "female", 3.0), FeatureConfig())
+    p = vad.speech_probabilities(y)
+    assert len(p) == vad.n_chunks(len(y)) and 0 < p.min() and p.max() < 1
+    full = float((p >= 0.5).sum() * vad.CHUNK / SR)
+    for block in (1, 7, 32, 1000):
+        assert vad.speech_seconds(y, block=block) == pytest.approx(full)
+    assert vad.speech_seconds(y, enough_s=0.1) >= 0.1  # stops early, having found enough
+    assert vad.speech_seconds(np.zeros(0, np.float32)) == 0.0
+
+
+def test_other_weights_are_refused():
+    with pytest.raises(vad.VadError, match="sha256"):
+        vad.load_vad("0" * 64)
+    with pytest.raises(ConfigError, match="vad_sha256"):
+        FeatureConfig(vad_sha256="not-a-hash")
+    with pytest.raises(ConfigError, match="vad_min_speech_s"):
+        FeatureConfig(vad_min_speech_s=-1.0)
+    with pytest.raises(ConfigError, match="vad_threshold"):
+        FeatureConfig(vad_threshold=1.0)
+    old = {k: v for k, v in FeatureConfig().to_dict().items() if not k.startswith("vad_")}
+    assert FeatureConfig.from_dict(old) == FeatureConfig()  # a config from before the detector gets it
+
+
+@pytest.mark.parametrize("feature_set", ["mfcc_pitch", "speaker_embedding"])
+def test_featurize_marks_non_voice_no_speech(feature_set, tmp_path):
+    expected = _inputs(tmp_path)
+    cfg = FeatureConfig.for_feature_set(feature_set)
+    results = batch.featurize_batch([batch.Item(name, str(tmp_path)) for name in sorted(expected)], cfg)
+    got = {r.item.path: ("ok" if r.error is None else r.error) for r in results}
+    assert got == {k: expected[k] for k in sorted(expected)}
+    for r in results:
+        if r.error:
+            assert "no voiced speech: Silero VAD found" in r.message and r.n_windows == 0
+        else:
+            assert r.n_windows >= 1 and r.windows.features.shape[1:] == cfg.shape
+
+
+def test_score_reports_non_voice_as_no_speech(champion, tmp_path):
+    expected = _inputs(tmp_path / "in")
+    out = tmp_path / "report.csv"
+    run_job("score", tmp_path / "in", "--out", out, "--jobs", "1", env={"MLFLOW_TRACKING_URI": champion}, check=True)
+    report = pd.read_csv(out, keep_default_na=False)
+    got = {p.rsplit("/", 1)[-1]: s for p, s in zip(report["path"], report["status"])}
+    assert got == expected
+    rejected = report[report["status"] == "no_speech"]
+    assert rejected["error"].str.contains("no voiced speech: Silero VAD found").all()
+    assert (rejected["label"] == "").all() and (rejected["windows"] == 0).all()
