@@ -61,7 +61,7 @@ class Runner:
         with open(log_path, "w") as lf:
             t0 = time.perf_counter()
             proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            peak_tree, peak_one = poll_rss(proc) if poll_memory else (None, None)
+            peak_tree, peak_one, peak_worker = poll_rss(proc) if poll_memory else (None, None, None)
             rc = proc.wait()
             wall = time.perf_counter() - t0
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -69,17 +69,19 @@ class Runner:
         text = log_path.read_text(errors="replace")
         if rc != 0:
             raise BenchError(f"{shlex.join(cmd)} exited {rc}; log {log_path}:\n{text[-3000:]}")
-        return {"wall_s": wall, "cpu_s": cpu_s, "text": text, "peak_rss_tree": peak_tree, "peak_rss_one": peak_one, "log": str(log_path)}
+        return {"wall_s": wall, "cpu_s": cpu_s, "text": text, "peak_rss_tree": peak_tree, "peak_rss_one": peak_one,
+                "peak_rss_worker": peak_worker, "log": str(log_path)}
 
 
-def poll_rss(proc: subprocess.Popen, interval: float = 0.05) -> tuple[int | None, int | None]:
-    """Peak RSS of a process tree while it runs: (sum over the tree, largest single process), bytes."""
+def poll_rss(proc: subprocess.Popen, interval: float = 0.05) -> tuple[int | None, int | None, int | None]:
+    """Peak RSS of a process tree while it runs: (sum over the tree, largest single process, largest
+    process but the root: a worker), bytes."""
     try:
         import psutil
     except ImportError:
-        return None, None
+        return None, None, None
     root = psutil.Process(proc.pid)
-    peak_tree = peak_one = 0
+    peak_tree = peak_one = peak_worker = 0
     while proc.poll() is None:
         try:
             procs = [root, *root.children(recursive=True)]
@@ -93,9 +95,11 @@ def poll_rss(proc: subprocess.Popen, interval: float = 0.05) -> tuple[int | None
                 continue
             total += rss
             peak_one = max(peak_one, rss)
+            if p is not root:
+                peak_worker = max(peak_worker, rss)
         peak_tree = max(peak_tree, total)
         time.sleep(interval)
-    return peak_tree, peak_one
+    return peak_tree, peak_one, peak_worker
 
 
 def parse_summary(text: str, title: str) -> dict[str, str]:

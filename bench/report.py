@@ -226,6 +226,14 @@ def speed(s: dict, missed: list[str]) -> list[str]:
             missed.append(f"featurize `{fs}` peak memory, whole ÷ a tenth = {ratio:.2f}× (not flat)")
         add(f"| featurize `{fs}` peak RSS (process tree), every corpus | {mib(w['peak_rss_tree'])} (largest process {mib(w['peak_rss_one'])}) | a tenth "
             f"({t['files']:,} files, one manifest): {mib(t['peak_rss_tree'])} (largest {mib(t['peak_rss_one'])}) | **{ratio:.2f}×** | flat (≤ 1.25×): {ok_mark(ok)} |")
+    if s.get("long"):
+        from bench.longfile import TARGET_PEAK_BYTES, lines
+
+        for job, by_len in s["long"].items():
+            for m, r in by_len.items():
+                if not (r["peak_rss_worker"] and r["peak_rss_worker"] < TARGET_PEAK_BYTES):
+                    missed.append(f"{job} of a {m}-min file: worker peak RSS {mib(r['peak_rss_worker'])} (target < 500 MB)")
+        L.extend(lines(s["long"]))
     add("")
     add("CPU time per file (user + system of the command and all its workers, lowest of the repeats): the work done, which other load on the machine barely moves.")
     add("")

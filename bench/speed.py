@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import corpora
+from bench import corpora, longfile
 from bench.procs import Runner, log, parse_summary, shown
 from voiceclf import shards, synth
 
@@ -57,14 +57,14 @@ def plain_loop(runner: Runner, sources: list[Path], npz: Path, tag: str) -> dict
     return {**res, "text": None, "files": int(summ["files"]), "windows": int(summ["windows"]), "rate_job": float(summ["files/s"])}
 
 
-def champions(runner: Runner, sp: Path) -> dict[str, dict]:
+def champions(runner: Runner, sp: Path, feature_sets: tuple[str, ...] = FEATURE_SETS) -> dict[str, dict]:
     """A throwaway champion per family, for score: synthetic voices → featurize → ``jobs.train`` (one point,
     one epoch) into its own temporary SQLite store, where it is registered as ``voiceclf@champion``."""
     syn = fresh(sp / "synth")
     synth.make_corpus(syn / "corpus", **SYNTH)
     runner.commands.append(f"# in-process: voiceclf.synth.make_corpus({shown(syn / 'corpus')!r}, " + ", ".join(f"{k}={v}" for k, v in SYNTH.items()) + ")")
     out = {}
-    for fs in FEATURE_SETS:
+    for fs in feature_sets:
         feat = syn / "features" / fs
         runner.job("featurize", [shown(syn / "corpus"), "--out", shown(feat), "--feature-set", fs, "--augment", "0"], log_name=f"champion_featurize_{fs}")
         store = fresh(sp / "mlruns" / fs)
@@ -114,5 +114,7 @@ def run(runner: Runner, workdir: Path, quick: bool) -> dict:
     log("featurize a tenth of every corpus, for memory")
     for fs in FEATURE_SETS:
         add(f"featurize.tenth.{fs}", featurize(runner, [tenth], sp / "featurize", fs, f"featurize_tenth_{fs}", poll=True))
+    log("long files, for memory: featurize and score one synthetic file of 20 and 60 minutes, score one of 10 hours")
+    long = longfile.run(runner, workdir, champs["mfcc_pitch"]["env"], minutes=(20, 60), score_hours=() if quick else (10,))
     return {"reps": reps, "quick": quick, "short_sources": short_fz, "short_dirs": short_dirs, "sources": every, "tenth": tenth,
-            "champions": champs, **{k: best(v) for k, v in runs.items()}}
+            "champions": champs, "long": long, **{k: best(v) for k, v in runs.items()}}

@@ -15,10 +15,13 @@ import io
 import os
 from dataclasses import dataclass
 
+from typing import Iterator
+
 import librosa
 import numpy as np
 import scipy.signal
 import soundfile as sf
+import soxr
 
 from voiceclf.config import FeatureConfig
 
@@ -30,6 +33,7 @@ __all__ = [
     "NotAudioError",
     "TooLongError",
     "clean",
+    "cleaned_blocks",
     "load",
     "sniff",
 ]
@@ -87,7 +91,11 @@ class NotAudioError(AudioError):
 
 
 class TooLongError(AudioError):
-    """The recording is longer than ``FeatureConfig.max_duration_s`` (read from the header)."""
+    """The recording is longer than ``FeatureConfig.max_duration_s`` (read from the header).
+
+    Only :func:`load`, which holds a whole recording in memory, raises it; the jobs stream recordings
+    longer than a few minutes through :func:`cleaned_blocks` instead (``voiceclf.longfile``), whatever their length.
+    """
 
     code = "too_long"
 
@@ -306,3 +314,69 @@ def load(
         source_sample_rate=int(sr),
         duration_s=float(duration_s),
     )
+
+
+def cleaned_blocks(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, block_s: float = 30.0) -> Iterator[np.ndarray]:
+    """:func:`load` one block at a time, for recordings too long to hold in memory; no peak normalisation.
+
+    Decode ``block_s`` seconds at a time (``SoundFile.blocks``), downmix, resample with soxr's streaming
+    resampler (the same HQ filter :func:`load` uses through librosa; chunked output equals the one-shot
+    output) and high-pass with the filter state carried from block to block. The whole-file mean
+    :func:`clean` subtracts is unknown until the end: the first block's mean is subtracted instead, and
+    what remains is a constant the high-pass removes (its initial state is the steady state of the first
+    sample, DC included). The peak is a property of the whole recording: the caller scales by
+    ``cfg.target_peak / peak`` once it has seen every block, as :func:`clean` would.
+
+    Yields
+    ------
+    np.ndarray
+        float64, shape (m,), consecutive stretches of the cleaned but unnormalised waveform at
+        ``cfg.sample_rate``; their lengths add up to what :func:`load` returns.
+
+    Raises
+    ------
+    EmptyAudioError, NotAudioError, CorruptAudioError
+        As :func:`load` (a decoding failure or NaN/inf part-way through is ``corrupt``).
+    """
+    name = os.fspath(path)
+    with open(name, "rb") as f:
+        head = f.read(_MAGIC_LEN)
+    if not head:
+        raise EmptyAudioError(name, "file is empty (0 bytes)")
+    try:
+        sound = sf.SoundFile(name)
+    except _SF_ERRORS as e:
+        raise _sf_error(name, head, e) from None
+    sos, zi = _highpass_sos(cfg.sample_rate, float(cfg.highpass_hz), cfg.highpass_order)
+    state, dc, frames = None, 0.0, 0
+    with sound:
+        sr = sound.samplerate
+        resampler = soxr.ResampleStream(sr, cfg.sample_rate, 1, dtype="float32", quality="HQ") if sr != cfg.sample_rate else None
+        blocks = sound.blocks(blocksize=max(1, int(block_s * sr)), dtype="float32", always_2d=True)
+        while True:
+            try:
+                block = next(blocks, None)
+            except _SF_ERRORS as e:
+                raise _sf_error(name, head, e) from None
+            if block is not None:
+                if not np.all(np.isfinite(block)):
+                    raise CorruptAudioError(name, "decoded samples contain NaN or infinity")
+                frames += block.shape[0]
+                mono = block.mean(axis=1, dtype=np.float32)
+                if resampler is not None:
+                    mono = resampler.resample_chunk(mono)
+            elif resampler is not None:  # flush the resampler's last samples
+                mono = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            else:
+                mono = np.zeros(0, np.float32)
+            if mono.size:
+                x = np.asarray(mono, dtype=np.float64)
+                if state is None:
+                    dc = x.mean()
+                    state = zi * (x[0] - dc)
+                x, state = scipy.signal.sosfilt(sos, x - dc, zi=state)
+                yield x
+            if block is None:
+                break
+    if frames == 0:
+        raise EmptyAudioError(name, "no audio frames")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from voiceclf import audio, embedding, features, vad
+from voiceclf import audio, features, longfile, vad
 from voiceclf import augment as voiceclf_augment
 from voiceclf.config import FeatureConfig
 
@@ -62,10 +62,11 @@ def sha256_file(path: str) -> str:
 def featurize_file(item: Item, cfg: FeatureConfig, augment: int = 0) -> list[Result]:
     """Decode one file and cut its windows: one result, plus ``augment`` variants of a labelled file.
 
-    Every failure becomes an error result; variants are only made of a file that gave windows.
+    Every failure becomes an error result; variants are only made of a file that gave windows, and not
+    of a long one (streamed: its whole waveform is never in memory; see voiceclf.longfile).
     """
     result, samples = _featurize_one(item, cfg)
-    if augment <= 0 or result.error or item.label is None:
+    if augment <= 0 or result.error or item.label is None or samples is None:
         return [result]
     out = [result]
     seed = int(item.sha256[:16], 16)
@@ -77,7 +78,9 @@ def featurize_file(item: Item, cfg: FeatureConfig, augment: int = 0) -> list[Res
 
 
 def _featurize_one(item: Item, cfg: FeatureConfig) -> tuple[Result, np.ndarray | None]:
-    """The file's result and its cleaned waveform (None when it could not be decoded)."""
+    """The file's result and its cleaned waveform (None when it could not be decoded, or was streamed)."""
+    if longfile.is_long(item.abspath):
+        return _featurize_long(item, cfg), None
     try:
         with open(item.abspath, "rb") as f:
             data = f.read()
@@ -98,9 +101,38 @@ def _featurize_one(item: Item, cfg: FeatureConfig) -> tuple[Result, np.ndarray |
     return result, decoded.samples
 
 
+def _featurize_long(item: Item, cfg: FeatureConfig) -> Result:
+    """A recording longer than longfile.STREAM_ABOVE_S: streamed, never read whole (not even to hash it), at
+    most longfile.MAX_WINDOWS windows evenly spread over its speech."""
+    try:
+        item.sha256 = item.sha256 or sha256_file(item.abspath)
+        wins, survey = longfile.windows(item.abspath, cfg)
+    except OSError as e:
+        return Result(item, **_unreadable(item.abspath, e))
+    except audio.AudioError as e:
+        return Result(item, error=e.code, message=str(e))
+    except Exception as e:  # as in _featurize_one: one file never stops the batch
+        return Result(item, error="decode_failed", message=f"{item.abspath}: {type(e).__name__}: {e}")
+    why = "no voiced region found (silent or too quiet)"
+    if len(wins):
+        try:  # the blocks again, scaled as the windows' were; read only until enough speech is found
+            blocks = (x * np.float32(survey.gain) for x in audio.cleaned_blocks(item.abspath, cfg))
+            why = vad.why_not_speech_in(blocks, cfg)
+        except (OSError, audio.AudioError) as e:  # changed or removed since the windows were read
+            return Result(item, error="decode_failed", message=f"{item.abspath}: {e}")
+    result = Result(item, windows=None if why else wins, source_sample_rate=survey.source_sample_rate, duration_s=survey.duration_s)
+    if why:
+        result.error, result.message = "no_speech", f"{item.abspath}: {why}"
+    return result
+
+
 def windows_of(y: np.ndarray, cfg: FeatureConfig) -> features.Windows:
     """A cleaned waveform's windows: model input for the CNN, mel windows for the speaker encoder."""
-    return embedding.mel_windows(y, cfg) if cfg.is_embedding else features.extract(y, cfg)
+    if cfg.is_embedding:
+        from voiceclf import embedding  # imports torch: ~200 MB a CNN worker does without
+
+        return embedding.mel_windows(y, cfg)
+    return features.extract(y, cfg)
 
 
 def _unreadable(path: str, e: OSError) -> dict:
@@ -132,18 +164,39 @@ def featurize_batch(items: list[Item], cfg: FeatureConfig, augment: int = 0) -> 
     BLAS runs single-threaded here: parallelism comes from the worker processes, and a fixed
     thread count keeps sums in one order, so features are bit-identical for any --jobs or backend.
     The speaker encoder runs once over the mel windows of the whole batch: an LSTM is far cheaper
-    per window on a batch of hundreds than on a file's one or two.
+    per window on a batch of hundreds than on a file's one or two. Mel windows are embedded
+    whenever EMBED_EVERY of them are waiting, so a batch of long files never holds all of theirs at once.
     """
     with threadpool_limits(limits=1):
-        results = [r for it in items for r in featurize_file(it, cfg, augment)]
         if cfg.is_embedding:
             import torch
 
             torch.set_num_threads(1)
-            with_windows = [r for r in results if r.n_windows]
-            for r, w in zip(with_windows, embedding.embed_all([r.windows for r in with_windows], cfg)):
-                r.windows = w
+        results, waiting = [], []
+        for it in items:
+            for r in featurize_file(it, cfg, augment):
+                results.append(r)
+                if cfg.is_embedding and r.n_windows:
+                    waiting.append(r)
+            if waiting and sum(r.n_windows for r in waiting) >= EMBED_EVERY:
+                _embed(waiting, cfg)
+        _embed(waiting, cfg)
         return results
+
+
+#: Mel windows (25.6 kB each) a worker lets wait for the speaker encoder before it runs.
+EMBED_EVERY = 2048
+
+
+def _embed(results: list[Result], cfg: FeatureConfig) -> None:
+    """Replace the mel windows of these results by their embeddings, in one encoder pass; empties the list."""
+    if not results:
+        return
+    from voiceclf import embedding
+
+    for r, w in zip(results, embedding.embed_all([r.windows for r in results], cfg)):
+        r.windows = w
+    results.clear()
 
 
 def batches(items: list, n_jobs: int, max_size: int = 32) -> list[list]:

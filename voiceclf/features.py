@@ -61,12 +61,62 @@ def voiced_intervals(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.
     frame, hop = cfg.n_fft * 2, cfg.hop_length
     padded = np.pad(y, frame // 2, mode="constant")
     frames = np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop]
-    power = np.mean(frames.astype(np.float64) ** 2, axis=1)
+    return voiced_runs(np.mean(frames.astype(np.float64) ** 2, axis=1), len(y), cfg)
+
+
+def voiced_runs(power: np.ndarray, n_samples: int, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """(k, 2) voiced regions [start, end) in samples from the mean power of each :func:`voiced_intervals` frame.
+
+    Split out so a recording streamed in blocks (``voiceclf.longfile``) applies the same rule to frame
+    powers it gathered block by block.
+    """
+    hop = cfg.hop_length
     voiced = 10 * np.log10(np.maximum(power, 1e-10) / max(power.max(), 1e-10)) > -cfg.top_db
     # edges of runs of voiced frames → sample indices (frame t is centred on sample t * hop)
     edges = np.flatnonzero(np.diff(np.concatenate([[0], voiced.astype(np.int8), [0]])))
-    bounds = np.minimum(edges * hop, len(y)).reshape(-1, 2)
+    bounds = np.minimum(edges * hop, n_samples).reshape(-1, 2)
     return bounds[bounds[:, 1] > bounds[:, 0]].astype(np.int64)
+
+
+#: Log spectra are floored this many dB below their loudest bin (``librosa.power_to_db``'s ``top_db``).
+TOP_DB = 80.0
+
+
+def log_spectra(track: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> tuple[np.ndarray, np.ndarray | None]:
+    """The log spectra behind :func:`frame_features`, before their ``TOP_DB`` floor.
+
+    Returns the log-mel (n_mels, T) and, for ``mfcc_pitch``, the pitch bands (n_mfcc, T) (None for
+    ``mfcc_deltas``), in dB. The floor is relative to the loudest bin of the whole track, so a track
+    computed in pieces (``voiceclf.longfile``) floors them all with one maximum, in :func:`floor_db`.
+    """
+    emphasised = librosa.effects.preemphasis(track, coef=cfg.pre_emphasis)
+    power = np.abs(librosa.stft(
+        emphasised, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window="hann", center=False
+    )) ** 2
+    log_mel = librosa.power_to_db(_mel_basis(cfg) @ power, ref=1.0, amin=1e-10, top_db=None)
+    if cfg.feature_set == "mfcc_deltas":
+        return log_mel, None
+    # Pad so the long frame t is centred where MFCC frame t is (t*hop + n_fft/2): the two align
+    # frame for frame. The raw track, not the pre-emphasised one, keeps the low bands' energy.
+    pad = (cfg.pitch_n_fft - cfg.n_fft) // 2
+    long_power = np.abs(librosa.stft(
+        np.pad(track, (pad, pad)), n_fft=cfg.pitch_n_fft, hop_length=cfg.hop_length,
+        window="hann", center=False,
+    )) ** 2
+    return log_mel, librosa.power_to_db(_pitch_bands(cfg) @ long_power, ref=1.0, amin=1e-10, top_db=None)
+
+
+def floor_db(spectrum: np.ndarray, loudest: float) -> np.ndarray:
+    """``librosa.power_to_db``'s ``top_db`` step, given the loudest value: same operations, same bits."""
+    return np.maximum(spectrum, loudest - TOP_DB)
+
+
+def channels(log_mel: np.ndarray, pitch: np.ndarray | None, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
+    """(3, n_mfcc, T) float32 frame features from floored log spectra (see :func:`log_spectra`)."""
+    mfcc = librosa.feature.mfcc(S=log_mel, n_mfcc=cfg.n_mfcc, dct_type=2, norm="ortho", lifter=cfg.lifter)
+    delta = librosa.feature.delta(mfcc, width=cfg.delta_width, order=1)
+    third = librosa.feature.delta(mfcc, width=cfg.delta_width, order=2) if pitch is None else pitch
+    return np.stack([mfcc, delta, third]).astype(np.float32)
 
 
 def frame_features(track: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
@@ -74,25 +124,8 @@ def frame_features(track: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> n
 
     Frame t covers samples [t*hop, t*hop + n_fft) (``center=False``), as the model card's MFC.
     """
-    emphasised = librosa.effects.preemphasis(track, coef=cfg.pre_emphasis)
-    power = np.abs(librosa.stft(
-        emphasised, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window="hann", center=False
-    )) ** 2
-    log_mel = librosa.power_to_db(_mel_basis(cfg) @ power, ref=1.0, amin=1e-10, top_db=80.0)
-    mfcc = librosa.feature.mfcc(S=log_mel, n_mfcc=cfg.n_mfcc, dct_type=2, norm="ortho", lifter=cfg.lifter)
-    delta = librosa.feature.delta(mfcc, width=cfg.delta_width, order=1)
-    if cfg.feature_set == "mfcc_deltas":
-        third = librosa.feature.delta(mfcc, width=cfg.delta_width, order=2)
-    else:
-        # Pad so the long frame t is centred where MFCC frame t is (t*hop + n_fft/2): the two align
-        # frame for frame. The raw track, not the pre-emphasised one, keeps the low bands' energy.
-        pad = (cfg.pitch_n_fft - cfg.n_fft) // 2
-        long_power = np.abs(librosa.stft(
-            np.pad(track, (pad, pad)), n_fft=cfg.pitch_n_fft, hop_length=cfg.hop_length,
-            window="hann", center=False,
-        )) ** 2
-        third = librosa.power_to_db(_pitch_bands(cfg) @ long_power, ref=1.0, amin=1e-10, top_db=80.0)
-    return np.stack([mfcc, delta, third]).astype(np.float32)
+    log_mel, pitch = log_spectra(track, cfg)
+    return channels(floor_db(log_mel, log_mel.max()), None if pitch is None else floor_db(pitch, pitch.max()), cfg)
 
 
 @dataclass(frozen=True)

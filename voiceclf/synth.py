@@ -31,7 +31,7 @@ from scipy import signal
 
 from voiceclf.config import LABELS
 
-__all__ = ["META_FILE", "speaker_gender", "speaker_voice", "synth_utterance", "synth_recording", "make_corpus"]
+__all__ = ["META_FILE", "speaker_gender", "speaker_voice", "synth_utterance", "synth_recording", "write_long_recording", "make_corpus"]
 
 #: AudioMNIST's speaker metadata file name (the name ``voiceclf.corpus`` looks for).
 META_FILE = "audioMNIST_meta.txt"
@@ -333,6 +333,39 @@ def synth_recording(
         pos += length + int(rng.uniform(0.2, 1.0) * sample_rate)
     y += _noise(n, rng, voice["loudness_db"] - rng.uniform(35, 50))
     return y.astype(np.float32)
+
+
+def write_long_recording(
+    path: str | Path,
+    gender: str,
+    duration_s: float,
+    *,
+    seed: int = 0,
+    sample_rate: int = 16000,
+    block_s: float = 60.0,
+    distinct_blocks: int = 8,
+) -> None:
+    """Write a recording of hours to a 16-bit WAV one block at a time, in little memory.
+
+    One speaker (drawn from ``seed``) talks through every block of ``block_s`` seconds, each a
+    :func:`synth_recording`; only ``distinct_blocks`` of them are synthesised and the rest repeat
+    them in turn, so a 10-hour file takes seconds, not minutes, to write.
+    """
+    _check_gender(gender)
+    voice = speaker_voice(gender, _rng(seed, 0))
+    total = int(round(duration_s * sample_rate))
+    cache: dict[int, np.ndarray] = {}
+    with sf.SoundFile(path, "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV") as f:
+        written, k = 0, 0
+        while written < total:
+            key = k % max(1, distinct_blocks)
+            if key not in cache:
+                y = synth_recording(gender, _rng(seed, 1, key), duration_s=block_s, sample_rate=sample_rate, voice=voice)
+                cache[key] = np.clip(y, -0.98, 0.98)
+            block = cache[key][: total - written]
+            f.write(block)
+            written += len(block)
+            k += 1
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:

@@ -11,8 +11,9 @@ thread count). Nothing is fetched at run time.
 The network, per 512-sample chunk with the previous chunk's last 64 samples in front: |STFT| (periodic
 Hann, n_fft 256, hop 128; 4 frames of 129 bins), four 1-D convolutions to one 128-d vector, an LSTM
 cell carried across chunks, a 1×1 convolution and a sigmoid. The STFT is done here with an FFT (the
-wheel's first layer is exactly that DFT basis, as a convolution); the LSTM cell runs as one
-``nn.LSTM`` pass over all of a recording's chunks.
+wheel's first layer is exactly that DFT basis, as a convolution). The rest is written in numpy, not
+torch: a network this small costs no more in numpy, and a featurize worker of the CNN feature sets then
+never imports torch (about 200 MB per worker and a second of start-up).
 """
 from __future__ import annotations
 
@@ -22,11 +23,10 @@ import importlib.metadata
 import json
 import struct
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import scipy.fft
-import torch
-from torch import nn
 
 from voiceclf.config import VAD_SHA256 as SILERO_SHA256, FeatureConfig
 
@@ -41,25 +41,45 @@ class VadError(RuntimeError):
     """The Silero VAD weights are missing or are not the ones the FeatureConfig names."""
 
 
-class SileroVAD(nn.Module):
-    """(N, 129, 4) STFT magnitudes of N consecutive chunks → (N,) speech probabilities."""
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + exp(-x)), without overflow warnings
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv1d(129, 128, 3, padding=1)
-        self.conv2 = nn.Conv1d(128, 64, 3, stride=2, padding=1)
-        self.conv3 = nn.Conv1d(64, 64, 3, stride=2, padding=1)
-        self.conv4 = nn.Conv1d(64, 128, 3, padding=1)
-        self.lstm = nn.LSTM(128, 128)  # the wheel's LSTMCell, unrolled over the chunks in one call
-        self.final_conv = nn.Conv1d(128, 1, 1)
 
-    def forward(self, mag: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv1(mag))
-        x = torch.relu(self.conv2(x))
-        x = torch.relu(self.conv3(x))
-        x = torch.relu(self.conv4(x)).squeeze(-1)  # (N, 128): one vector per chunk
-        h, _ = self.lstm(x.unsqueeze(1))  # chunks are the time axis, batch 1
-        return torch.sigmoid(self.final_conv(torch.relu(h[:, 0, :, None])))[:, 0, 0]
+def _conv1d(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int = 1) -> np.ndarray:
+    """torch's Conv1d (padding 1), then ReLU: (N, C_in, L) → (N, C_out, L_out)."""
+    k = w.shape[2]
+    cols = np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (0, 0), (1, 1))), k, axis=2)[:, :, ::stride]
+    n, c, length = cols.shape[:3]
+    out = cols.transpose(0, 2, 1, 3).reshape(n, length, c * k) @ w.reshape(len(w), c * k).T + b
+    return np.maximum(out, 0).transpose(0, 2, 1)
+
+
+class SileroVAD:
+    """(N, 129, 4) STFT magnitudes of N consecutive chunks → (N,) speech probabilities; the LSTM state
+    is carried from one call to the next through ``state``."""
+
+    def __init__(self, w: dict[str, np.ndarray]) -> None:
+        self.w = w
+
+    def __call__(self, mag: np.ndarray, state: tuple[np.ndarray, np.ndarray] | None = None):
+        w = self.w
+        x = _conv1d(mag, w["conv1.weight"], w["conv1.bias"])
+        x = _conv1d(x, w["conv2.weight"], w["conv2.bias"], stride=2)
+        x = _conv1d(x, w["conv3.weight"], w["conv3.bias"], stride=2)
+        x = _conv1d(x, w["conv4.weight"], w["conv4.bias"])[:, :, 0]  # (N, 128): one vector per chunk
+        # The LSTM cell (torch's gate order: input, forget, cell, output), one chunk after the other
+        gates_x = x @ w["lstm_cell.weight_ih"].T + (w["lstm_cell.bias_ih"] + w["lstm_cell.bias_hh"])
+        w_hh = w["lstm_cell.weight_hh"].T
+        h, c = state if state is not None else (np.zeros(128, np.float32), np.zeros(128, np.float32))
+        hs = np.empty_like(x)
+        for t in range(len(x)):
+            g = gates_x[t] + h @ w_hh
+            i, f, cell, o = _sigmoid(g[:128]), _sigmoid(g[128:256]), np.tanh(g[256:384]), _sigmoid(g[384:])
+            c = f * c + i * cell
+            h = o * np.tanh(c)
+            hs[t] = h
+        p = _sigmoid(np.maximum(hs, 0) @ w["final_conv.weight"][0, :, 0] + w["final_conv.bias"][0])
+        return p.astype(np.float32), (h, c)
 
 
 def weights_path() -> Path:
@@ -73,7 +93,7 @@ def weights_path() -> Path:
     raise VadError("the Silero VAD weights are not installed: `make setup` installs them (pip install silero-vad==6.2.3)")
 
 
-def read_safetensors(data: bytes) -> dict[str, torch.Tensor]:
+def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
     """The float32 arrays of a safetensors file (8-byte header length, JSON header, raw little-endian data)."""
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
@@ -84,7 +104,7 @@ def read_safetensors(data: bytes) -> dict[str, torch.Tensor]:
         if spec["dtype"] != "F32":
             raise VadError(f"{name}: expected F32 weights, got {spec['dtype']}")
         a, b = spec["data_offsets"]
-        out[name] = torch.from_numpy(np.frombuffer(data, "<f4", (b - a) // 4, 8 + n + a).reshape(spec["shape"]).copy())
+        out[name] = np.frombuffer(data, "<f4", (b - a) // 4, 8 + n + a).reshape(spec["shape"]).astype(np.float32)
     return out
 
 
@@ -98,12 +118,14 @@ def load_vad(sha256: str = SILERO_SHA256) -> SileroVAD:
         raise VadError(f"{path}: the Silero VAD weights have sha256 {found[:12]}…, but the features were defined "
                        f"with {sha256[:12]}…; install the silero-vad the model was trained with")
     w = read_safetensors(data)
-    state = {k: v for k, v in w.items() if k.startswith(("conv", "final_conv"))}
-    for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-        state[f"lstm.{k}_l0"] = w[f"lstm_cell.{k}"]
-    vad = SileroVAD()
-    vad.load_state_dict(state)  # strict: every weight of the module comes from the file
-    return vad.eval()
+    shapes = {"conv1.weight": (128, 129, 3), "conv2.weight": (64, 128, 3), "conv3.weight": (64, 64, 3),
+              "conv4.weight": (128, 64, 3), "lstm_cell.weight_ih": (512, 128), "lstm_cell.weight_hh": (512, 128),
+              "lstm_cell.bias_ih": (512,), "lstm_cell.bias_hh": (512,), "final_conv.weight": (1, 128, 1), "final_conv.bias": (1,)}
+    shapes.update({f"conv{i}.bias": (shapes[f"conv{i}.weight"][0],) for i in range(1, 5)})
+    wrong = [k for k, shape in shapes.items() if k not in w or w[k].shape != shape]
+    if wrong:
+        raise VadError(f"{path}: not the Silero VAD network this code implements (weights {', '.join(wrong)})")
+    return SileroVAD(w)
 
 
 @functools.lru_cache(maxsize=1)
@@ -133,13 +155,11 @@ def chunk_spectra(y: np.ndarray, first: int = 0, count: int | None = None) -> np
     return np.abs(scipy.fft.rfft(frames * _hann(), axis=-1)).transpose(0, 2, 1)
 
 
-@torch.no_grad()
 def speech_probabilities(y: np.ndarray, sha256: str = SILERO_SHA256) -> np.ndarray:
     """p(speech) of each 32-ms chunk of a 16 kHz waveform: (ceil(len / 512),) float32."""
-    return load_vad(sha256)(torch.from_numpy(np.ascontiguousarray(chunk_spectra(y)))).numpy()
+    return load_vad(sha256)(chunk_spectra(y))[0]
 
 
-@torch.no_grad()
 def speech_seconds(y: np.ndarray, sha256: str = SILERO_SHA256, threshold: float = 0.5, enough_s: float = np.inf,
                    block: int = 32) -> float:
     """Seconds of 32-ms chunks of a 16 kHz waveform with p(speech) >= ``threshold``.
@@ -151,13 +171,7 @@ def speech_seconds(y: np.ndarray, sha256: str = SILERO_SHA256, threshold: float 
     model, total = load_vad(sha256), n_chunks(len(y))
     state, found, need = None, 0, enough_s * SAMPLE_RATE / CHUNK
     for i in range(0, total, block):  # spectra per block too: an hour of audio never sits in memory as spectra
-        x = torch.from_numpy(np.ascontiguousarray(chunk_spectra(y, i, min(block, total - i))))
-        x = torch.relu(model.conv1(x))
-        x = torch.relu(model.conv2(x))
-        x = torch.relu(model.conv3(x))
-        x = torch.relu(model.conv4(x)).squeeze(-1)
-        h, state = model.lstm(x.unsqueeze(1), state)
-        p = torch.sigmoid(model.final_conv(torch.relu(h[:, 0, :, None])))[:, 0, 0]
+        p, state = model(chunk_spectra(y, i, min(block, total - i)), state)
         found += int((p >= threshold).sum())
         if found >= need:
             break
@@ -171,12 +185,24 @@ def why_not_speech(y: np.ndarray, cfg: FeatureConfig) -> str | None:
     random bytes decoded as audio, hum, tones, music and clicks hold none (``bench/vad.py``).
     ``cfg.vad_min_speech_s`` 0 turns the check off.
     """
+    return why_not_speech_in([y], cfg)
+
+
+def why_not_speech_in(blocks: Iterable[np.ndarray], cfg: FeatureConfig) -> str | None:
+    """:func:`why_not_speech` of a recording given as consecutive blocks (a long file, streamed).
+
+    Blocks are read only until enough speech is found. Each block starts with a fresh LSTM state: at
+    blocks of tens of seconds, a few chunks at each block's start are all that differ from one pass.
+    """
     if cfg.vad_min_speech_s <= 0:
         return None
-    found = speech_seconds(y, cfg.vad_sha256, cfg.vad_threshold, enough_s=cfg.vad_min_speech_s)
-    if found >= cfg.vad_min_speech_s:
-        return None
-    return (f"no voiced speech: Silero VAD found {found:.2f} s of speech in {len(y) / SAMPLE_RATE:.1f} s "
+    found, n = 0.0, 0
+    for y in blocks:
+        found += speech_seconds(y, cfg.vad_sha256, cfg.vad_threshold, enough_s=cfg.vad_min_speech_s - found)
+        n += len(y)
+        if found >= cfg.vad_min_speech_s:
+            return None
+    return (f"no voiced speech: Silero VAD found {found:.2f} s of speech in {n / SAMPLE_RATE:.1f} s "
             f"(at least vad_min_speech_s = {cfg.vad_min_speech_s:g} s needed; noise, tones or music?)")
 
 
