@@ -159,13 +159,16 @@ class SystemMetrics(SystemMetricsMonitor):
 
             logging.getLogger(__name__).debug("system metrics for run %s stopped: %s", self._run_id, e)
 
+    def stop(self) -> None:
+        """Ask the thread to log the last, partial interval and end (without waiting for it)."""
+        self._shutdown_event.set()
+
     def finish(self, timeout_s: float = 10.0) -> None:
         """Log the last, partial interval and stop; a store that stopped answering holds the job up at most ``timeout_s``."""
-        if self._process is None:
-            return
-        self._shutdown_event.set()
-        self._process.join(timeout_s)
-        self._process = None
+        self.stop()
+        if self._process is not None:
+            self._process.join(timeout_s)
+            self._process = None
 
 
 # ----------------------------------------------------------------------------- runs
@@ -207,10 +210,12 @@ class GridRuns:
 
     def stop_system_metrics(self, run_id: str | None = None) -> None:
         """Stop sampling for ``run_id`` (default: every run), logging the last interval."""
-        for rid in [run_id] if run_id else list(self._monitors):
-            monitor = self._monitors.pop(rid, None)
-            if monitor is not None:
-                monitor.finish()
+        monitors = [self._monitors.pop(rid) for rid in ([run_id] if run_id else list(self._monitors)) if rid in self._monitors]
+        for monitor in monitors:  # all at once: their last writes overlap, and so do their timeouts
+            monitor.stop()
+        deadline = time.monotonic() + 10.0
+        for monitor in monitors:
+            monitor.finish(max(0.0, deadline - time.monotonic()))
 
     def child(self, name: str, params: dict, tags: dict | None = None) -> str:
         client = MlflowClient()
