@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -16,7 +17,8 @@ from jobs import _cli
 from jobs._cli import JobError, log
 from voiceclf import batch, corpus, embedding, io, parallel, tracking, vad
 from voiceclf.batch import Item, Result
-from voiceclf.score import REPORT_COLUMNS, SEGMENT_COLUMNS, score_results
+from voiceclf.score import REPORT_COLUMNS, SEGMENT_COLUMNS, p_male, score_results
+from voiceclf.train import DataError, pick_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Label every file under DIR (recursively) as female or male with a registered model; "
         "one report row per file (status ok / no_speech / error), written atomically.",
         epilog="Exit codes: 0 the batch ran (error rows included), 1 the model cannot be loaded, 2 bad arguments "
-        "(missing DIR, unwritable --out), 3 --out is locked by another run, 4 file errors with --fail-on-error, 130 interrupted.",
+        "(missing DIR, unwritable --out, --device cuda without CUDA), 3 --out is locked by another run, 4 file errors with --fail-on-error, 130 interrupted.",
     )
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="folder(s) of recordings, walked recursively")
     p.add_argument("--out", type=Path, default=Path("report.csv"), help="report CSV (default %(default)s)")
@@ -33,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--segments", type=Path, help="also write one row per 1-s window here (path,start_s,end_s,p_male,label)")
     p.add_argument("--threshold", type=float, default=0.5, help="p_male at or above which a file is labelled male (default %(default)s)")
     p.add_argument("--jobs", type=int, default=-1, help="parallel featurize workers (-1 = all cores; default %(default)s)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the model runs: auto = CUDA when torch sees a GPU, else the CPU (default %(default)s); featurizing stays on the CPU")
     p.add_argument("--backend", choices=parallel.BACKENDS, default="loky", help="joblib backend (default %(default)s)")
     p.add_argument("--scheduler", help="Dask scheduler address for --backend dask")
     p.add_argument("--fail-on-error", action="store_true", help="exit 4 when any file is an error row")
@@ -83,8 +87,24 @@ def check_outputs(out: Path, segments: Path | None) -> None:
         raise JobError(f"--out and --segments are the same file ({out}); the segments would overwrite the report", _cli.USAGE)
 
 
+def to_device(model: tracking.LoadedModel, cfg, device: torch.device):
+    """The model's module on ``device``, tried on one window first: a model that cannot run there
+    fails here, in one line, not in the middle of the batch."""
+    try:
+        module = model.module.to(device)
+        p_male(module, np.zeros((1, *cfg.shape), dtype=np.float32))
+    except Exception as e:
+        raise JobError(f"{model.uri} cannot run on {device}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}; "
+                       "try --device cpu", _cli.FAILURE) from None
+    return module
+
+
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
+    try:
+        device = pick_device(args.device)
+    except DataError as e:  # --device cuda without CUDA: a usage error, as in train
+        raise JobError(str(e), _cli.USAGE) from None
     check_outputs(args.out, args.segments)
     t_start = time.perf_counter()
     items, hidden = collect(args.dirs)
@@ -108,10 +128,11 @@ def run(args: argparse.Namespace) -> int:
     # Inference is a small share of the work (thousands of windows/s on one core); more torch threads
     # in the parent only spin against the featurize workers for the same cores.
     torch.set_num_threads(1)
-    log.info("score: %d files in %s with %s (version %s, %s)", len(items) + len(hidden), ", ".join(map(str, args.dirs)), model.uri, model.version or "-", cfg.feature_set)
+    module = to_device(model, cfg, device)
+    log.info("score: %d files in %s with %s (version %s, %s) on %s", len(items) + len(hidden), ", ".join(map(str, args.dirs)), model.uri, model.version or "-", cfg.feature_set, device)
     rows, segments, first_scored = [], [], None
     with _cli.output_lock(args.out, wait=args.wait):
-        score = lambda results: score_results(results, model.module, threshold=args.threshold, model_uri=model.uri, model_version=model.version, window_s=cfg.window_s)  # noqa: E731
+        score = lambda results: score_results(results, module, threshold=args.threshold, model_uri=model.uri, model_version=model.version, window_s=cfg.window_s)  # noqa: E731
         rows += score(hidden)[0]
         for res in hidden:
             log.warning("hidden: %s", res.message)

@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train: auto = CUDA when torch sees a GPU, else the CPU (default %(default)s)")
     p.add_argument("--backend", choices=parallel.BACKENDS, default="loky", help="joblib backend (default %(default)s)")
     p.add_argument("--scheduler", help="Dask scheduler address for --backend dask")
+    p.add_argument("--no-system-metrics", action="store_true",
+                   help="do not log CPU, memory and GPU use (MLflow system metrics, every 2 s) to the runs")
     p.add_argument("--no-register", action="store_true", help="do not register the winner in the Model Registry")
     p.add_argument("--force-promote", action="store_true", help="make the winner the champion even if the current champion does better on the held-out speakers")
     p.add_argument("--tracking-uri", help="override MLFLOW_TRACKING_URI for this run")
@@ -254,12 +256,22 @@ def run(args: argparse.Namespace) -> int:
              else "points ranked by val_score (fewer than two training corpora: no cross-corpus validation)", n_jobs, uri)
 
     store_errors = tracking.store_errors()
+    # System metrics are machine-wide (psutil, NVML), so they belong to the runs that had the machine
+    # to themselves: the parent always (the whole grid); a grid point only when points train one at a
+    # time (--jobs 1, and always on a GPU), where the figures while it trains are its own. Points
+    # training side by side would each show the same shared figures; they point to the parent.
+    system_metrics = not args.no_system_metrics
+    per_point = system_metrics and n_jobs == 1
+    point_tags = {"voiceclf.system_metrics": "this run" if per_point else "parent run (points trained in parallel share the machine)"} if system_metrics else {}
+    runs = None
     try:
         runs = tracking.GridRuns.start(args.experiment, f"grid-{len(points)}pts", {
             **common, "grid_points": len(points), "features": ",".join(map(str, args.features)),
-            **{f"grid.{fam}.{k}": v for fam, g in grids.items() for k, v in g.items()}})
+            **{f"grid.{fam}.{k}": v for fam, g in grids.items() for k, v in g.items()}}, system_metrics=system_metrics)
+        if system_metrics and device != "cpu" and not runs.gpu_metrics:
+            log.warning("system metrics: no GPU figures (install nvidia-ml-py for NVIDIA GPUs: pip install nvidia-ml-py); CPU and memory only")
         child_ids = [runs.child(pt.name, {**tr.point_params(pt), **common, "data_fingerprint": data[pt.feature_set].fingerprint(),
-                                          **{f"feature.{k}": v for k, v in data[pt.feature_set].cfg.to_dict().items()}}) for pt in points]
+                                          **{f"feature.{k}": v for k, v in data[pt.feature_set].cfg.to_dict().items()}}, tags=point_tags) for pt in points]
         # each point trains once on the split, and once per training corpus left out (the cross-corpus validation)
         tasks = [(i, corpus, sub) for i in range(len(points)) for corpus, sub in [(None, split), *xsplits.items()]]
         results: list[tr.PointResult | None] = [None] * len(points)
@@ -267,9 +279,13 @@ def run(args: argparse.Namespace) -> int:
         model_uris = {}
         with _cli.Reporter("train", len(tasks), unit="trainings", every=1) as rep, parallel.engine(args.backend, args.scheduler):
             if n_jobs == 1:  # in-process: per-epoch progress
-                stream = (tr.train_point(points[i], data[points[i].feature_set], sub, seed=args.seed, threads=threads, device=device,
-                                         on_epoch=lambda e, row, pt=points[i], c=c: rep.advance(0, note=f"{pt.name}{f' without {c}' if c else ''} epoch {e}/{pt.epochs} loss {row['train_loss']:.3f} val_score {row['val_score']:.3f}"))
-                          for i, c, sub in tasks)
+                def in_process():
+                    for i, c, sub in tasks:
+                        if per_point:  # a point's trainings are consecutive, the one on the split first; finish() stops it
+                            runs.watch(child_ids[i])
+                        yield tr.train_point(points[i], data[points[i].feature_set], sub, seed=args.seed, threads=threads, device=device,
+                                             on_epoch=lambda e, row, pt=points[i], c=c: rep.advance(0, note=f"{pt.name}{f' without {c}' if c else ''} epoch {e}/{pt.epochs} loss {row['train_loss']:.3f} val_score {row['val_score']:.3f}"))
+                stream = in_process()
             else:
                 stream = parallel.imap(run_task, tasks, n_jobs=n_jobs, points=points, data=data, seed=args.seed, threads=threads, device=device)
             for (i, corpus, _), res in zip(tasks, stream):
@@ -320,6 +336,9 @@ def run(args: argparse.Namespace) -> int:
         runs.finish(runs.parent_id, ok=True)
     except store_errors as e:
         raise JobError(f"tracking store {uri} failed mid-run: {type(e).__name__}: {str(e).splitlines()[0][:300]} — rerun when it is back", _cli.FAILURE) from None
+    finally:
+        if runs is not None:  # failed or interrupted: the sampling threads stop with the job
+            runs.stop_system_metrics()
     return _cli.OK
 
 

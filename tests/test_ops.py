@@ -75,11 +75,12 @@ def test_sigterm_during_featurize_keeps_only_whole_shards_and_a_rerun_resumes(lo
 # ----------------------------------------------------------------------------- tracking server
 def test_featurize_train_score_against_a_tracking_server(features, corpus, mlflow_server, tmp_path):
     """The whole flow with MLFLOW_TRACKING_URI=http://…: runs, artifacts served by the server, champion, report."""
-    from test_train import check_grid_runs
+    from test_train import check_grid_runs, check_system_metrics
 
     env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
     run_job("train", "--features", features, "--lr", "1e-3,3e-4", "--epochs", "6", env=env, check=True)
     check_grid_runs(mlflow_server.url, n_points=2, epochs=6)
+    check_system_metrics(mlflow_server.url, per_point=False)  # logged over HTTP by the parent's sampling thread
     out = tmp_path / "report.csv"
     run_job("score", corpus / "02", "--out", out, env=env, check=True)
     report = pd.read_csv(out)

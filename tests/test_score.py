@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import torch
 
 from conftest import REPO, plant_bad_files, run_job
 from voiceclf import synth
@@ -46,6 +47,7 @@ def test_score_end_to_end(champion, recordings, tmp_path):
     out, seg = tmp_path / "report.csv", tmp_path / "segments.csv"
     proc = run_job("score", root, "--out", out, "--segments", seg, env={"MLFLOW_TRACKING_URI": champion})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"on {'cuda' if torch.cuda.is_available() else 'cpu'}" in proc.stderr  # --device auto (the default)
     report = pd.read_csv(out, keep_default_na=False)
     assert list(report.columns) == REPORT_COLUMNS
     assert sorted(report["path"]) == list(report["path"]) == sorted(expected)  # one row per file, sorted
@@ -68,6 +70,36 @@ def test_score_end_to_end(champion, recordings, tmp_path):
     per_file = segments.groupby("path").size()
     assert per_file.to_dict() == {p: int(n) for p, n in zip(ok["path"], ok["windows"])}
     assert (segments["end_s"] - segments["start_s"]).round(3).eq(1.0).all()
+
+
+def test_device_cpu_scores_and_cuda_without_a_gpu_is_a_usage_error(champion, recordings, tmp_path):
+    root, expected = recordings
+    inbox = root / "inbox"
+    env = {"MLFLOW_TRACKING_URI": champion}
+    proc = run_job("score", inbox, "--out", tmp_path / "cpu.csv", "--device", "cpu", "--jobs", "1", env=env)
+    assert proc.returncode == 0 and " on cpu" in proc.stderr, proc.stderr[-3000:]
+    report = pd.read_csv(tmp_path / "cpu.csv", keep_default_na=False).set_index("path")
+    assert {p: report.loc[p, "status"] for p in report.index} == {p: e[0] for p, e in expected.items() if p.startswith(str(inbox))}
+    assert report.loc[str(inbox / "phone call.flac"), "label"] == "male"
+    if torch.cuda.is_available():
+        return
+    proc = run_job("score", inbox, "--out", tmp_path / "cuda.csv", "--device", "cuda", env=env)
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "--device cuda: torch sees no CUDA device" in lines[0], proc.stderr
+    assert not (tmp_path / "cuda.csv").exists()
+
+
+def test_the_registered_model_runs_on_another_device(champion):
+    """The pt2 graph holds no CPU-bound op: moved to the meta device (a stand-in for CUDA here) it still runs."""
+    from voiceclf import tracking
+    from voiceclf.score import device_of
+
+    tracking.connect(champion)
+    model = tracking.load()
+    module = model.module.to("meta")
+    assert device_of(module).type == "meta"
+    out = module(torch.zeros(4, *model.cfg.shape, device="meta"))
+    assert out.shape == (4, 2) and out.device.type == "meta"
 
 
 def test_no_champion_gives_the_documented_error(recordings, tmp_path):

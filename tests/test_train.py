@@ -105,12 +105,59 @@ def check_grid_runs(uri: str, n_points: int, epochs: int) -> str:
     return mv.tags["run_id"]
 
 
+SYSTEM_METRICS = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes", "system/system_memory_usage_percentage")
+
+
+def system_metrics_of(client: MlflowClient, run) -> dict[str, list]:
+    return {k: client.get_metric_history(run.info.run_id, k) for k in SYSTEM_METRICS if k in run.data.metrics}
+
+
+def check_system_metrics(uri: str, per_point: bool) -> None:
+    """The parent carries MLflow system metrics; the grid points too when they trained one at a time."""
+    tracking.connect(uri)
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("voiceclf").experiment_id])
+    for r in runs:
+        is_point = "mlflow.parentRunId" in r.data.tags
+        found = system_metrics_of(client, r)
+        if is_point and not per_point:
+            assert not found and r.data.tags["voiceclf.system_metrics"].startswith("parent run"), r.info.run_name
+            continue
+        assert set(found) == set(SYSTEM_METRICS), (r.info.run_name, sorted(r.data.metrics))
+        for key, hist in found.items():
+            assert [m.step for m in hist] == list(range(len(hist))) and hist, key
+            assert all(0 <= m.value for m in hist), key
+        assert all(0 <= m.value <= 100 for m in found["system/cpu_utilization_percentage"])
+        assert all(m.value > 0 for m in found["system/system_memory_usage_megabytes"])
+        if is_point:
+            assert r.data.tags["voiceclf.system_metrics"] == "this run"
+
+
 def test_train_end_to_end_sqlite(features, tmp_path):
+    """Points train in parallel worker processes; only the parent process writes to SQLite (system metrics included)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = run_job("train", "--features", features, "--lr", "1e-3,3e-4", "--epochs", "2", env={"MLFLOW_TRACKING_URI": uri})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "locked" not in proc.stderr and "system metrics" not in proc.stderr.lower(), proc.stderr[-3000:]
     check_grid_runs(uri, n_points=2, epochs=2)
+    check_system_metrics(uri, per_point=False)
     assert (tmp_path / "artifacts").is_dir()  # artifacts live beside the database, whatever the cwd
+
+
+def test_points_trained_one_at_a_time_carry_their_own_system_metrics(champion):
+    """The champion fixture trains with --jobs 1: each grid point has the machine to itself."""
+    check_system_metrics(champion, per_point=True)
+
+
+def test_a_run_shorter_than_the_sampling_interval_still_gets_system_metrics(champion):
+    tracking.connect(champion)
+    runs = tracking.GridRuns.start("system-metrics-check", "short", {}, system_metrics=True)
+    assert tracking.SYSTEM_METRICS_INTERVAL_S >= 1
+    runs.finish(runs.parent_id)  # well inside the first interval: the partial interval is logged
+    client = MlflowClient()
+    found = system_metrics_of(client, client.get_run(runs.parent_id))
+    assert set(found) == set(SYSTEM_METRICS) and all(len(h) == 1 and h[0].step == 0 for h in found.values())
+    assert client.get_run(runs.parent_id).info.status == "FINISHED"
 
 
 def test_registered_model_round_trips_predictions(features, tmp_path):
@@ -161,6 +208,8 @@ def test_a_crashing_grid_point_is_marked_failed_and_the_others_finish(features, 
     runs = client.search_runs([client.get_experiment_by_name("voiceclf").experiment_id])
     status = {r.data.params.get("lr"): r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert status == {"0.001": "FINISHED", "0.0003": "FAILED"}
+    # the failed point's sampling stopped with it and kept what it measured
+    assert all("system/cpu_utilization_percentage" in r.data.metrics for r in runs)
     assert str(client.get_model_version_by_alias("voiceclf", "champion").version) == "1"
 
 

@@ -11,10 +11,17 @@ REPORT_COLUMNS = ["path", "label", "p_male", "confidence", "duration_s", "window
 SEGMENT_COLUMNS = ["path", "start_s", "end_s", "p_male", "label"]
 
 
+def device_of(model) -> torch.device:
+    """Where the model's weights are (the CPU for a model without any)."""
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
 @torch.no_grad()
 def p_male(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """p(male) for windows x (N, 3, 98, 12), in batches so memory stays bounded."""
-    out = [torch.softmax(model(torch.from_numpy(x[i : i + batch_size])), dim=1)[:, 1] for i in range(0, len(x), batch_size)]
+    """p(male) for windows x (N, 3, 98, 12), in batches so memory stays bounded; computed on the
+    model's device (a no-op move on the CPU), returned on the CPU."""
+    device = device_of(model)
+    out = [torch.softmax(model(torch.from_numpy(x[i : i + batch_size]).to(device)), dim=1)[:, 1].cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 

@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,6 +24,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from voiceclf.config import LABELS, ConfigError, FeatureConfig, default_tracking_uri  # noqa: E402
@@ -113,25 +114,112 @@ def _flat(d: dict, prefix: str = "") -> dict[str, str]:
     return {f"{prefix}{k}": str(v) for k, v in d.items()}
 
 
+# ----------------------------------------------------------------------------- system metrics
+# Seconds between samples. MLflow's default (10 s) leaves a grid point of a few seconds with nothing
+# and a one-minute point with six points; 2 s gives a curve for both, and a sample costs one batched
+# write (~10 values; MLflow's batch logger holds writes to under a tenth of the elapsed time).
+# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it, as it does for MLflow's own runs.
+SYSTEM_METRICS_INTERVAL_S = 2.0
+
+
+class SystemMetrics(SystemMetricsMonitor):
+    """MLflow's system metrics for one run: the monitors and ``system/...`` names of
+    ``mlflow.start_run(log_system_metrics=True)`` (CPU %, memory, disk, network; GPU with nvidia-ml-py),
+    with a loop fit for runs of a few seconds.
+
+    MLflow's loop samples at the start of each interval and drops the last one: a run shorter than the
+    interval gets nothing, and the first CPU figure is psutil's meaningless 0.0 for a new thread. Here
+    each sample closes its interval (CPU % is over that interval), :meth:`finish` logs the last partial
+    one, so every run gets at least one sample, and the run's status is not polled (the job always calls
+    :meth:`finish`), which saves a store read per sample. All writes happen in this thread.
+    """
+
+    def __init__(self, run_id: str, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> None:
+        super().__init__(run_id, sampling_interval=interval_s, samples_before_logging=1)
+
+    @property
+    def gpu(self) -> bool:
+        """Whether GPU figures are sampled (an NVIDIA GPU with nvidia-ml-py, or ROCm)."""
+        return any("GPU" in type(m).__name__ or "ROCM" in type(m).__name__ for m in self.monitors)
+
+    def monitor(self) -> None:
+        import psutil
+
+        psutil.cpu_percent()  # psutil measures CPU % per thread, from its previous call: this thread's zero
+        try:
+            while True:
+                stopping = self._shutdown_event.wait(float(self.sampling_interval))
+                self.collect_metrics()
+                self.publish_metrics(self.aggregate_metrics())
+                if stopping:
+                    break
+            self.mlflow_logger.flush()
+        except Exception as e:  # the store went away: the job's own calls fail and say so; this thread just ends
+            import logging
+
+            logging.getLogger(__name__).debug("system metrics for run %s stopped: %s", self._run_id, e)
+
+    def stop(self) -> None:
+        """Ask the thread to log the last, partial interval and end (without waiting for it)."""
+        self._shutdown_event.set()
+
+    def finish(self, timeout_s: float = 10.0) -> None:
+        """Log the last, partial interval and stop; a store that stopped answering holds the job up at most ``timeout_s``."""
+        self.stop()
+        if self._process is not None:
+            self._process.join(timeout_s)
+            self._process = None
+
+
 # ----------------------------------------------------------------------------- runs
 @dataclass
 class GridRuns:
-    """One parent run per train call and a nested child per grid point."""
+    """One parent run per train call and a nested child per grid point.
+
+    With ``system_metrics``, the parent logs MLflow system metrics from start to finish, and so does
+    every run passed to :meth:`watch`. The sampling threads live in this process only: worker
+    processes never write to the store.
+    """
 
     experiment_id: str
     parent_id: str
+    system_metrics: bool = False
+    _monitors: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def start(cls, experiment: str, run_name: str, params: dict, tags: dict | None = None) -> "GridRuns":
+    def start(cls, experiment: str, run_name: str, params: dict, tags: dict | None = None, system_metrics: bool = False) -> "GridRuns":
         exp = experiment_id(experiment)
         client = MlflowClient()
         run = client.create_run(exp, run_name=run_name, tags={"voiceclf.role": "grid", **(tags or {})})
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat(params).items()])
-        return cls(exp, run.info.run_id)
+        runs = cls(exp, run.info.run_id, system_metrics)
+        runs.watch(runs.parent_id)
+        return runs
 
-    def child(self, name: str, params: dict) -> str:
+    def watch(self, run_id: str) -> None:
+        """Log system metrics to ``run_id`` from now until :meth:`finish` (nothing when system metrics are off)."""
+        if self.system_metrics and run_id not in self._monitors:
+            monitor = SystemMetrics(run_id)
+            monitor.start()
+            self._monitors[run_id] = monitor
+
+    @property
+    def gpu_metrics(self) -> bool:
+        """Whether the system metrics include the GPU (they need nvidia-ml-py for an NVIDIA GPU)."""
+        return any(m.gpu for m in self._monitors.values())
+
+    def stop_system_metrics(self, run_id: str | None = None) -> None:
+        """Stop sampling for ``run_id`` (default: every run), logging the last interval."""
+        monitors = [self._monitors.pop(rid) for rid in ([run_id] if run_id else list(self._monitors)) if rid in self._monitors]
+        for monitor in monitors:  # all at once: their last writes overlap, and so do their timeouts
+            monitor.stop()
+        deadline = time.monotonic() + 10.0
+        for monitor in monitors:
+            monitor.finish(max(0.0, deadline - time.monotonic()))
+
+    def child(self, name: str, params: dict, tags: dict | None = None) -> str:
         client = MlflowClient()
-        run = client.create_run(self.experiment_id, run_name=name, tags={"mlflow.parentRunId": self.parent_id, "voiceclf.role": "grid_point"})
+        run = client.create_run(self.experiment_id, run_name=name, tags={"mlflow.parentRunId": self.parent_id, "voiceclf.role": "grid_point", **(tags or {})})
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat(params).items()])
         return run.info.run_id
 
@@ -185,6 +273,7 @@ class GridRuns:
         MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def finish(self, run_id: str, ok: bool = True, error: str | None = None) -> None:
+        self.stop_system_metrics(run_id)  # its last sample lands before the run's end time
         client = MlflowClient()
         if error:
             client.log_text(run_id, error, "error.txt")
