@@ -163,7 +163,7 @@ def progress_bars():
             close()
             open_.append(Reporter(p.stage, p.total, unit=p.unit).__enter__())
         rep = open_[-1]
-        rep.advance(p.done - rep.done, errors=p.errors - rep.errors)
+        rep.advance(p.done - rep.done, errors=p.errors - rep.errors, note=p.note)
 
     def close() -> None:
         while open_:

@@ -7,15 +7,22 @@ jobs' business (``jobs/``), so nothing here prints.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from voiceclf import batch, corpus, embedding, io, parallel, shards, vad
-from voiceclf.config import FeatureConfig
+import numpy as np
+import pandas as pd
+
+from voiceclf import batch, corpus, embedding, io, parallel, shards, tracking, vad
+from voiceclf import train as tr
+from voiceclf.config import LABELS, FeatureConfig
+from voiceclf.score import p_male
 
 log = logging.getLogger("voiceclf")
 
@@ -33,6 +40,7 @@ class Progress:
     total: int
     errors: int = 0
     unit: str = "files"
+    note: str = ""  # what is happening now, e.g. the epoch of a training
 
 
 OnProgress = Callable[[Progress], None]
@@ -179,3 +187,347 @@ def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, au
             summary.shards_written = len(writer.written)
             summary.seconds = time.perf_counter() - t0
         return summary
+
+
+# ----------------------------------------------------------------------------- train
+class GridError(ValueError):
+    """A grid (file or values) that cannot be searched."""
+
+
+class TrainError(RuntimeError):
+    """Training gave nothing to register: every grid point failed."""
+
+
+@dataclass
+class TrainSummary:
+    """What a :func:`train_grid` call did: the grid table (one row per point), the winner, its registration."""
+
+    table: pd.DataFrame
+    winner: tr.PointResult
+    winner_run_id: str
+    tracking_uri: str
+    version: int | None = None  # None: not registered
+    promoted: bool = False
+    reason: str = ""
+
+
+def read_grid(path: str | os.PathLike, overrides: dict[str, list] | None = None) -> dict[str, dict[str, list]]:
+    """Family → {hyperparameter: values} from a TOML grid file (one table per family), ``overrides`` on top of every family."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise GridError(f"grid file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise GridError(f"grid file {path}: {e}") from None
+    unknown = set(raw) - set(tr.FAMILIES)
+    if unknown:
+        raise GridError(f"grid file {path}: unknown table(s) {sorted(unknown)}; expected [cnn] and/or [embedding_head]")
+    grids = {}
+    for family in tr.FAMILIES:
+        values = {**raw.get(family, {}), **(overrides or {})}
+        for key, v in values.items():
+            if key not in tr.GRID_KEYS:
+                raise GridError(f"grid file {path}: [{family}] {key} is not a hyperparameter; expected some of {sorted(tr.GRID_KEYS)}")
+            if not isinstance(v, list):
+                values[key] = [v]
+            elif not v:
+                raise GridError(f"grid: [{family}] {key} must be a non-empty list")
+        grids[family] = values
+    return grids
+
+
+def feature_dirs(dirs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The shard folders: each given folder, or its sub-folders that hold shards (featurize of several sets)."""
+    out = []
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise tr.DataError(f"feature folder {d} does not exist (featurize first)")
+        if shards.part_paths(d):
+            out.append(d)
+            continue
+        subs = sorted(s for s in d.iterdir() if s.is_dir() and shards.part_paths(s))
+        if not subs:
+            raise tr.DataError(f"feature folder {d} holds no shards (featurize first)")
+        out += subs
+    return out
+
+
+def load_data(dirs: Sequence[str | os.PathLike]) -> tuple[dict[str, tr.Data], dict[str, list[Path]]]:
+    """One Data per feature set (directories of one set are concatenated), and the directories of each set."""
+    groups: dict = {}
+    for d in feature_dirs(dirs):
+        groups.setdefault(shards.dir_config(d), []).append(d.resolve())
+    by_set, dirs_of = {}, {}
+    for cfg, ds in groups.items():
+        if cfg.feature_set in by_set:
+            raise tr.DataError(f"{', '.join(map(str, ds))}: two different configs of feature set {cfg.feature_set}; pass folders of one config per set")
+        rows, x, cfg = shards.read(ds)
+        by_set[cfg.feature_set] = tr.Data.from_shards(rows, x, cfg)
+        dirs_of[cfg.feature_set] = ds
+    return by_set, dirs_of
+
+
+def dataset_profiles(data: tr.Data, split: dict) -> dict[str, dict[str, int]]:
+    """Per split (as MLflow dataset contexts): speakers and recordings per corpus and sex."""
+    out = {}
+    for s, ctx in (("train", "training"), ("val", "validation"), ("test", "test")):
+        part = tr.parts_of(data, split)[s]
+        files = pd.DataFrame({"file": part.file, "speaker": part.speaker, "corpus": part.corpus, "sex": [LABELS[v] for v in part.y]})
+        files = files[part.variant == 0].drop_duplicates("file")
+        tags = {"windows": int(len(part.y)), "speakers_digest": hashlib.sha256("\n".join(split[s]).encode()).hexdigest()[:16]}
+        for (c, sex), g in files.groupby(["corpus", "sex"]):
+            tags[f"{c}.{sex}.speakers"] = int(g["speaker"].nunique())
+            tags[f"{c}.{sex}.recordings"] = int(len(g))
+        out[ctx] = tags
+    return out
+
+
+def all_speakers(data: dict[str, tr.Data]) -> pd.DataFrame:
+    """Every speaker of every feature set once: the split is the same for all families."""
+    spk = pd.concat([d.speakers() for d in data.values()], ignore_index=True).drop_duplicates("speaker")
+    return spk.sort_values("speaker", ignore_index=True)
+
+
+def run_task(task: tuple, points: list[tr.GridPoint], data: dict, seed: int, threads: int, device: str) -> tr.PointResult:
+    """One training of a grid point (in a worker): on the split, or on a cross-corpus validation split."""
+    i, _corpus, split = task
+    return tr.train_point(points[i], data[points[i].feature_set], split, seed=seed, threads=threads, device=device)
+
+
+def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data], split: dict) -> float:
+    """The current champion's test_score on this run's held-out speakers.
+
+    Its own feature config decides its input: the windows of a matching feature set when this
+    run has them, else the held-out files featurized again with its config.
+    """
+    held_out = {s: tr.parts_of(d, split)["test"] for s, d in data.items()}
+    match = [s for s, d in data.items() if d.cfg == current.cfg]
+    if match:
+        te = held_out[match[0]]
+        return tr.evaluate(tr.file_level(p_male(current.module, te.x), te), "test")["test_score"]
+    te = next(iter(held_out.values()))
+    files = pd.DataFrame({"file": te.file, "speaker": te.speaker, "corpus": te.corpus, "y": te.y}).drop_duplicates("file")
+    items = [batch.Item(path=os.path.basename(f), source=os.path.dirname(f), corpus=c, speaker=s, label=LABELS[y])
+             for f, s, c, y in files[["file", "speaker", "corpus", "y"]].itertuples(index=False)]
+    results = [r for r in batch.featurize_batch(items, current.cfg) if r.n_windows]
+    if not results:
+        raise tracking.TrackingError("none of the held-out files gave windows with the champion's feature config")
+    x = np.concatenate([r.windows.features for r in results])
+    rep = lambda v: np.repeat(np.asarray(v, dtype=object), [r.n_windows for r in results])  # noqa: E731
+    rows = pd.DataFrame({"source": rep([r.item.source for r in results]), "path": rep([r.item.path for r in results]),
+                         "corpus": rep([r.item.corpus for r in results]), "speaker": rep([r.item.speaker for r in results]),
+                         "label": rep([r.item.label for r in results]), "augment": 0})
+    te = tr.Data.from_shards(rows, x, current.cfg)
+    return tr.evaluate(tr.file_level(p_male(current.module, te.x), te), "test")["test_score"]
+
+
+def decide_promotion(winner: tr.PointResult, data: dict, split: dict, force: bool) -> tuple[bool, str]:
+    """Promote only a winner at least as good as the current champion on the same held-out speakers."""
+    new = winner.test["test_score"]
+    try:
+        current = tracking.load()
+    except tracking.NoChampion:
+        return True, "first champion"
+    except tracking.TrackingError as e:
+        return True, f"the current champion cannot be loaded ({e}); replaced"
+    try:
+        old = champion_test_score(current, data, split)
+    except Exception as e:  # the old model may expect another input; it cannot then be compared, and must not block training
+        return True, f"the current champion (version {current.version}) could not be evaluated on these speakers ({type(e).__name__}: {e}); replaced"
+    verdict = f"test_score {new:.4f} vs the current champion (version {current.version}) {old:.4f} on the same held-out speakers"
+    if new >= old - 1e-9:
+        return True, verdict
+    if force:
+        return True, verdict + "; promoted anyway (--force-promote)"
+    return False, verdict + "; not promoted (--force-promote overrides)"
+
+
+def log_point(runs: tracking.GridRuns, run_id: str, res: tr.PointResult, data: tr.Data, split: dict) -> str:
+    artifacts = {
+        "curves.png": tracking.curves_figure(res.history, res.point.name, res.best_epoch),
+        "confusion_matrix.png": tracking.confusion_figure(res.confusion, f"test (held-out speakers), files\n{res.point.name}"),
+        "split.json": split,
+        "per_speaker.csv": res.per_speaker,
+    }
+    # the per-epoch val_* curves end at the last epoch; best_val_* are the kept epoch's, the figures the grid compares
+    final = {**res.test, **res.xval, **{f"best_{k}": v for k, v in res.val.items()}, "best_epoch": res.best_epoch, "train_seconds": res.seconds}
+    return runs.log_point(run_id, res.history, final, artifacts=artifacts, model=res.model, cfg=data.cfg, input_example=np.array(data.x[:2]))
+
+
+def summary(points, run_ids, results, winner, corpora) -> pd.DataFrame:
+    rows = []
+    for pt, rid, res in zip(points, run_ids, results):
+        f = res.final
+        row = {"winner": "*" if res is winner else "", "point": pt.name, "run_id": rid, "status": "FAILED" if res.error else "ok",
+               "epoch": res.best_epoch or None, "xval_score": res.xval.get("xval_score"), "val_score": f.get("val_score"),
+               "test_score": res.test.get("test_score")}
+        row.update({f"test.{c}": res.test.get(f"test_speaker_bacc.{c}") for c in corpora})
+        row["seconds"] = round(res.seconds, 1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(v) -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def grid_markdown(table: pd.DataFrame, corpora: list[str], holdout: str | None, xval: bool) -> str:
+    """The parent run's description: the grid as a Markdown table, winner marked."""
+    cols = [c for c in table.columns if c != "run_id"]
+    lines = [f"Grid over {', '.join(sorted({p.split()[0] for p in table['point']}))} on {', '.join(corpora)}"
+             + (f"; test = held-out corpus **{holdout}**" if holdout else "") + ". Points ranked by "
+             + ("`xval_score` (each training corpus left out in turn)." if xval else "`val_score` (one training corpus)."), "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in table[cols].itertuples(index=False):
+        lines.append("| " + " | ".join(("**★**" if v == "*" else _fmt(v)) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def version_markdown(winner: tr.PointResult, corpora: list[str], reason: str, xval: bool) -> str:
+    """The model version's description: what it is, how it was chosen, its held-out figures per corpus."""
+    t = winner.test
+    per = ", ".join(f"{c} {t[f'test_speaker_bacc.{c}']:.3f}" for c in corpora if f"test_speaker_bacc.{c}" in t)
+    return (f"**{winner.point.family}** on `{winner.point.feature_set}` ({winner.point.name}, epoch {winner.best_epoch}). "
+            f"Chosen by {'`xval_score` ' + format(winner.xval.get('xval_score', float('nan')), '.3f') + ' (corpora left out in turn)' if xval else '`val_score` ' + format(winner.final['val_score'], '.3f')}. "
+            f"Held-out speakers: test_score {t['test_score']:.3f} (speaker-balanced; per corpus: {per}); file balanced accuracy {t['test_balanced_acc']:.3f}. "
+            f"Promotion: {reason}.")
+
+
+def train_grid(
+    features: Sequence[str | os.PathLike],
+    grids: dict[str, dict[str, list]],
+    *,
+    holdout_corpus: str | None = None,
+    experiment: str = tracking.EXPERIMENT,
+    tracking_uri: str | None = None,
+    seed: int = 0,
+    jobs: int = -1,
+    device: str = "auto",
+    backend: str = "loky",
+    scheduler: str | None = None,
+    system_metrics: bool = True,
+    register: bool = True,
+    force_promote: bool = False,
+    on_progress: OnProgress = _quiet,
+) -> TrainSummary:
+    """Grid search over the model families of the feature sets in ``features``; every point an MLflow run.
+
+    The split is by speaker (stratified by corpus and sex; ``holdout_corpus`` tests on one corpus and
+    trains on the others). With two or more training corpora every point is trained again without each
+    of them in turn and scored on it; the mean (``xval_score``) ranks the points, else ``val_score`` does.
+    The winner is registered and becomes the champion only if it is at least as good as the current one
+    on the same held-out speakers (or ``force_promote``). Raises :class:`GridError`, ``train.DataError``,
+    ``shards.ShardError``, ``tracking.TrackingError`` (the store is unreachable or fails mid-run) and
+    :class:`TrainError` (every point failed).
+    """
+    uri = tracking.connect(tracking_uri)
+    data, dirs_of = load_data(features)
+    if not all(d.speaker_level for d in data.values()):
+        log.warning("NO SPEAKER IDS: splitting by file, so the same voice can sit in train and test and the scores will be optimistic")
+    speakers = all_speakers(data)
+    split = tr.split_speakers(speakers, seed=seed, holdout_corpus=holdout_corpus)
+    xsplits = tr.cross_corpus_splits(split, speakers)
+    points = [pt for fs in sorted(data) for pt in tr.grid(grids[data[fs].cfg.family], fs)]
+    device = str(tr.pick_device(device))
+    n_tasks = len(points) * (1 + len(xsplits))
+    n_jobs = min(n_tasks, os.cpu_count() or 1) if jobs == -1 else min(jobs, n_tasks)
+    if device != "cpu":
+        n_jobs = 1  # one process owns the GPU; its batches are the parallelism
+    threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    corpora = sorted(set(np.concatenate([d.corpus for d in data.values()])))
+    sizes = {f"split_{s}_speakers": len(split[s]) for s in tr.SPLITS}
+    common = {"seed": seed, "holdout_corpus": holdout_corpus or "", "corpora": ",".join(corpora), "device": device,
+              "selection": "xval_score (leave each training corpus out in turn)" if xsplits else "val_score (one corpus: speaker split only)",
+              "speaker_level_split": all(d.speaker_level for d in data.values()), **sizes}
+    log.info("train: %d grid point(s) (%s) on %s; %d/%d/%d speakers (train/val/test)%s; %s; %d parallel; tracking %s",
+             len(points), ", ".join(sorted(data)), ", ".join(corpora), len(split["train"]), len(split["val"]), len(split["test"]),
+             f", test = corpus {holdout_corpus}" if holdout_corpus else "",
+             f"points ranked by cross-corpus validation (each trains {len(xsplits)} more time(s), without {', '.join(xsplits)} in turn)" if xsplits
+             else "points ranked by val_score (fewer than two training corpora: no cross-corpus validation)", n_jobs, uri)
+
+    store_errors = tracking.store_errors()
+    # System metrics are machine-wide (psutil, NVML), so they belong to the runs that had the machine
+    # to themselves: the parent always (the whole grid); a grid point only when points train one at a
+    # time (jobs 1, and always on a GPU), where the figures while it trains are its own. Points
+    # training side by side would each show the same shared figures; they point to the parent.
+    per_point = system_metrics and n_jobs == 1
+    point_tags = {"voiceclf.system_metrics": "this run" if per_point else "parent run (points trained in parallel share the machine)"} if system_metrics else {}
+    runs = None
+    try:
+        runs = tracking.GridRuns.start(experiment, f"grid-{len(points)}pts", {
+            **common, "grid_points": len(points), "features": ",".join(map(str, features)),
+            **{f"grid.{fam}.{k}": v for fam, g in grids.items() for k, v in g.items()}}, system_metrics=system_metrics)
+        if system_metrics and device != "cpu" and not runs.gpu_metrics:
+            log.warning("system metrics: no GPU figures (install nvidia-ml-py for NVIDIA GPUs: pip install nvidia-ml-py); CPU and memory only")
+        child_ids = [runs.child(pt.name, {**tr.point_params(pt), **common, "data_fingerprint": data[pt.feature_set].fingerprint(),
+                                          **{f"feature.{k}": v for k, v in data[pt.feature_set].cfg.to_dict().items()}}, tags=point_tags) for pt in points]
+        # each point trains once on the split, and once per training corpus left out (the cross-corpus validation)
+        tasks = [(i, left_out, sub) for i in range(len(points)) for left_out, sub in [(None, split), *xsplits.items()]]
+        results: list[tr.PointResult | None] = [None] * len(points)
+        xres: dict[int, dict[str, tr.PointResult]] = {i: {} for i in range(len(points))}
+        model_uris = {}
+        done = failed_n = 0
+        on_progress(Progress("train", 0, len(tasks), unit="trainings"))
+        with parallel.engine(backend, scheduler):
+            if n_jobs == 1:  # in-process: per-epoch progress
+                def in_process():
+                    for i, c, sub in tasks:
+                        if per_point:  # a point's trainings are consecutive, the one on the split first; finish() stops it
+                            runs.watch(child_ids[i])
+
+                        def on_epoch(e, row, pt=points[i], c=c):
+                            on_progress(Progress("train", done, len(tasks), failed_n, "trainings",
+                                                 f"{pt.name}{f' without {c}' if c else ''} epoch {e}/{pt.epochs} loss {row['train_loss']:.3f} val_score {row['val_score']:.3f}"))
+                        yield tr.train_point(points[i], data[points[i].feature_set], sub, seed=seed, threads=threads, device=device, on_epoch=on_epoch)
+                stream = in_process()
+            else:
+                stream = parallel.imap(run_task, tasks, n_jobs=n_jobs, points=points, data=data, seed=seed, threads=threads, device=device)
+            for (i, left_out, _), res in zip(tasks, stream):
+                pt = points[i]
+                if left_out is None:
+                    results[i] = res
+                else:
+                    res.model = None
+                    xres[i][left_out] = res
+                done += 1
+                failed_n += int(res.error is not None)
+                note = f"{pt.name}{f' without {left_out}' if left_out else ''}: " + ("FAILED" if res.error else
+                        f"val_score {res.final['val_score']:.3f} (epoch {res.best_epoch})" + (f", on {left_out} {res.test['test_score']:.3f}" if left_out else ""))
+                on_progress(Progress("train", done, len(tasks), failed_n, "trainings", note))
+                if len(xres[i]) == len(xsplits) and results[i] is not None:  # all of this point's trainings are in
+                    main = results[i]
+                    failed = main.error or next((r.error for r in xres[i].values() if r.error), None)
+                    if failed:
+                        main.error = main.error or f"a cross-corpus validation training failed:\n{failed}"
+                        log.error("grid point %s failed:\n%s", pt.name, main.error)
+                        runs.finish(child_ids[i], ok=False, error=main.error)
+                    else:
+                        main.xval = tr.cross_corpus_score(xres[i])
+                        model_uris[child_ids[i]] = log_point(runs, child_ids[i], main, data[pt.feature_set], split)
+                        d = data[pt.feature_set]
+                        runs.log_datasets(child_ids[i], pt.feature_set, sorted({str(p) for p in dirs_of[pt.feature_set]}), d.fingerprint(), dataset_profiles(d, split))
+                        runs.finish(child_ids[i])
+        winner = tr.best(results)
+        table = summary(points, child_ids, results, winner, corpora)
+        if winner is None:
+            runs.finish(runs.parent_id, ok=False, error="every grid point failed")
+            log.info("grid search:\n%s", table.to_string(index=False))
+            raise TrainError("every grid point failed; see the errors above and the runs in the MLflow UI")
+        win_id = child_ids[results.index(winner)]
+        out = TrainSummary(table, winner, win_id, uri)
+        win_metrics = {**winner.val, **winner.xval, **winner.test, "best_epoch": winner.best_epoch}
+        runs.log_summary(table, win_id, win_metrics)
+        runs.describe(runs.parent_id, grid_markdown(table, corpora, holdout_corpus, bool(xsplits)))
+        if register:
+            out.promoted, out.reason = decide_promotion(winner, data, split, force_promote)
+            out.version = tracking.register_version(model_uris[win_id], win_id, win_metrics, data[winner.point.feature_set].cfg, promote=out.promoted,
+                                                    reason=out.reason, description=version_markdown(winner, corpora, out.reason, bool(xsplits)))
+            runs.tag(runs.parent_id, {"voiceclf.promoted": str(out.promoted).lower(), "voiceclf.promotion": out.reason})
+        runs.finish(runs.parent_id, ok=True)
+        return out
+    except store_errors as e:
+        raise tracking.TrackingError(f"tracking store {uri} failed mid-run: {type(e).__name__}: {str(e).splitlines()[0][:300]} — rerun when it is back") from None
+    finally:
+        if runs is not None:  # failed or interrupted: the sampling threads stop with the job
+            runs.stop_system_metrics()
