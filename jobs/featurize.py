@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jobs import _cli
 from jobs._cli import JobError, log
-from voiceclf import corpus, embedding, io, parallel, pipeline, shards, vad
+from voiceclf import corpus, io, parallel, pipeline, shards
 from voiceclf.config import FEATURE_SETS, ConfigError, FeatureConfig
 
 
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                 allow_outside_paths=args.allow_outside_paths, on_progress=on_progress)
     except io.LockedError as e:
         raise JobError(f"{e}; rerun with --wait to queue behind it", _cli.LOCKED) from None
-    except (embedding.EncoderError, vad.VadError) as e:
+    except pipeline.ModelError as e:
         raise JobError(str(e), _cli.FAILURE) from None
     except corpus.CorpusError as e:
         raise JobError(f"{e} (--allow-outside-paths accepts them)" if e.outside_paths else str(e), _cli.USAGE) from None

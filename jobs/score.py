@@ -6,19 +6,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-
 from jobs import _cli
-from jobs._cli import JobError, log
-from voiceclf import batch, corpus, embedding, io, parallel, tracking, vad
-from voiceclf.batch import Item, Result
-from voiceclf.score import REPORT_COLUMNS, SEGMENT_COLUMNS, p_male, score_results
-from voiceclf.train import DataError, pick_device
+from jobs._cli import JobError
+from voiceclf import corpus, io, parallel, pipeline, tracking
+from voiceclf.train import DataError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,25 +44,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def collect(dirs: list[Path]) -> tuple[list[Item], list[Result]]:
-    """Every file under the folders: items to featurize, and hidden files reported (never skipped silently)."""
-    items, hidden = [], []
-    for d in dirs:
-        if not d.is_dir():
-            raise JobError(f"{d}: no such directory", _cli.USAGE)
-        try:
-            files = corpus.list_files(d)
-        except corpus.CorpusError as e:  # the folder itself cannot be listed
-            raise JobError(str(e), _cli.USAGE) from None
-        for rel in files:
-            it = Item(path=rel, source=str(d))
-            if any(part.startswith(".") for part in Path(rel).parts):
-                hidden.append(Result(it, error="hidden", message=f"{it.abspath}: hidden file, not scored (rename it to score it)"))
-            else:
-                items.append(it)
-    return items, hidden
-
-
 def check_writable(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -87,77 +61,31 @@ def check_outputs(out: Path, segments: Path | None) -> None:
         raise JobError(f"--out and --segments are the same file ({out}); the segments would overwrite the report", _cli.USAGE)
 
 
-def to_device(model: tracking.LoadedModel, cfg, device: torch.device):
-    """The model's module on ``device``, tried on one window first: a model that cannot run there
-    fails here, in one line, not in the middle of the batch."""
-    try:
-        module = model.module.to(device)
-        p_male(module, np.zeros((1, *cfg.shape), dtype=np.float32))
-    except Exception as e:
-        raise JobError(f"{model.uri} cannot run on {device}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}; "
-                       "try --device cpu", _cli.FAILURE) from None
-    return module
-
-
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
-    try:
-        device = pick_device(args.device)
-    except DataError as e:  # --device cuda without CUDA: a usage error, as in train
-        raise JobError(str(e), _cli.USAGE) from None
     check_outputs(args.out, args.segments)
-    t_start = time.perf_counter()
-    items, hidden = collect(args.dirs)
     for path in filter(None, (args.out, args.segments)):
         check_writable(path)
     try:
-        tracking.connect(args.tracking_uri)
-        model = tracking.load(args.model_uri)
-    except tracking.TrackingError as e:
+        with _cli.output_lock(args.out, wait=args.wait), _cli.progress_bars() as on_progress:
+            res = pipeline.score_dirs(args.dirs, model_uri=args.model_uri, tracking_uri=args.tracking_uri, threshold=args.threshold,
+                                      jobs=args.jobs, device=args.device, backend=args.backend, scheduler=args.scheduler,
+                                      on_progress=on_progress)
+            io.write_csv(res.report, args.out, float_format="%.6g")
+            if args.segments:
+                io.write_csv(res.segments, args.segments, float_format="%.6g")
+    except (corpus.CorpusError, DataError, parallel.EngineError) as e:  # DataError: --device cuda without CUDA, as in train
+        raise JobError(str(e), _cli.USAGE) from None
+    except (tracking.TrackingError, pipeline.ModelError) as e:
         raise JobError(str(e), _cli.FAILURE) from None
-    cfg = model.cfg
-    try:
-        vad.check(cfg)  # the speech detector the model's features name, checked before any work
-    except vad.VadError as e:
-        raise JobError(f"{model.uri}: {e}", _cli.FAILURE) from None
-    if cfg.is_embedding:  # the model was trained on one encoder's embeddings: refuse any other before work starts
-        try:
-            embedding.load_encoder(cfg.encoder_sha256)
-        except embedding.EncoderError as e:
-            raise JobError(f"{model.uri}: {e}", _cli.FAILURE) from None
-    # Inference is a small share of the work (thousands of windows/s on one core); more torch threads
-    # in the parent only spin against the featurize workers for the same cores.
-    torch.set_num_threads(1)
-    module = to_device(model, cfg, device)
-    log.info("score: %d files in %s with %s (version %s, %s) on %s", len(items) + len(hidden), ", ".join(map(str, args.dirs)), model.uri, model.version or "-", cfg.feature_set, device)
-    rows, segments, first_scored = [], [], None
-    with _cli.output_lock(args.out, wait=args.wait):
-        score = lambda results: score_results(results, module, threshold=args.threshold, model_uri=model.uri, model_version=model.version, window_s=cfg.window_s)  # noqa: E731
-        rows += score(hidden)[0]
-        for res in hidden:
-            log.warning("hidden: %s", res.message)
-        with parallel.engine(args.backend, args.scheduler), _cli.Reporter("score", len(items) + len(hidden)) as rep:
-            rep.advance(len(hidden), errors=len(hidden))
-            for results in parallel.imap(batch.featurize_batch, batch.batches(items, args.jobs), n_jobs=args.jobs, cfg=cfg):
-                r, s = score(results)
-                for row in r:
-                    if row["status"] != "ok":
-                        log.warning("%s: %s", row["status"], row["error"])
-                rows += r
-                segments += s
-                first_scored = first_scored or time.perf_counter() - t_start
-                rep.advance(len(results), errors=sum(x["status"] == "error" for x in r))
-        report = pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("path", kind="stable")
-        io.write_csv(report, args.out, float_format="%.6g")
-        if args.segments:
-            io.write_csv(pd.DataFrame(segments, columns=SEGMENT_COLUMNS).sort_values(["path", "start_s"], kind="stable"), args.segments, float_format="%.6g")
+    report = res.report
     counts = report["status"].value_counts()
     labels = report.loc[report["status"] == "ok", "label"].value_counts()
     _cli.summary_table("score summary", {
         "files": len(report), "female": int(labels.get("female", 0)), "male": int(labels.get("male", 0)),
         "no speech": int(counts.get("no_speech", 0)), "errors": int(counts.get("error", 0)),
-        "seconds": f"{rep.seconds:.1f}", "files/s": f"{rep.rate:.1f}",
-        "first file scored after s": f"{first_scored:.1f}" if first_scored else "-", "report": str(args.out),
+        "seconds": f"{res.seconds:.1f}", "files/s": f"{len(report) / max(res.loop_seconds, 1e-9):.1f}",
+        "first file scored after s": f"{res.first_scored_s:.1f}" if res.first_scored_s else "-", "report": str(args.out),
     })
     return _cli.FILE_ERRORS if args.fail_on_error and counts.get("error", 0) else _cli.OK
 

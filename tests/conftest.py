@@ -29,9 +29,14 @@ def run_job(job: str, *args, env: dict | None = None, timeout: float = 600, chec
     return proc
 
 
-def tone(seconds: float = 0.6, sr: int = 16000, f0: float = 140.0) -> np.ndarray:
-    t = np.arange(int(seconds * sr)) / sr
-    return (0.3 * sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 6))).astype(np.float32)
+def voice_clip(seconds: float = 0.6, sr: int = 16000, f0: float = 140.0) -> np.ndarray:
+    """A short synthetic utterance at median pitch ``f0``: audio the speech gate takes for a voice (a pure
+    tone is not: Silero VAD calls it no_speech)."""
+    from voiceclf import synth
+
+    gender = "male" if f0 < 165 else "female"
+    y = synth.synth_utterance(gender, np.random.default_rng(int(f0 * 10)), speaker_f0=f0, duration_s=seconds, sample_rate=sr)
+    return (0.5 * y / np.max(np.abs(y))).astype(np.float32)
 
 
 def plant_bad_files(folder: Path) -> dict[str, str]:
@@ -40,7 +45,7 @@ def plant_bad_files(folder: Path) -> dict[str, str]:
     (folder / "empty.wav").write_bytes(b"")
     (folder / "notes.wav").write_text("this is a text file with a .wav name\n")
     good = folder / "_tmp.wav"
-    sf.write(good, tone(), 16000, subtype="PCM_16")
+    sf.write(good, voice_clip(), 16000, subtype="PCM_16")
     raw = good.read_bytes()
     good.unlink()
     (folder / "corrupt.wav").write_bytes(raw[:12] + b"fmt " + b"\xff" * 40)

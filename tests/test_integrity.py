@@ -209,10 +209,10 @@ def test_rerun_leaves_other_sources_alone(small_corpus, tmp_path):
 def _wav(path, seconds: float = 1.2) -> None:
     import soundfile as sf
 
-    from conftest import tone
+    from conftest import voice_clip
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, tone(seconds), 16000, subtype="PCM_16")
+    sf.write(path, voice_clip(seconds), 16000, subtype="PCM_16")
 
 
 def test_manifest_file_listed_with_two_labels_is_refused(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, run_job, tone
+from conftest import REPO, run_job, voice_clip
 from voiceclf import tracking
 from voiceclf.config import FeatureConfig
 from voiceclf.model import GenderCNN
@@ -68,7 +68,7 @@ def inbox(tmp_path_factory):
     import soundfile as sf
 
     folder = tmp_path_factory.mktemp("inbox")
-    sf.write(folder / "a.wav", tone(1.5), 16000, subtype="PCM_16")
+    sf.write(folder / "a.wav", voice_clip(1.5), 16000, subtype="PCM_16")
     return folder
 
 
@@ -165,7 +165,7 @@ def test_loky_workers_exit_when_their_job_is_killed(tmp_path):
 
     rng = np.random.default_rng(0)
     for i in range(24):
-        y = np.tile(tone(0.8, f0=110 + 5 * i), 75) + 0.01 * rng.standard_normal(75 * 12800).astype(np.float32)
+        y = np.tile(voice_clip(0.8, f0=110 + 5 * i), 75) + 0.01 * rng.standard_normal(75 * 12800).astype(np.float32)
         sf.write(tmp_path / f"long_{i:02d}.wav", y, 16000, subtype="PCM_16")
     proc = subprocess.Popen([sys.executable, "-m", "jobs.featurize", tmp_path, "--allow-unlabelled", "--out", tmp_path / "out", "--jobs", "2"],
                             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -213,7 +213,7 @@ def test_errors_csv_cells_cannot_be_formulas_and_a_rerun_still_skips_them(tmp_pa
 
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
-    sf.write(src / "good.wav", tone(1.5), 16000, subtype="PCM_16")
+    sf.write(src / "good.wav", voice_clip(1.5), 16000, subtype="PCM_16")
     for name in FORMULA_NAMES[:3]:
         (src / name).write_text("not audio\n")
     run_job("featurize", src, "--allow-unlabelled", "--augment", "0", "--out", out, check=True)
@@ -236,7 +236,7 @@ def test_report_cells_cannot_be_formulas_and_numbers_stay_numbers(pt2_store, tmp
     uri, _ = pt2_store
     inbox = tmp_path / "=inbox"  # scored by a relative path, so every path cell starts with '='
     inbox.mkdir()
-    sf.write(inbox / FORMULA_NAMES[0], tone(1.5), 16000, subtype="PCM_16")
+    sf.write(inbox / FORMULA_NAMES[0], voice_clip(1.5), 16000, subtype="PCM_16")
     (inbox / FORMULA_NAMES[1]).write_text("not audio\n")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "jobs.score", "=inbox", "--out", "r.csv", "--segments", "s.csv"],
@@ -285,7 +285,7 @@ def locked_inbox(tmp_path):
     src = tmp_path / "inbox"
     (src / "locked").mkdir(parents=True)
     for name in ("good.wav", "secret.wav", "locked/hidden_away.wav"):
-        sf.write(src / name, tone(1.5), 16000, subtype="PCM_16")
+        sf.write(src / name, voice_clip(1.5), 16000, subtype="PCM_16")
     (src / "secret.wav").chmod(0)
     (src / "locked").chmod(0)
     yield src
@@ -326,8 +326,8 @@ def linked_inbox(tmp_path):
     src, elsewhere = tmp_path / "inbox", tmp_path / "elsewhere"
     (src / "sub").mkdir(parents=True)
     elsewhere.mkdir()
-    sf.write(src / "good.wav", tone(1.5), 16000, subtype="PCM_16")
-    sf.write(elsewhere / "far.wav", tone(1.5), 16000, subtype="PCM_16")
+    sf.write(src / "good.wav", voice_clip(1.5), 16000, subtype="PCM_16")
+    sf.write(elsewhere / "far.wav", voice_clip(1.5), 16000, subtype="PCM_16")
     (src / "broken.wav").symlink_to(src / "deleted.wav")
     (src / "self.wav").symlink_to("self.wav")
     (src / "ping.wav").symlink_to("pong.wav")

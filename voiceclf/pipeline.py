@@ -14,15 +14,19 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from voiceclf import batch, corpus, embedding, io, parallel, shards, tracking, vad
-from voiceclf import train as tr
+from voiceclf import batch, corpus, io, parallel, shards, vad
 from voiceclf.config import LABELS, FeatureConfig
-from voiceclf.score import p_male
+
+# torch and MLflow take seconds to import and featurize needs neither (nor does a CNN featurize worker):
+# the modules that bring them in (embedding, score, tracking, train) are imported where they are used.
+if TYPE_CHECKING:
+    from voiceclf import tracking
+    from voiceclf import train as tr
 
 log = logging.getLogger("voiceclf")
 
@@ -89,6 +93,23 @@ def discover(sources: Sequence[str | os.PathLike], allow_unlabelled: bool = Fals
     return items
 
 
+class ModelError(RuntimeError):
+    """Pretrained weights or a model that cannot be used here: another speech detector or encoder than the
+    FeatureConfig names, or a model that does not run on the device."""
+
+
+def _check_weights(cfg: FeatureConfig, where: str = "") -> None:
+    """The speech detector and speaker encoder ``cfg`` names are installed, with the same sha256."""
+    try:
+        vad.check(cfg)
+        if cfg.is_embedding:
+            from voiceclf import embedding
+
+            embedding.load_encoder(cfg.encoder_sha256)
+    except RuntimeError as e:  # vad.VadError, embedding.EncoderError
+        raise ModelError(f"{where}{e}") from None
+
+
 def prepare_out(out: Path) -> None:
     """Create ``out`` if needed; refuse one that cannot be written, before any work."""
     try:
@@ -124,9 +145,7 @@ def featurize_dir(
     items = discover(sources, allow_unlabelled, allow_outside_paths)
     cfgs = [FeatureConfig.for_feature_set(fs) for fs in feature_sets]
     for cfg in cfgs:  # the speech detector and encoder these features name, checked before any work
-        vad.check(cfg)
-        if cfg.is_embedding:
-            embedding.load_encoder(cfg.encoder_sha256)
+        _check_weights(cfg)
     out = Path(out)
     outs = [out] if len(cfgs) == 1 else [out / cfg.feature_set for cfg in cfgs]
     for o in outs:
@@ -213,6 +232,8 @@ class TrainSummary:
 
 def read_grid(path: str | os.PathLike, overrides: dict[str, list] | None = None) -> dict[str, dict[str, list]]:
     """Family → {hyperparameter: values} from a TOML grid file (one table per family), ``overrides`` on top of every family."""
+    from voiceclf import train as tr
+
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -239,6 +260,8 @@ def read_grid(path: str | os.PathLike, overrides: dict[str, list] | None = None)
 
 def feature_dirs(dirs: Sequence[str | os.PathLike]) -> list[Path]:
     """The shard folders: each given folder, or its sub-folders that hold shards (featurize of several sets)."""
+    from voiceclf import train as tr
+
     out = []
     for d in map(Path, dirs):
         if not d.is_dir():
@@ -255,6 +278,8 @@ def feature_dirs(dirs: Sequence[str | os.PathLike]) -> list[Path]:
 
 def load_data(dirs: Sequence[str | os.PathLike]) -> tuple[dict[str, tr.Data], dict[str, list[Path]]]:
     """One Data per feature set (directories of one set are concatenated), and the directories of each set."""
+    from voiceclf import train as tr
+
     groups: dict = {}
     for d in feature_dirs(dirs):
         groups.setdefault(shards.dir_config(d), []).append(d.resolve())
@@ -270,6 +295,8 @@ def load_data(dirs: Sequence[str | os.PathLike]) -> tuple[dict[str, tr.Data], di
 
 def dataset_profiles(data: tr.Data, split: dict) -> dict[str, dict[str, int]]:
     """Per split (as MLflow dataset contexts): speakers and recordings per corpus and sex."""
+    from voiceclf import train as tr
+
     out = {}
     for s, ctx in (("train", "training"), ("val", "validation"), ("test", "test")):
         part = tr.parts_of(data, split)[s]
@@ -291,6 +318,8 @@ def all_speakers(data: dict[str, tr.Data]) -> pd.DataFrame:
 
 def run_task(task: tuple, points: list[tr.GridPoint], data: dict, seed: int, threads: int, device: str) -> tr.PointResult:
     """One training of a grid point (in a worker): on the split, or on a cross-corpus validation split."""
+    from voiceclf import train as tr
+
     i, _corpus, split = task
     return tr.train_point(points[i], data[points[i].feature_set], split, seed=seed, threads=threads, device=device)
 
@@ -301,6 +330,10 @@ def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data],
     Its own feature config decides its input: the windows of a matching feature set when this
     run has them, else the held-out files featurized again with its config.
     """
+    from voiceclf import tracking
+    from voiceclf import train as tr
+    from voiceclf.score import p_male
+
     held_out = {s: tr.parts_of(d, split)["test"] for s, d in data.items()}
     match = [s for s, d in data.items() if d.cfg == current.cfg]
     if match:
@@ -324,6 +357,8 @@ def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data],
 
 def decide_promotion(winner: tr.PointResult, data: dict, split: dict, force: bool) -> tuple[bool, str]:
     """Promote only a winner at least as good as the current champion on the same held-out speakers."""
+    from voiceclf import tracking
+
     new = winner.test["test_score"]
     try:
         current = tracking.load()
@@ -344,6 +379,8 @@ def decide_promotion(winner: tr.PointResult, data: dict, split: dict, force: boo
 
 
 def log_point(runs: tracking.GridRuns, run_id: str, res: tr.PointResult, data: tr.Data, split: dict) -> str:
+    from voiceclf import tracking
+
     artifacts = {
         "curves.png": tracking.curves_figure(res.history, res.point.name, res.best_epoch),
         "confusion_matrix.png": tracking.confusion_figure(res.confusion, f"test (held-out speakers), files\n{res.point.name}"),
@@ -399,7 +436,7 @@ def train_grid(
     grids: dict[str, dict[str, list]],
     *,
     holdout_corpus: str | None = None,
-    experiment: str = tracking.EXPERIMENT,
+    experiment: str = "voiceclf",
     tracking_uri: str | None = None,
     seed: int = 0,
     jobs: int = -1,
@@ -421,6 +458,9 @@ def train_grid(
     ``shards.ShardError``, ``tracking.TrackingError`` (the store is unreachable or fails mid-run) and
     :class:`TrainError` (every point failed).
     """
+    from voiceclf import tracking
+    from voiceclf import train as tr
+
     uri = tracking.connect(tracking_uri)
     data, dirs_of = load_data(features)
     if not all(d.speaker_level for d in data.values()):
@@ -531,3 +571,114 @@ def train_grid(
     finally:
         if runs is not None:  # failed or interrupted: the sampling threads stop with the job
             runs.stop_system_metrics()
+
+
+# ----------------------------------------------------------------------------- score
+@dataclass
+class ScoreResult:
+    """What :func:`score_dirs` produced: one report row per file, one segment row per scored window."""
+
+    report: pd.DataFrame
+    segments: pd.DataFrame
+    model_uri: str
+    model_version: str
+    device: str
+    seconds: float  # the whole call, model loading included
+    loop_seconds: float  # the parallel featurize-and-score loop, as featurize's rate is timed
+    first_scored_s: float | None  # from the call to the first batch of files scored
+
+
+def collect(dirs: Sequence[str | os.PathLike]) -> tuple[list[batch.Item], list[batch.Result]]:
+    """Every file under the folders: items to featurize, and hidden files reported (never skipped silently)."""
+    items, hidden = [], []
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise corpus.CorpusError(f"{d}: no such directory")
+        for rel in corpus.list_files(d):
+            it = batch.Item(path=rel, source=str(d))
+            if any(part.startswith(".") for part in Path(rel).parts):
+                hidden.append(batch.Result(it, error="hidden", message=f"{it.abspath}: hidden file, not scored (rename it to score it)"))
+            else:
+                items.append(it)
+    return items, hidden
+
+
+def _on_device(model: tracking.LoadedModel, cfg: FeatureConfig, device):
+    """The model's module on ``device``, tried on one window first: a model that cannot run there
+    fails here, in one line, not in the middle of the batch."""
+    from voiceclf.score import p_male
+
+    try:
+        module = model.module.to(device)
+        p_male(module, np.zeros((1, *cfg.shape), dtype=np.float32))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelError(f"{model.uri} cannot run on {device}: {type(e).__name__}: {first}; try the CPU") from None
+    return module
+
+
+def score_dirs(
+    dirs: Sequence[str | os.PathLike],
+    *,
+    model_uri: str | None = None,
+    tracking_uri: str | None = None,
+    threshold: float = 0.5,
+    jobs: int = -1,
+    device: str = "auto",
+    backend: str = "loky",
+    scheduler: str | None = None,
+    on_progress: OnProgress = _quiet,
+) -> ScoreResult:
+    """Label every file under ``dirs`` with a registered model, featurized with the model's own FeatureConfig.
+
+    Every file gets a report row (``ok``, ``no_speech`` or ``error`` with the reason); a file never
+    stops the batch. Raises ``corpus.CorpusError`` (a folder missing or unlistable),
+    ``tracking.TrackingError`` (no such model, store unreachable, not a safe model), ``train.DataError``
+    (``device`` cuda without CUDA), :class:`ModelError`, ``parallel.EngineError``.
+    """
+    import torch
+
+    from voiceclf import tracking
+    from voiceclf import train as tr
+    from voiceclf.score import REPORT_COLUMNS, SEGMENT_COLUMNS, score_results
+
+    t0 = time.perf_counter()
+    dev = tr.pick_device(device)
+    items, hidden = collect(dirs)
+    tracking.connect(tracking_uri)
+    model = tracking.load(model_uri or tracking.DEFAULT_MODEL_URI)
+    cfg = model.cfg
+    _check_weights(cfg, f"{model.uri}: ")  # before any work
+    # Inference is a small share of the work (thousands of windows/s on one core); more torch threads
+    # in the parent only spin against the featurize workers for the same cores.
+    torch.set_num_threads(1)
+    module = _on_device(model, cfg, dev)
+    total = len(items) + len(hidden)
+    log.info("score: %d files in %s with %s (version %s, %s) on %s", total, ", ".join(map(str, dirs)), model.uri, model.version or "-", cfg.feature_set, dev)
+
+    def score(results):
+        return score_results(results, module, threshold=threshold, model_uri=model.uri, model_version=model.version, window_s=cfg.window_s)
+
+    rows, segments, first = score(hidden)[0], [], None
+    for res in hidden:
+        log.warning("hidden: %s", res.message)
+    errors = len(hidden)
+    on_progress(Progress("score", len(hidden), total, errors))
+    t_loop = time.perf_counter()
+    with parallel.engine(backend, scheduler):
+        for results in parallel.imap(batch.featurize_batch, batch.batches(items, jobs), n_jobs=jobs, cfg=cfg):
+            r, s = score(results)
+            for row in r:
+                if row["status"] != "ok":
+                    log.warning("%s: %s", row["status"], row["error"])
+            rows += r
+            segments += s
+            first = first or time.perf_counter() - t0
+            errors += sum(x["status"] == "error" for x in r)
+            on_progress(Progress("score", len(rows), total, errors))
+    return ScoreResult(
+        report=pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("path", kind="stable", ignore_index=True),
+        segments=pd.DataFrame(segments, columns=SEGMENT_COLUMNS).sort_values(["path", "start_s"], kind="stable", ignore_index=True),
+        model_uri=model.uri, model_version=model.version, device=str(dev), seconds=time.perf_counter() - t0,
+        loop_seconds=time.perf_counter() - t_loop, first_scored_s=first,
+    )
