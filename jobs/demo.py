@@ -14,11 +14,9 @@ import shutil
 import time
 from pathlib import Path
 
-import pandas as pd
-
-from jobs import _cli, featurize, score, train
+from jobs import _cli, featurize, train
 from jobs._cli import JobError
-from voiceclf import pipeline, synth
+from voiceclf import io, pipeline, synth
 from voiceclf.config import REPO_ROOT
 
 
@@ -27,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=REPO_ROOT / "demo", help="where corpus, features and report go (default %(default)s)")
     p.add_argument("--speakers", type=int, default=24, help="training speakers, half female (default %(default)s)")
     p.add_argument("--clips", type=int, default=20, help="clips per training speaker (default %(default)s)")
-    p.add_argument("--epochs", default="8", help="epochs of every point of the demo grid (default %(default)s; the best epoch is kept)")
+    p.add_argument("--epochs", type=int, default=8, help="epochs of every point of the demo grid (default %(default)s; the best epoch is kept)")
     p.add_argument("--jobs", type=int, default=-1, help="parallel workers (default all cores)")
     return p.parse_args(argv)
 
@@ -60,17 +58,19 @@ def run(args: argparse.Namespace) -> int:
                                               augment=0, jobs=args.jobs, on_progress=on_progress):
             featurize.report(summary)
     step("3/5 train the grid of jobs/grid.toml over both families and register the champion")
-    code = train.run(train.parse_args(["--features", str(work / "features"), "--epochs", args.epochs, "--jobs", str(args.jobs)]))
-    if code != _cli.OK:
-        return code
+    grids = pipeline.read_grid(train.DEFAULT_GRID, {"epochs": [args.epochs]})
+    with _cli.progress_bars() as on_progress:
+        trained = pipeline.train_grid([work / "features"], grids, jobs=args.jobs, on_progress=on_progress)
+    train.show_table(trained.table)
+    _cli.console.print(f"registered version {trained.version} ({trained.winner.point.name}); champion: {trained.promoted} ({trained.reason})", highlight=False)
     step("4/5 score the recordings of unseen speakers")
     report_path = work / "report.csv"
-    code = score.run(score.parse_args([str(work / "recordings"), "--out", str(report_path), "--jobs", str(args.jobs)]))
-    if code not in (_cli.OK, _cli.FILE_ERRORS):
-        return code
+    with _cli.progress_bars() as on_progress:
+        scored = pipeline.score_dirs([work / "recordings"], jobs=args.jobs, on_progress=on_progress)
+    io.write_csv(scored.report, report_path, float_format="%.6g")
 
     step("5/5 check the report against the synthetic labels")
-    report = pd.read_csv(report_path)
+    report = scored.report
     ok = report[report["status"] == "ok"].copy()
     ok["truth"] = ok["path"].map(truth)
     accuracy = float((ok["label"] == ok["truth"]).mean()) if len(ok) else 0.0
@@ -87,7 +87,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> None:
-    _cli.main_wrapper("demo", lambda: run(parse_args(argv)))
+    def demo() -> int:
+        try:
+            return run(parse_args(argv))
+        except Exception as e:  # the library's errors, one line each; anything else is main_wrapper's internal error
+            from voiceclf import tracking
+
+            if isinstance(e, (tracking.TrackingError, pipeline.TrainError, pipeline.ModelError, io.LockedError)):
+                raise JobError(str(e), _cli.FAILURE) from None
+            raise
+
+    _cli.main_wrapper("demo", demo)
 
 
 if __name__ == "__main__":
