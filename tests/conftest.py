@@ -81,8 +81,13 @@ def store(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def champion(features, store) -> str:
-    """A champion trained on the synthetic corpus (1 grid point, 8 epochs) in the session's store."""
-    run_job("train", "--features", features, "--lr", "1e-3", "--epochs", "8", "--jobs", "1", env={"MLFLOW_TRACKING_URI": store}, check=True)
+    """A champion trained on the synthetic corpus (1 grid point, 8 epochs) in the session's store, in-process
+    (the train job's own process is tested in test_train)."""
+    from jobs.train import DEFAULT_GRID
+    from voiceclf import pipeline
+
+    grids = pipeline.read_grid(DEFAULT_GRID, {"lr": [1e-3], "epochs": [8]})
+    pipeline.train_grid([features], grids, tracking_uri=store, jobs=1)
     return store
 
 

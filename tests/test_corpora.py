@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import run_job
-from voiceclf import shards, synth, tracking
+from voiceclf import pipeline, shards, synth, tracking
 
 SETS = ("mfcc_pitch", "speaker_embedding")
 
@@ -90,32 +90,39 @@ def test_both_families_hold_out_a_corpus_and_log_per_corpus_metrics(two_corpora,
     assert "xval_score" in client.get_experiment_by_name("voiceclf").tags["mlflow.note.content"]
 
 
+def train_in_process(features, uri: str, force_promote: bool = False, **values):
+    """pipeline.train_grid on the default grid file with ``values`` for every family, one training at a time."""
+    from jobs.train import DEFAULT_GRID
+
+    grids = pipeline.read_grid(DEFAULT_GRID, {k: v if isinstance(v, list) else [v] for k, v in values.items()})
+    return pipeline.train_grid([features], grids, tracking_uri=uri, jobs=1, system_metrics=False, force_promote=force_promote)
+
+
 def test_a_worse_winner_is_registered_but_not_promoted(two_corpora, tmp_path):
     _, out = two_corpora
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
     emb = out / "speaker_embedding"
-    good = run_job("train", "--features", emb, "--epochs", "20", "--lr", "3e-3", "--hidden", "0", "--jobs", "1", env=env)
-    assert good.returncode == 0, good.stderr[-3000:]
-    _, children, _ = child_runs(env["MLFLOW_TRACKING_URI"])  # two training corpora: each left out in turn ranks the point
+    good = train_in_process(emb, uri, epochs=20, lr=3e-3, hidden=0)
+    assert good.promoted and good.version == 1
+    _, children, _ = child_runs(uri)  # two training corpora: each left out in turn ranks the point
     m = children[0].data.metrics
     assert m["xval_score"] == pytest.approx((m["xval_speaker_bacc.north"] + m["xval_speaker_bacc.south"]) / 2)
-    bad = run_job("train", "--features", emb, "--epochs", "1", "--lr", "1e-9", "--hidden", "0", "--no-feature-noise", "--jobs", "1", env=env)
-    assert bad.returncode == 0, bad.stderr[-3000:]
-    assert "WITHOUT the champion alias" in bad.stderr
-    tracking.connect(env["MLFLOW_TRACKING_URI"])
+    bad = train_in_process(emb, uri, epochs=1, lr=1e-9, hidden=0, feature_noise=False)
+    assert bad.version == 2 and not bad.promoted and "not promoted" in bad.reason
+    tracking.connect(uri)
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("voiceclf", "champion").version) == "1"
     v2 = client.get_model_version("voiceclf", "2")
     assert v2.tags["promoted"] == "false" and "not promoted" in v2.tags["promotion"]
-    forced = run_job("train", "--features", emb, "--epochs", "1", "--lr", "1e-9", "--hidden", "0", "--no-feature-noise", "--jobs", "1", "--force-promote", env=env)
-    assert forced.returncode == 0
+    forced = train_in_process(emb, uri, force_promote=True, epochs=1, lr=1e-9, hidden=0, feature_noise=False)
+    assert forced.promoted and "promoted anyway" in forced.reason
     assert str(client.get_model_version_by_alias("voiceclf", "champion").version) == "3"
 
 
 def test_score_with_an_embedding_champion(two_corpora, tmp_path):
     root, out = two_corpora
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
-    run_job("train", "--features", out / "speaker_embedding", "--epochs", "20", "--lr", "3e-3", "--hidden", "0", "--jobs", "1", env=env, check=True)
+    train_in_process(out / "speaker_embedding", env["MLFLOW_TRACKING_URI"], epochs=20, lr=3e-3, hidden=0)
     unseen = tmp_path / "unseen"
     synth.make_corpus(unseen, speakers=4, clips=3, seed=99, first_speaker=21)
     (unseen / "notes.txt").write_text("not audio")
@@ -156,10 +163,10 @@ def test_score_refuses_a_model_trained_on_another_encoder(tmp_path):
 def test_a_champion_of_the_other_family_is_rescored_on_the_same_speakers(two_corpora, tmp_path):
     """A CNN champion, then a run with embeddings only: the champion is featurized again with its own config to compare."""
     _, out = two_corpora
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
-    run_job("train", "--features", out / "mfcc_pitch", "--epochs", "2", "--lr", "1e-3", "--jobs", "1", env=env, check=True)
-    run_job("train", "--features", out / "speaker_embedding", "--epochs", "2", "--hidden", "0", "--jobs", "1", env=env, check=True)
-    tracking.connect(env["MLFLOW_TRACKING_URI"])
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    train_in_process(out / "mfcc_pitch", uri, epochs=2, lr=1e-3)
+    train_in_process(out / "speaker_embedding", uri, epochs=2, hidden=0)
+    tracking.connect(uri)
     v2 = MlflowClient().get_model_version("voiceclf", "2")
     assert v2.tags["family"] == "embedding_head"
     assert "vs the current champion (version 1)" in v2.tags["promotion"], v2.tags["promotion"]
