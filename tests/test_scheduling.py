@@ -211,10 +211,11 @@ def test_dag_tasks_in_order_and_chained(dag_tree):
 
 
 def dag_constants(tree: ast.Module) -> dict:
-    """The DAG file's module-level constants that evaluate without Airflow or the file system (e.g. PARAMS_ENV)."""
-    ns: dict = {}
+    """The DAG file's module-level constants that evaluate without Airflow (e.g. PARAMS_ENV, HOME), as loaded from its place."""
+    ns: dict = {"__file__": str(DAG_FILE)}
     for st in tree.body:
-        if isinstance(st, ast.Assign):
+        stdlib = isinstance(st, (ast.Import, ast.ImportFrom)) and not (getattr(st, "module", None) or "").startswith("airflow")
+        if isinstance(st, ast.Assign) or stdlib:
             try:
                 exec(compile(ast.Module(body=[st], type_ignores=[]), str(DAG_FILE), "exec"), ns)
             except Exception:  # needs Airflow, __file__ or the environment: not a plain constant
@@ -222,9 +223,18 @@ def dag_constants(tree: ast.Module) -> dict:
     return ns
 
 
+def test_dag_tasks_run_in_the_voiceclf_home_the_variable_names_else_this_repo(dag_tree):
+    """cwd renders to the Airflow Variable voiceclf_home when it is set, else to the repo holding the DAG."""
+    jinja2 = pytest.importorskip("jinja2")
+    consts = dag_constants(dag_tree)
+    variables = type("Vars", (), {"get": lambda self, key, default=None: store.get(key, default)})()
+    for op in calls_named(dag_tree, "BashOperator"):
+        for store, want in (({}, os.environ.get("VOICECLF_HOME") or str(REPO)), ({"voiceclf_home": "/srv/voiceclf"}, "/srv/voiceclf")):
+            cwd = jinja2.Environment().from_string(consts[kwarg(op, "cwd").id]).render(var={"value": variables})
+            assert cwd == want, (ast.literal_eval(kwarg(op, "task_id")), store, cwd)
+
+
 def test_dag_commands_call_the_project_entry_points(dag_tree):
-    source = DAG_FILE.read_text()
-    assert "VOICECLF_HOME" in source and "voiceclf_home" in source and "parents[2]" in source
     consts = dag_constants(dag_tree)
     used = set()
     for op in calls_named(dag_tree, "BashOperator"):
