@@ -60,26 +60,40 @@ class SileroVAD:
 
     def __init__(self, w: dict[str, np.ndarray]) -> None:
         self.w = w
+        # The LSTM's gates reordered (input, forget, output | cell) and the three sigmoid gates' rows halved:
+        # then one tanh per step gives all four, as sigmoid(x) = (1 + tanh(x / 2)) / 2. Halving is exact in
+        # binary floating point, so the probabilities are those of the plain form, bit for bit.
+        order = np.r_[0:256, 384:512, 256:384]
+        scale = np.r_[np.full(384, 0.5, np.float32), np.ones(128, np.float32)]
+        self._w_ih = (w["lstm_cell.weight_ih"][order] * scale[:, None]).T.copy()
+        self._w_hh = (w["lstm_cell.weight_hh"][order] * scale[:, None]).T.copy()
+        self._b = ((w["lstm_cell.bias_ih"] + w["lstm_cell.bias_hh"])[order] * scale).astype(np.float32)
 
-    def __call__(self, mag: np.ndarray, state: tuple[np.ndarray, np.ndarray] | None = None):
+    def __call__(self, mag: np.ndarray, state: tuple[np.ndarray, np.ndarray] | None = None,
+                 threshold: float = 0.5, enough: float = np.inf):
+        """Probabilities and the state after the last chunk read. With ``enough``, reading stops after the chunk
+        that brings the count of chunks with p >= ``threshold`` to ``enough``: fewer than N are returned then."""
         w = self.w
         x = _conv1d(mag, w["conv1.weight"], w["conv1.bias"])
         x = _conv1d(x, w["conv2.weight"], w["conv2.bias"], stride=2)
         x = _conv1d(x, w["conv3.weight"], w["conv3.bias"], stride=2)
         x = _conv1d(x, w["conv4.weight"], w["conv4.bias"])[:, :, 0]  # (N, 128): one vector per chunk
-        # The LSTM cell (torch's gate order: input, forget, cell, output), one chunk after the other
-        gates_x = x @ w["lstm_cell.weight_ih"].T + (w["lstm_cell.bias_ih"] + w["lstm_cell.bias_hh"])
-        w_hh = w["lstm_cell.weight_hh"].T
+        gates_x = x @ self._w_ih + self._b
+        w_hh, w_out, b_out = self._w_hh, w["final_conv.weight"][0, :, 0], w["final_conv.bias"][0]
         h, c = state if state is not None else (np.zeros(128, np.float32), np.zeros(128, np.float32))
-        hs = np.empty_like(x)
-        for t in range(len(x)):
-            g = gates_x[t] + h @ w_hh
-            i, f, cell, o = _sigmoid(g[:128]), _sigmoid(g[128:256]), np.tanh(g[256:384]), _sigmoid(g[384:])
-            c = f * c + i * cell
-            h = o * np.tanh(c)
-            hs[t] = h
-        p = _sigmoid(np.maximum(hs, 0) @ w["final_conv.weight"][0, :, 0] + w["final_conv.bias"][0])
-        return p.astype(np.float32), (h, c)
+        p = np.empty(len(x), np.float32)
+        found, n = 0, 0
+        for t in range(len(x)):  # the LSTM cell (torch's gates: input, forget, cell, output), chunk after chunk
+            g = np.tanh(gates_x[t] + h @ w_hh)
+            sig = (1.0 + g[:384]) * 0.5
+            c = sig[128:256] * c + sig[:128] * g[384:]
+            h = sig[256:] * np.tanh(c)
+            p[t] = _sigmoid(np.maximum(h, 0) @ w_out + b_out)
+            n = t + 1
+            found += p[t] >= threshold
+            if found >= enough:
+                break
+        return p[:n], (h, c)
 
 
 def weights_path() -> Path:
@@ -171,7 +185,7 @@ def speech_seconds(y: np.ndarray, sha256: str = SILERO_SHA256, threshold: float 
     model, total = load_vad(sha256), n_chunks(len(y))
     state, found, need = None, 0, enough_s * SAMPLE_RATE / CHUNK
     for i in range(0, total, block):  # spectra per block too: an hour of audio never sits in memory as spectra
-        p, state = model(chunk_spectra(y, i, min(block, total - i)), state)
+        p, state = model(chunk_spectra(y, i, min(block, total - i)), state, threshold, need - found)
         found += int((p >= threshold).sum())
         if found >= need:
             break
