@@ -285,22 +285,23 @@ def load(
         return name if data is None else io.BytesIO(data)
 
     try:
-        info = sf.info(source())
+        f = sf.SoundFile(source())  # opened once: the header is checked, then the same handle decodes
     except _SF_ERRORS as e:
         raise _sf_error(name, head, e) from None
-    if info.duration > cfg.max_duration_s:
-        raise TooLongError(
-            name,
-            f"duration {info.duration:.1f} s is above the limit of {cfg.max_duration_s:g} s "
-            "(FeatureConfig.max_duration_s)",
-        )
-
-    try:
-        y, sr = sf.read(source(), dtype="float32", always_2d=True)
-    except _SF_ERRORS as e:
-        raise _sf_error(name, head, e) from None
-    if y.shape[0] == 0:
-        raise EmptyAudioError(name, f"no audio frames (header: {info.format}/{info.subtype})")
+    with f:
+        duration = f.frames / f.samplerate
+        if duration > cfg.max_duration_s:
+            raise TooLongError(
+                name,
+                f"duration {duration:.1f} s is above the limit of {cfg.max_duration_s:g} s "
+                "(FeatureConfig.max_duration_s)",
+            )
+        try:
+            y, sr = f.read(dtype="float32", always_2d=True), f.samplerate
+        except _SF_ERRORS as e:
+            raise _sf_error(name, head, e) from None
+        if y.shape[0] == 0:
+            raise EmptyAudioError(name, f"no audio frames (header: {f.format}/{f.subtype})")
     if not np.all(np.isfinite(y)):
         raise CorruptAudioError(name, "decoded samples contain NaN or infinity")
 

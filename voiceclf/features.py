@@ -62,8 +62,18 @@ def voiced_intervals(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.
         return np.zeros((0, 2), dtype=np.int64)
     frame, hop = cfg.n_fft * 2, cfg.hop_length
     padded = np.pad(y, frame // 2, mode="constant")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop]
-    return voiced_runs(np.mean(frames.astype(np.float64) ** 2, axis=1), len(y), cfg)
+    n = 1 + (len(padded) - frame) // hop
+    if frame % hop:
+        frames = np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop]
+        return voiced_runs(np.mean(frames.astype(np.float64) ** 2, axis=1), len(y), cfg)
+    # A frame is frame/hop whole hops: sum the squares once per hop, then add neighbouring hops (the same
+    # mean up to summation order, without copying every sample frame/hop times).
+    k = frame // hop
+    per_hop = np.square(padded[: (n + k - 1) * hop], dtype=np.float64).reshape(-1, hop).sum(axis=1)
+    power = per_hop[:n].copy()
+    for j in range(1, k):
+        power += per_hop[j : j + n]
+    return voiced_runs(power / frame, len(y), cfg)
 
 
 def voiced_runs(power: np.ndarray, n_samples: int, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
