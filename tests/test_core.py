@@ -190,3 +190,33 @@ def test_savgol_delta_equals_librosa_delta(order, frames):
     np.testing.assert_allclose(features.savgol_delta(x, 9, order), librosa.feature.delta(x, width=9, order=order), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="width=9"):
         features.savgol_delta(x[:, :8], 9, order)
+
+
+@pytest.mark.parametrize("sr, n_fft, n_mels, kw", [(16000, 400, 40, {}), (16000, 2048, 12, dict(fmin=60.0, fmax=420.0, norm=None)),
+                                                   (22050, 512, 64, {}), (16000, 512, 80, dict(fmin=20.0, fmax=7600.0))])
+def test_mel_filters_are_librosas_bit_for_bit(sr, n_fft, n_mels, kw):
+    import librosa
+
+    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, **kw)
+    got = features.mel_filters(sr, n_fft, n_mels, fmin=kw.get("fmin", 0.0), fmax=kw.get("fmax"), slaney_norm="norm" not in kw)
+    assert got.dtype == ref.dtype == np.float32
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_a_cnn_featurize_worker_imports_neither_librosa_nor_torch(tmp_path):
+    """librosa's numba start-up cost each worker ~1 s of CPU and torch ~1.5 s; a CNN worker needs neither."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from voiceclf import synth
+
+    sf.write(tmp_path / "a.wav", synth.synth_recording("male", np.random.default_rng(0), duration_s=1.5), SR)
+    code = ("import sys; from voiceclf import batch; from voiceclf.config import FeatureConfig; "
+            f"r = batch.featurize_batch([batch.Item(path='a.wav', source={str(tmp_path)!r}, label='male')], FeatureConfig()); "
+            "assert r[0].n_windows == 1, r[0].message; "
+            "print(sorted(m for m in ('librosa', 'numba', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

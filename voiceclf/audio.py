@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from typing import Iterator
 
-import librosa
 import numpy as np
 import scipy.signal
 import soundfile as sf
@@ -198,6 +197,15 @@ def clean(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """``librosa.resample(y, orig_sr=..., target_sr=..., res_type="soxr_hq")`` (soxr HQ, length fixed to
+    ceil(n * ratio)), called directly: librosa's audio module costs a worker a second of numba start-up."""
+    n = int(np.ceil(y.shape[-1] * (float(target_sr) / orig_sr)))
+    out = soxr.resample(y, orig_sr, target_sr, quality="soxr_hq")
+    out = out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+    return np.asarray(out, dtype=y.dtype)
+
+
 # -- public API -------------------------------------------------------------------------
 def sniff(path_or_bytes: str | os.PathLike | bytes) -> bool:
     """Whether libsndfile can open this as audio, judged from the header only.
@@ -308,7 +316,7 @@ def load(
     duration_s = y.shape[0] / sr
     mono = y.mean(axis=1, dtype=np.float32)
     if sr != cfg.sample_rate:
-        mono = librosa.resample(mono, orig_sr=sr, target_sr=cfg.sample_rate, res_type="soxr_hq")
+        mono = resample(mono, sr, cfg.sample_rate)
     return Audio(
         samples=clean(mono, cfg),
         sample_rate=cfg.sample_rate,
@@ -321,7 +329,7 @@ def cleaned_blocks(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig()
     """:func:`load` one block at a time, for recordings too long to hold in memory; no peak normalisation.
 
     Decode ``block_s`` seconds at a time (``SoundFile.blocks``), downmix, resample with soxr's streaming
-    resampler (the same HQ filter :func:`load` uses through librosa; chunked output equals the one-shot
+    resampler (the same HQ filter :func:`load` uses; chunked output equals the one-shot
     output) and high-pass with the filter state carried from block to block. The whole-file mean
     :func:`clean` subtracts is unknown until the end: the first block's mean is subtracted instead, and
     what remains is a constant the high-pass removes (its initial state is the steady state of the first

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import librosa
 import numpy as np
 import scipy.fft
 import scipy.signal
@@ -36,17 +35,54 @@ class Windows:
 
 @functools.lru_cache(maxsize=8)
 def _mel_basis(cfg: FeatureConfig) -> np.ndarray:
-    return librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels)
+    return mel_filters(cfg.sample_rate, cfg.n_fft, cfg.n_mels)
 
 
 @functools.lru_cache(maxsize=8)
 def _pitch_bands(cfg: FeatureConfig) -> np.ndarray:
     # Mel spacing is nearly linear below 1 kHz: 12 evenly spread triangular bands over 60–420 Hz,
     # each a few STFT bins wide at n_fft 2048 (7.8 Hz per bin), so the band that holds F0 shows.
-    return librosa.filters.mel(
-        sr=cfg.sample_rate, n_fft=cfg.pitch_n_fft, n_mels=cfg.n_mfcc,
-        fmin=cfg.pitch_fmin, fmax=cfg.pitch_fmax, norm=None,
-    )
+    return mel_filters(cfg.sample_rate, cfg.pitch_n_fft, cfg.n_mfcc, fmin=cfg.pitch_fmin, fmax=cfg.pitch_fmax, slaney_norm=False)
+
+
+_F_SP, _MIN_LOG_HZ = 200.0 / 3, 1000.0  # Slaney's mel scale, librosa's constants and operations
+_MIN_LOG_MEL, _LOGSTEP = _MIN_LOG_HZ / _F_SP, np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default, ``htk=False``): linear below 1 kHz, logarithmic above."""
+    hz = np.atleast_1d(np.asarray(hz, dtype=np.float64))
+    mels = hz / _F_SP
+    log_t = hz >= _MIN_LOG_HZ
+    mels[log_t] = _MIN_LOG_MEL + np.log(hz[log_t] / _MIN_LOG_HZ) / _LOGSTEP
+    return mels
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    hz = _F_SP * mels
+    log_t = mels >= _MIN_LOG_MEL
+    hz[log_t] = _MIN_LOG_HZ * np.exp(_LOGSTEP * (mels[log_t] - _MIN_LOG_MEL))
+    return hz
+
+
+def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None, slaney_norm: bool = True) -> np.ndarray:
+    """(n_mels, 1 + n_fft // 2) float32 triangular mel filters: ``librosa.filters.mel`` (Slaney scale; ``norm="slaney"``
+    or, with ``slaney_norm=False``, ``norm=None``), the same operations in numpy.
+
+    Written out so a featurize worker never imports librosa, whose numba start-up cost every worker a
+    second of CPU (tested equal to librosa's).
+    """
+    fmax = sr / 2 if fmax is None else fmax
+    fftfreqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin)[0], _hz_to_mel(fmax)[0], n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fftfreqs)
+    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
+    for i in range(n_mels):
+        weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
+    if slaney_norm:
+        weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
+    return weights
 
 
 def voiced_intervals(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
@@ -188,10 +224,10 @@ def _dct_lifter(cfg: FeatureConfig) -> np.ndarray:
 def _savgol_operator(width: int, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """librosa.feature.delta's ``mode="interp"`` Savitzky–Golay filter as (interior taps, left edge, right edge).
 
-    Taken from librosa itself, applied to unit impulses: out[:, t] = Σ_s x[:, s] M[s, t].
+    The filter librosa calls (polyorder = deriv = order), applied to unit impulses: out[:, t] = Σ_s x[:, s] M[s, t].
     """
     n, h = 2 * width + 1, width // 2
-    m = librosa.feature.delta(np.eye(n), width=width, order=order, axis=-1)
+    m = scipy.signal.savgol_filter(np.eye(n), width, polyorder=order, deriv=order, axis=-1, mode="interp")
     t = n // 2
     return m[t - h : t + h + 1, t].copy(), m[:width, :h].copy(), m[-width:, -h:].copy()
 
