@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-import scipy.signal
 import soundfile as sf
 import soxr
 
@@ -157,8 +156,16 @@ def _sf_error(path: str, head: bytes, err: Exception) -> AudioError:
 def _highpass_sos(rate: int, cutoff_hz: float, order: int) -> tuple[np.ndarray, np.ndarray]:
     """Butterworth high-pass as second-order sections and their unit-step initial state; cached
     since every file reuses them (computing the state took a third of the clean-up time)."""
+    import scipy.signal  # here, not at the top: its import costs ~1 s of CPU (it parses docstrings), which a job's parent never needs
+
     sos = scipy.signal.butter(order, cutoff_hz, btype="highpass", fs=rate, output="sos")
     return sos, scipy.signal.sosfilt_zi(sos)
+
+
+def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import scipy.signal
+
+    return scipy.signal.sosfilt(sos, x, zi=zi)
 
 
 def clean(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
@@ -190,7 +197,7 @@ def clean(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
     sos, zi = _highpass_sos(cfg.sample_rate, float(cfg.highpass_hz), cfg.highpass_order)
     # Start the filter in the steady state for the first sample, as if the signal had always
     # been there: a zero initial state would add a start-up step that leaves a DC residue.
-    x, _ = scipy.signal.sosfilt(sos, x, zi=zi * x[0])
+    x, _ = _sosfilt(sos, x, zi=zi * x[0])
     peak = float(np.max(np.abs(x)))
     if peak > 0 and 20.0 * np.log10(peak) >= cfg.silence_peak_dbfs:
         x = x * (cfg.target_peak / peak)
@@ -383,7 +390,7 @@ def cleaned_blocks(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig()
                 if state is None:
                     dc = x.mean()
                     state = zi * (x[0] - dc)
-                x, state = scipy.signal.sosfilt(sos, x - dc, zi=state)
+                x, state = _sosfilt(sos, x - dc, zi=state)
                 yield x
             if block is None:
                 break

@@ -16,7 +16,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from voiceclf import audio, features, longfile, vad
-from voiceclf import augment as voiceclf_augment
 from voiceclf.config import FeatureConfig
 
 
@@ -68,6 +67,8 @@ def featurize_file(item: Item, cfg: FeatureConfig, augment: int = 0) -> list[Res
     result, samples = _featurize_one(item, cfg)
     if augment <= 0 or result.error or item.label is None or samples is None:
         return [result]
+    from voiceclf import augment as voiceclf_augment  # scipy.signal at import: here, so a job's parent never loads it
+
     out = [result]
     seed = int(item.sha256[:16], 16)
     for k, y in enumerate(voiceclf_augment.variants(samples, cfg, augment, seed), start=1):

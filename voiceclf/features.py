@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
-import scipy.signal
 
 from voiceclf.config import FeatureConfig
 
@@ -163,6 +162,8 @@ _FRAMES_PER_BLOCK = 512
 
 @functools.lru_cache(maxsize=8)
 def _hann(n_fft: int) -> np.ndarray:
+    import scipy.signal  # imported where used: a job's parent, which computes no features, never pays its start-up
+
     return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)  # librosa.stft's window
 
 
@@ -227,6 +228,8 @@ def _savgol_operator(width: int, order: int) -> tuple[np.ndarray, np.ndarray, np
     The filter librosa calls (polyorder = deriv = order), applied to unit impulses: out[:, t] = Σ_s x[:, s] M[s, t].
     """
     n, h = 2 * width + 1, width // 2
+    import scipy.signal
+
     m = scipy.signal.savgol_filter(np.eye(n), width, polyorder=order, deriv=order, axis=-1, mode="interp")
     t = n // 2
     return m[t - h : t + h + 1, t].copy(), m[:width, :h].copy(), m[-width:, -h:].copy()
