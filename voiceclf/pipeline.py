@@ -110,8 +110,9 @@ def featurize_dir(
 
     One feature set writes into ``out``; several write ``out/<set>/`` each. Incremental: files whose
     sha256 is in the folder already are skipped, after the folder's rows of these sources are
-    reconciled with them (relabelled, moved and deleted files). Each file is hashed once for all
-    sets. Every file is accounted for: a row in the shards or in ``errors.csv``.
+    reconciled with them (relabelled, moved and deleted files). Files are hashed here, once for all
+    sets, only when a folder holds something to skip or reconcile; otherwise each worker hashes the bytes
+    it decodes. Every file is accounted for: a row in the shards or in ``errors.csv``.
     """
     items = discover(sources, allow_unlabelled, allow_outside_paths)
     cfgs = [FeatureConfig.for_feature_set(fs) for fs in feature_sets]
