@@ -13,6 +13,7 @@ import argparse
 import datetime
 import json
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -161,6 +162,9 @@ def main(argv=None) -> int:
             print(f"bench: error: {e}", file=sys.stderr)
             return 1
     wall = {"total": time.perf_counter() - t_start, **wall}
+    # The raw measurements too, so a report can be written again without measuring again
+    with open(args.workdir / "measurements.pickle", "wb") as f:
+        pickle.dump({"acc": acc, "spd": spd, "commands": runner.commands, "logs": runner.logs, "started": started, "wall": wall, "cpu": cpu}, f)
     text, missed = report.render(args, acc, spd, runner, started, wall, cpu)
     io.write_text(args.out, text)
     log(f"wrote {shown(args.out)} after {wall['total'] / 60:.1f} min; targets missed: {len(missed)}")

@@ -248,3 +248,13 @@ def test_sniff_by_content_not_extension(tmp_path):
     assert not audio.sniff(b"")
     assert not audio.sniff(tmp_path / "missing.wav")
     assert not audio.sniff(tmp_path)  # a folder
+
+
+@pytest.mark.parametrize("sr", [8000, 22050, 44100, 48000])
+def test_resample_is_librosas_soxr_hq(sr):
+    import librosa
+
+    y = np.random.default_rng(sr).standard_normal(sr * 2 + 7).astype(np.float32)
+    got = audio.resample(y, sr, 16000)
+    np.testing.assert_array_equal(got, librosa.resample(y, orig_sr=sr, target_sr=16000, res_type="soxr_hq"))
+    assert got.dtype == np.float32

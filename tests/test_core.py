@@ -130,3 +130,93 @@ def test_console_script_runs_the_same_entry_points():
     assert sub.returncode == 0 and "--holdout-corpus" in sub.stdout
     bad = subprocess.run([exe, "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown command" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- fast path vs librosa
+def _librosa_log_spectra(track, cfg):
+    """features.log_spectra as librosa calls (the definition the fast path must match)."""
+    import librosa
+
+    emphasised = librosa.effects.preemphasis(track, coef=cfg.pre_emphasis)
+    power = np.abs(librosa.stft(emphasised, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window="hann", center=False)) ** 2
+    log_mel = librosa.power_to_db(features._mel_basis(cfg) @ power, ref=1.0, amin=1e-10, top_db=None)
+    if cfg.feature_set == "mfcc_deltas":
+        return log_mel, None
+    pad = (cfg.pitch_n_fft - cfg.n_fft) // 2
+    long_power = np.abs(librosa.stft(np.pad(track, (pad, pad)), n_fft=cfg.pitch_n_fft, hop_length=cfg.hop_length,
+                                     window="hann", center=False)) ** 2
+    return log_mel, librosa.power_to_db(features._pitch_bands(cfg) @ long_power, ref=1.0, amin=1e-10, top_db=None)
+
+
+def _librosa_channels(log_mel, pitch, cfg):
+    import librosa
+
+    mfcc = librosa.feature.mfcc(S=log_mel, n_mfcc=cfg.n_mfcc, dct_type=2, norm="ortho", lifter=cfg.lifter)
+    delta = librosa.feature.delta(mfcc, width=cfg.delta_width, order=1)
+    third = librosa.feature.delta(mfcc, width=cfg.delta_width, order=2) if pitch is None else pitch
+    return np.stack([mfcc, delta, third]).astype(np.float32)
+
+
+def _floored(spectra):
+    return [None if s is None else features.floor_db(s, s.max()) for s in spectra]
+
+
+@pytest.mark.parametrize("feature_set", ["mfcc_pitch", "mfcc_deltas"])
+@pytest.mark.parametrize("seconds", [1.0, 1.37, 6.2])
+def test_fast_frame_features_match_librosa_for_every_channel(feature_set, seconds):
+    """ch0 (MFCC), ch1 (delta) and ch2 (pitch bands or delta-delta): the framing + scipy.fft path equals librosa's calls."""
+    cfg = FeatureConfig(feature_set=feature_set)
+    rng = np.random.default_rng(3)
+    y = voice(seconds, f0=140.0, lead_s=0.0, tail_s=0.0) + (0.02 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+    fast, ref = features.log_spectra(y, cfg), _librosa_log_spectra(y, cfg)
+    for a, b in zip(fast, ref):
+        if b is not None:
+            assert a.shape == b.shape and a.dtype == np.float32
+            np.testing.assert_allclose(features.floor_db(a, b.max()), features.floor_db(b, b.max()), atol=2e-3)
+    got = features.frame_features(y, cfg)
+    want = _librosa_channels(*_floored(ref), cfg)
+    assert got.shape == want.shape and got.dtype == np.float32
+    scale = np.abs(want).max(axis=(1, 2))
+    for ch in range(3):
+        np.testing.assert_allclose(got[ch], want[ch], rtol=0, atol=1e-5 * scale[ch] + 1e-4, err_msg=f"channel {ch}")
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("frames", [9, 10, 98, 301])
+def test_savgol_delta_equals_librosa_delta(order, frames):
+    import librosa
+
+    x = np.random.default_rng(frames).standard_normal((12, frames)).astype(np.float32) * 50
+    np.testing.assert_allclose(features.savgol_delta(x, 9, order), librosa.feature.delta(x, width=9, order=order), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="width=9"):
+        features.savgol_delta(x[:, :8], 9, order)
+
+
+@pytest.mark.parametrize("sr, n_fft, n_mels, kw", [(16000, 400, 40, {}), (16000, 2048, 12, dict(fmin=60.0, fmax=420.0, norm=None)),
+                                                   (22050, 512, 64, {}), (16000, 512, 80, dict(fmin=20.0, fmax=7600.0))])
+def test_mel_filters_are_librosas_bit_for_bit(sr, n_fft, n_mels, kw):
+    import librosa
+
+    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, **kw)
+    got = features.mel_filters(sr, n_fft, n_mels, fmin=kw.get("fmin", 0.0), fmax=kw.get("fmax"), slaney_norm="norm" not in kw)
+    assert got.dtype == ref.dtype == np.float32
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_a_cnn_featurize_worker_imports_neither_librosa_nor_torch(tmp_path):
+    """librosa's numba start-up cost each worker ~1 s of CPU and torch ~1.5 s; a CNN worker needs neither."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from voiceclf import synth
+
+    sf.write(tmp_path / "a.wav", synth.synth_recording("male", np.random.default_rng(0), duration_s=1.5), SR)
+    code = ("import sys; from voiceclf import batch; from voiceclf.config import FeatureConfig; "
+            f"r = batch.featurize_batch([batch.Item(path='a.wav', source={str(tmp_path)!r}, label='male')], FeatureConfig()); "
+            "assert r[0].n_windows == 1, r[0].message; "
+            "print(sorted(m for m in ('librosa', 'numba', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

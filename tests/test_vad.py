@@ -102,3 +102,17 @@ def test_score_reports_non_voice_as_no_speech(champion, tmp_path):
     rejected = report[report["status"] == "no_speech"]
     assert rejected["error"].str.contains("no voiced speech: Silero VAD found").all()
     assert (rejected["label"] == "").all() and (rejected["windows"] == 0).all()
+
+
+def test_many_recordings_at_once_get_the_verdicts_of_one_at_a_time():
+    """The batched gate a worker runs (rounds in lockstep) says what the one-file gate says, message included."""
+    cfg = FeatureConfig()
+    rng = np.random.default_rng(7)
+    ys = [audio.clean(_speech(s, g, secs), cfg) for s, g, secs in [(1, "male", 1.2), (2, "female", 3.0), (3, "male", 0.4)]]
+    ys += [audio.clean(_level(rng.standard_normal(int(2.2 * SR)), -20), cfg), np.zeros(0, np.float32), np.zeros(700, np.float32)]
+    ys += [np.concatenate([np.zeros(int(1.5 * SR), np.float32), ys[1]])]  # speech after 1.5 s of silence: several rounds
+    one = [vad.why_not_speech(y, cfg) for y in ys]
+    assert one[0] is None and one[3] is not None
+    for block in (1, 5, vad.MANY_BLOCK, 200):
+        assert vad.why_not_speech_many(ys, cfg, block=block) == one
+    assert vad.why_not_speech_many(ys, dataclasses.replace(cfg, vad_min_speech_s=0.0)) == [None] * len(ys)

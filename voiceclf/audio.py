@@ -17,9 +17,7 @@ from dataclasses import dataclass
 
 from typing import Iterator
 
-import librosa
 import numpy as np
-import scipy.signal
 import soundfile as sf
 import soxr
 
@@ -158,8 +156,16 @@ def _sf_error(path: str, head: bytes, err: Exception) -> AudioError:
 def _highpass_sos(rate: int, cutoff_hz: float, order: int) -> tuple[np.ndarray, np.ndarray]:
     """Butterworth high-pass as second-order sections and their unit-step initial state; cached
     since every file reuses them (computing the state took a third of the clean-up time)."""
+    import scipy.signal  # here, not at the top: its import costs ~1 s of CPU (it parses docstrings), which a job's parent never needs
+
     sos = scipy.signal.butter(order, cutoff_hz, btype="highpass", fs=rate, output="sos")
     return sos, scipy.signal.sosfilt_zi(sos)
+
+
+def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import scipy.signal
+
+    return scipy.signal.sosfilt(sos, x, zi=zi)
 
 
 def clean(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
@@ -191,11 +197,20 @@ def clean(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
     sos, zi = _highpass_sos(cfg.sample_rate, float(cfg.highpass_hz), cfg.highpass_order)
     # Start the filter in the steady state for the first sample, as if the signal had always
     # been there: a zero initial state would add a start-up step that leaves a DC residue.
-    x, _ = scipy.signal.sosfilt(sos, x, zi=zi * x[0])
+    x, _ = _sosfilt(sos, x, zi=zi * x[0])
     peak = float(np.max(np.abs(x)))
     if peak > 0 and 20.0 * np.log10(peak) >= cfg.silence_peak_dbfs:
         x = x * (cfg.target_peak / peak)
     return x.astype(np.float32)
+
+
+def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """``librosa.resample(y, orig_sr=..., target_sr=..., res_type="soxr_hq")`` (soxr HQ, length fixed to
+    ceil(n * ratio)), called directly: librosa's audio module costs a worker a second of numba start-up."""
+    n = int(np.ceil(y.shape[-1] * (float(target_sr) / orig_sr)))
+    out = soxr.resample(y, orig_sr, target_sr, quality="soxr_hq")
+    out = out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+    return np.asarray(out, dtype=y.dtype)
 
 
 # -- public API -------------------------------------------------------------------------
@@ -285,29 +300,30 @@ def load(
         return name if data is None else io.BytesIO(data)
 
     try:
-        info = sf.info(source())
+        f = sf.SoundFile(source())  # opened once: the header is checked, then the same handle decodes
     except _SF_ERRORS as e:
         raise _sf_error(name, head, e) from None
-    if info.duration > cfg.max_duration_s:
-        raise TooLongError(
-            name,
-            f"duration {info.duration:.1f} s is above the limit of {cfg.max_duration_s:g} s "
-            "(FeatureConfig.max_duration_s)",
-        )
-
-    try:
-        y, sr = sf.read(source(), dtype="float32", always_2d=True)
-    except _SF_ERRORS as e:
-        raise _sf_error(name, head, e) from None
-    if y.shape[0] == 0:
-        raise EmptyAudioError(name, f"no audio frames (header: {info.format}/{info.subtype})")
+    with f:
+        duration = f.frames / f.samplerate
+        if duration > cfg.max_duration_s:
+            raise TooLongError(
+                name,
+                f"duration {duration:.1f} s is above the limit of {cfg.max_duration_s:g} s "
+                "(FeatureConfig.max_duration_s)",
+            )
+        try:
+            y, sr = f.read(dtype="float32", always_2d=True), f.samplerate
+        except _SF_ERRORS as e:
+            raise _sf_error(name, head, e) from None
+        if y.shape[0] == 0:
+            raise EmptyAudioError(name, f"no audio frames (header: {f.format}/{f.subtype})")
     if not np.all(np.isfinite(y)):
         raise CorruptAudioError(name, "decoded samples contain NaN or infinity")
 
     duration_s = y.shape[0] / sr
     mono = y.mean(axis=1, dtype=np.float32)
     if sr != cfg.sample_rate:
-        mono = librosa.resample(mono, orig_sr=sr, target_sr=cfg.sample_rate, res_type="soxr_hq")
+        mono = resample(mono, sr, cfg.sample_rate)
     return Audio(
         samples=clean(mono, cfg),
         sample_rate=cfg.sample_rate,
@@ -320,7 +336,7 @@ def cleaned_blocks(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig()
     """:func:`load` one block at a time, for recordings too long to hold in memory; no peak normalisation.
 
     Decode ``block_s`` seconds at a time (``SoundFile.blocks``), downmix, resample with soxr's streaming
-    resampler (the same HQ filter :func:`load` uses through librosa; chunked output equals the one-shot
+    resampler (the same HQ filter :func:`load` uses; chunked output equals the one-shot
     output) and high-pass with the filter state carried from block to block. The whole-file mean
     :func:`clean` subtracts is unknown until the end: the first block's mean is subtracted instead, and
     what remains is a constant the high-pass removes (its initial state is the steady state of the first
@@ -374,7 +390,7 @@ def cleaned_blocks(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig()
                 if state is None:
                     dc = x.mean()
                     state = zi * (x[0] - dc)
-                x, state = scipy.signal.sosfilt(sos, x - dc, zi=state)
+                x, state = _sosfilt(sos, x - dc, zi=state)
                 yield x
             if block is None:
                 break

@@ -16,7 +16,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from voiceclf import audio, features, longfile, vad
-from voiceclf import augment as voiceclf_augment
 from voiceclf.config import FeatureConfig
 
 
@@ -68,6 +67,8 @@ def featurize_file(item: Item, cfg: FeatureConfig, augment: int = 0) -> list[Res
     result, samples = _featurize_one(item, cfg)
     if augment <= 0 or result.error or item.label is None or samples is None:
         return [result]
+    from voiceclf import augment as voiceclf_augment  # scipy.signal at import: here, so a job's parent never loads it
+
     out = [result]
     seed = int(item.sha256[:16], 16)
     for k, y in enumerate(voiceclf_augment.variants(samples, cfg, augment, seed), start=1):
@@ -77,8 +78,11 @@ def featurize_file(item: Item, cfg: FeatureConfig, augment: int = 0) -> list[Res
     return out
 
 
-def _featurize_one(item: Item, cfg: FeatureConfig) -> tuple[Result, np.ndarray | None]:
-    """The file's result and its cleaned waveform (None when it could not be decoded, or was streamed)."""
+def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True) -> tuple[Result, np.ndarray | None]:
+    """The file's result and its cleaned waveform (None when it could not be decoded, or was streamed).
+
+    ``gate=False`` leaves the speech gate to the caller (:func:`_gate`, several files at once) for a result with windows.
+    """
     if longfile.is_long(item.abspath):
         return _featurize_long(item, cfg), None
     try:
@@ -94,7 +98,10 @@ def _featurize_one(item: Item, cfg: FeatureConfig) -> tuple[Result, np.ndarray |
     except Exception as e:  # a decoder bug must not stop the batch either; keep the cause
         return Result(item, error="decode_failed", message=f"{item.abspath}: {type(e).__name__}: {e}"), None
     wins = windows_of(decoded.samples, cfg)
-    why = vad.why_not_speech(decoded.samples, cfg) if len(wins) else "no voiced region found (silent or too quiet)"
+    if not len(wins):
+        why = "no voiced region found (silent or too quiet)"
+    else:
+        why = vad.why_not_speech(decoded.samples, cfg) if gate else None
     result = Result(item, windows=None if why else wins, source_sample_rate=decoded.source_sample_rate, duration_s=decoded.duration_s)
     if why:
         result.error, result.message = "no_speech", f"{item.abspath}: {why}"
@@ -172,16 +179,44 @@ def featurize_batch(items: list[Item], cfg: FeatureConfig, augment: int = 0) -> 
             import torch
 
             torch.set_num_threads(1)
-        results, waiting = [], []
+        results, waiting, ungated = [], [], []
         for it in items:
-            for r in featurize_file(it, cfg, augment):
+            if augment > 0 and it.label is not None:  # its variants wait for the gate's verdict on the recording
+                out = featurize_file(it, cfg, augment)
+            else:
+                r, samples = _featurize_one(it, cfg, gate=False)
+                out = [r]
+                if r.n_windows and samples is not None:
+                    ungated.append((r, samples))
+            for r in out:
                 results.append(r)
                 if cfg.is_embedding and r.n_windows:
                     waiting.append(r)
+            if ungated and sum(len(y) for _, y in ungated) >= GATE_EVERY:
+                _gate(ungated, cfg)
             if waiting and sum(r.n_windows for r in waiting) >= EMBED_EVERY:
+                _gate(ungated, cfg)  # a file the gate rejects is not embedded
                 _embed(waiting, cfg)
+        _gate(ungated, cfg)
         _embed(waiting, cfg)
         return results
+
+
+#: Samples of cleaned recordings (16 kHz: two minutes) a worker keeps for the speech gate before it runs.
+GATE_EVERY = 120 * 16000
+
+
+def _gate(pending: list[tuple[Result, np.ndarray]], cfg: FeatureConfig) -> None:
+    """The speech gate over these results' recordings, in one :func:`vad.why_not_speech_many` pass; empties the list.
+
+    A recording that holds no voice loses its windows and becomes a ``no_speech`` result, as in :func:`_featurize_one`.
+    """
+    if not pending:
+        return
+    for (r, _), why in zip(pending, vad.why_not_speech_many([y for _, y in pending], cfg)):
+        if why:
+            r.windows, r.error, r.message = None, "no_speech", f"{r.item.abspath}: {why}"
+    pending.clear()
 
 
 #: Mel windows (25.6 kB each) a worker lets wait for the speaker encoder before it runs.
@@ -190,6 +225,7 @@ EMBED_EVERY = 2048
 
 def _embed(results: list[Result], cfg: FeatureConfig) -> None:
     """Replace the mel windows of these results by their embeddings, in one encoder pass; empties the list."""
+    results[:] = [r for r in results if r.windows is not None]  # the speech gate may have emptied some
     if not results:
         return
     from voiceclf import embedding

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import librosa
 import numpy as np
-import torch
-from torch import nn
 
 from voiceclf.config import EMBEDDING_DIM, FeatureConfig
 from voiceclf.features import Windows, no_windows, speech_track
@@ -34,18 +32,33 @@ class EncoderError(RuntimeError):
     """The encoder weights are missing or are not the ones the FeatureConfig names."""
 
 
-class SpeakerEncoder(nn.Module):
-    """GE2E speaker encoder: (B, T, 40) mel power frames → (B, 256) L2-normalised embeddings."""
+@functools.lru_cache(maxsize=1)
+def _encoder_class() -> type:
+    """The encoder module, defined on first use: torch is imported only by a process that embeds (~1.5 s and
+    ~200 MB that a CNN featurize job, parent or worker, does without)."""
+    import torch
+    from torch import nn
 
-    def __init__(self, n_mels: int = N_MELS, hidden: int = 256, layers: int = 3, dim: int = EMBEDDING_DIM) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(n_mels, hidden, layers, batch_first=True)
-        self.linear = nn.Linear(hidden, dim)
+    class SpeakerEncoder(nn.Module):
+        """GE2E speaker encoder: (B, T, 40) mel power frames → (B, 256) L2-normalised embeddings."""
 
-    def forward(self, mels: torch.Tensor) -> torch.Tensor:
-        _, (hidden, _) = self.lstm(mels)
-        raw = torch.relu(self.linear(hidden[-1]))
-        return raw / torch.linalg.vector_norm(raw, dim=1, keepdim=True).clamp_min(1e-12)
+        def __init__(self, n_mels: int = N_MELS, hidden: int = 256, layers: int = 3, dim: int = EMBEDDING_DIM) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(n_mels, hidden, layers, batch_first=True)
+            self.linear = nn.Linear(hidden, dim)
+
+        def forward(self, mels: torch.Tensor) -> torch.Tensor:
+            _, (hidden, _) = self.lstm(mels)
+            raw = torch.relu(self.linear(hidden[-1]))
+            return raw / torch.linalg.vector_norm(raw, dim=1, keepdim=True).clamp_min(1e-12)
+
+    return SpeakerEncoder
+
+
+def __getattr__(name: str):
+    if name == "SpeakerEncoder":
+        return _encoder_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def weights_path() -> Path:
@@ -67,7 +80,7 @@ def weights_path() -> Path:
 
 
 @functools.lru_cache(maxsize=2)
-def load_encoder(sha256: str) -> SpeakerEncoder:
+def load_encoder(sha256: str) -> "SpeakerEncoder":
     """The encoder whose weights hash to ``sha256``, once per process; refuse any other weights."""
     path = weights_path()
     data = path.read_bytes()
@@ -75,9 +88,11 @@ def load_encoder(sha256: str) -> SpeakerEncoder:
     if found != sha256:
         raise EncoderError(f"{path}: the speaker encoder weights have sha256 {found[:12]}…, but the features "
                            f"were defined with {sha256[:12]}…; install the encoder the model was trained with")
+    import torch
+
     checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     state = {k: v for k, v in checkpoint["model_state"].items() if k.startswith(("lstm.", "linear."))}
-    encoder = SpeakerEncoder()
+    encoder = _encoder_class()()
     encoder.load_state_dict(state)  # strict: every weight of the module comes from the file
     return encoder.eval()
 
@@ -106,11 +121,13 @@ def mel_windows(y: np.ndarray, cfg: FeatureConfig) -> Windows:
     return Windows(np.ascontiguousarray(views.transpose(0, 2, 1)), *sp.timing(cfg))
 
 
-@torch.no_grad()
 def embed(mels: np.ndarray, cfg: FeatureConfig, batch_size: int = 256) -> np.ndarray:
     """(N, 160, 40) mel windows → (N, 256) float32 embeddings, in batches across files."""
+    import torch
+
     encoder = load_encoder(cfg.encoder_sha256)
-    out = [encoder(torch.from_numpy(mels[i : i + batch_size])).numpy() for i in range(0, len(mels), batch_size)]
+    with torch.no_grad():
+        out = [encoder(torch.from_numpy(mels[i : i + batch_size])).numpy() for i in range(0, len(mels), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, EMBEDDING_DIM), np.float32)
 
 

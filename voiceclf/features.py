@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import librosa
 import numpy as np
+import scipy.fft
 
 from voiceclf.config import FeatureConfig
 
@@ -34,17 +34,54 @@ class Windows:
 
 @functools.lru_cache(maxsize=8)
 def _mel_basis(cfg: FeatureConfig) -> np.ndarray:
-    return librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels)
+    return mel_filters(cfg.sample_rate, cfg.n_fft, cfg.n_mels)
 
 
 @functools.lru_cache(maxsize=8)
 def _pitch_bands(cfg: FeatureConfig) -> np.ndarray:
     # Mel spacing is nearly linear below 1 kHz: 12 evenly spread triangular bands over 60–420 Hz,
     # each a few STFT bins wide at n_fft 2048 (7.8 Hz per bin), so the band that holds F0 shows.
-    return librosa.filters.mel(
-        sr=cfg.sample_rate, n_fft=cfg.pitch_n_fft, n_mels=cfg.n_mfcc,
-        fmin=cfg.pitch_fmin, fmax=cfg.pitch_fmax, norm=None,
-    )
+    return mel_filters(cfg.sample_rate, cfg.pitch_n_fft, cfg.n_mfcc, fmin=cfg.pitch_fmin, fmax=cfg.pitch_fmax, slaney_norm=False)
+
+
+_F_SP, _MIN_LOG_HZ = 200.0 / 3, 1000.0  # Slaney's mel scale, librosa's constants and operations
+_MIN_LOG_MEL, _LOGSTEP = _MIN_LOG_HZ / _F_SP, np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default, ``htk=False``): linear below 1 kHz, logarithmic above."""
+    hz = np.atleast_1d(np.asarray(hz, dtype=np.float64))
+    mels = hz / _F_SP
+    log_t = hz >= _MIN_LOG_HZ
+    mels[log_t] = _MIN_LOG_MEL + np.log(hz[log_t] / _MIN_LOG_HZ) / _LOGSTEP
+    return mels
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    hz = _F_SP * mels
+    log_t = mels >= _MIN_LOG_MEL
+    hz[log_t] = _MIN_LOG_HZ * np.exp(_LOGSTEP * (mels[log_t] - _MIN_LOG_MEL))
+    return hz
+
+
+def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None, slaney_norm: bool = True) -> np.ndarray:
+    """(n_mels, 1 + n_fft // 2) float32 triangular mel filters: ``librosa.filters.mel`` (Slaney scale; ``norm="slaney"``
+    or, with ``slaney_norm=False``, ``norm=None``), the same operations in numpy.
+
+    Written out so a featurize worker never imports librosa, whose numba start-up cost every worker a
+    second of CPU (tested equal to librosa's).
+    """
+    fmax = sr / 2 if fmax is None else fmax
+    fftfreqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin)[0], _hz_to_mel(fmax)[0], n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fftfreqs)
+    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
+    for i in range(n_mels):
+        weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
+    if slaney_norm:
+        weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
+    return weights
 
 
 def voiced_intervals(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
@@ -60,8 +97,18 @@ def voiced_intervals(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.
         return np.zeros((0, 2), dtype=np.int64)
     frame, hop = cfg.n_fft * 2, cfg.hop_length
     padded = np.pad(y, frame // 2, mode="constant")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop]
-    return voiced_runs(np.mean(frames.astype(np.float64) ** 2, axis=1), len(y), cfg)
+    n = 1 + (len(padded) - frame) // hop
+    if frame % hop:
+        frames = np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop]
+        return voiced_runs(np.mean(frames.astype(np.float64) ** 2, axis=1), len(y), cfg)
+    # A frame is frame/hop whole hops: sum the squares once per hop, then add neighbouring hops (the same
+    # mean up to summation order, without copying every sample frame/hop times).
+    k = frame // hop
+    per_hop = np.square(padded[: (n + k - 1) * hop], dtype=np.float64).reshape(-1, hop).sum(axis=1)
+    power = per_hop[:n].copy()
+    for j in range(1, k):
+        power += per_hop[j : j + n]
+    return voiced_runs(power / frame, len(y), cfg)
 
 
 def voiced_runs(power: np.ndarray, n_samples: int, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
@@ -88,22 +135,63 @@ def log_spectra(track: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> tupl
     Returns the log-mel (n_mels, T) and, for ``mfcc_pitch``, the pitch bands (n_mfcc, T) (None for
     ``mfcc_deltas``), in dB. The floor is relative to the loudest bin of the whole track, so a track
     computed in pieces (``voiceclf.longfile``) floors them all with one maximum, in :func:`floor_db`.
+
+    The math of ``librosa.stft`` (periodic Hann, ``center=False``) → ``|.|**2`` → filterbank →
+    ``librosa.power_to_db(ref=1, amin=1e-10)``, written as framing views and ``scipy.fft.rfft`` in float32:
+    librosa's call overhead and float64 FFT were most of a short clip's cost. Equality with the librosa
+    calls is tested (``tests/test_core.py``).
     """
-    emphasised = librosa.effects.preemphasis(track, coef=cfg.pre_emphasis)
-    power = np.abs(librosa.stft(
-        emphasised, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window="hann", center=False
-    )) ** 2
-    log_mel = librosa.power_to_db(_mel_basis(cfg) @ power, ref=1.0, amin=1e-10, top_db=None)
+    track = np.asarray(track, dtype=np.float32)
+    # librosa.effects.preemphasis, with its default initial state: lfilter's zi = 2 y[0] - y[1], added as is
+    emphasised = np.empty_like(track)
+    emphasised[1:] = track[1:] - np.float32(cfg.pre_emphasis) * track[:-1]
+    emphasised[:1] = track[:1] + (2 * track[:1] - track[1:2])
+    mel = _filterbank_power(emphasised, cfg.n_fft, cfg.hop_length, _mel_basis(cfg))
     if cfg.feature_set == "mfcc_deltas":
-        return log_mel, None
+        return _db(mel).T, None
     # Pad so the long frame t is centred where MFCC frame t is (t*hop + n_fft/2): the two align
     # frame for frame. The raw track, not the pre-emphasised one, keeps the low bands' energy.
     pad = (cfg.pitch_n_fft - cfg.n_fft) // 2
-    long_power = np.abs(librosa.stft(
-        np.pad(track, (pad, pad)), n_fft=cfg.pitch_n_fft, hop_length=cfg.hop_length,
-        window="hann", center=False,
-    )) ** 2
-    return log_mel, librosa.power_to_db(_pitch_bands(cfg) @ long_power, ref=1.0, amin=1e-10, top_db=None)
+    bands = _filterbank_power(np.pad(track, (pad, pad)), cfg.pitch_n_fft, cfg.hop_length, _pitch_bands(cfg))
+    return _db(mel).T, _db(bands).T
+
+
+#: STFT frames transformed at a time: bounds the scratch memory (~8 MB at n_fft 2048) whatever the track's length.
+_FRAMES_PER_BLOCK = 512
+
+
+@functools.lru_cache(maxsize=8)
+def _hann(n_fft: int) -> np.ndarray:
+    import scipy.signal  # imported where used: a job's parent, which computes no features, never pays its start-up
+
+    return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)  # librosa.stft's window
+
+
+@functools.lru_cache(maxsize=16)
+def _nonzero_bins(basis: bytes, n_bins: int) -> tuple[int, int]:
+    used = np.flatnonzero(np.frombuffer(basis, np.float32).reshape(-1, n_bins).any(axis=0))
+    return int(used[0]), int(used[-1]) + 1
+
+
+def _filterbank_power(x: np.ndarray, n_fft: int, hop: int, basis: np.ndarray) -> np.ndarray:
+    """(T, n_bands) filterbank energies of ``|STFT|**2`` (periodic Hann, ``center=False``): T = 1 + (len - n_fft) // hop.
+
+    Only the FFT bins the filterbank uses are squared and summed (the pitch bands use 50 of 1025).
+    """
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
+    lo, hi = _nonzero_bins(basis.tobytes(), basis.shape[1])
+    weights = np.ascontiguousarray(basis[:, lo:hi].T)  # (bins, n_bands)
+    window = _hann(n_fft)
+    out = np.empty((len(frames), basis.shape[0]), np.float32)
+    for i in range(0, len(frames), _FRAMES_PER_BLOCK):
+        spec = scipy.fft.rfft(frames[i : i + _FRAMES_PER_BLOCK] * window, axis=-1)[:, lo:hi]
+        out[i : i + _FRAMES_PER_BLOCK] = (spec.real ** 2 + spec.imag ** 2) @ weights
+    return out
+
+
+def _db(power: np.ndarray) -> np.ndarray:
+    """``librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None)``."""
+    return np.float32(10.0) * np.log10(np.maximum(power, np.float32(1e-10)))
 
 
 def floor_db(spectrum: np.ndarray, loudest: float) -> np.ndarray:
@@ -112,11 +200,52 @@ def floor_db(spectrum: np.ndarray, loudest: float) -> np.ndarray:
 
 
 def channels(log_mel: np.ndarray, pitch: np.ndarray | None, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
-    """(3, n_mfcc, T) float32 frame features from floored log spectra (see :func:`log_spectra`)."""
-    mfcc = librosa.feature.mfcc(S=log_mel, n_mfcc=cfg.n_mfcc, dct_type=2, norm="ortho", lifter=cfg.lifter)
-    delta = librosa.feature.delta(mfcc, width=cfg.delta_width, order=1)
-    third = librosa.feature.delta(mfcc, width=cfg.delta_width, order=2) if pitch is None else pitch
+    """(3, n_mfcc, T) float32 frame features from floored log spectra (see :func:`log_spectra`).
+
+    ``librosa.feature.mfcc(S=log_mel, dct_type=2, norm="ortho", lifter=...)`` and ``librosa.feature.delta``
+    (Savitzky–Golay, ``mode="interp"``) as the linear maps they are: one matrix product for the MFCC, a
+    correlation plus two small edge products for each delta (tested equal to librosa's).
+    """
+    mfcc = _dct_lifter(cfg) @ log_mel
+    delta = savgol_delta(mfcc, cfg.delta_width, order=1)
+    third = savgol_delta(mfcc, cfg.delta_width, order=2) if pitch is None else pitch
     return np.stack([mfcc, delta, third]).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _dct_lifter(cfg: FeatureConfig) -> np.ndarray:
+    """(n_mfcc, n_mels): DCT-II (ortho), first n_mfcc rows, each scaled by librosa's sinusoidal lifter."""
+    dct = scipy.fft.dct(np.eye(cfg.n_mels), type=2, norm="ortho", axis=0)[: cfg.n_mfcc]
+    if cfg.lifter > 0:
+        dct *= (1 + (cfg.lifter / 2) * np.sin(np.pi * np.arange(1, 1 + cfg.n_mfcc) / cfg.lifter))[:, None]
+    return dct.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _savgol_operator(width: int, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """librosa.feature.delta's ``mode="interp"`` Savitzky–Golay filter as (interior taps, left edge, right edge).
+
+    The filter librosa calls (polyorder = deriv = order), applied to unit impulses: out[:, t] = Σ_s x[:, s] M[s, t].
+    """
+    n, h = 2 * width + 1, width // 2
+    import scipy.signal
+
+    m = scipy.signal.savgol_filter(np.eye(n), width, polyorder=order, deriv=order, axis=-1, mode="interp")
+    t = n // 2
+    return m[t - h : t + h + 1, t].copy(), m[:width, :h].copy(), m[-width:, -h:].copy()
+
+
+def savgol_delta(x: np.ndarray, width: int = 9, order: int = 1) -> np.ndarray:
+    """``librosa.feature.delta(x, width=width, order=order, axis=-1)`` (``mode="interp"``) of a (C, T) array, T >= width."""
+    if x.shape[-1] < width:
+        raise ValueError(f"savgol_delta: need at least width={width} frames, got {x.shape[-1]}")
+    taps, left, right = _savgol_operator(width, order)
+    h = width // 2
+    out = np.empty(x.shape, np.float64)
+    out[:, h : x.shape[-1] - h] = np.lib.stride_tricks.sliding_window_view(x, width, axis=-1) @ taps
+    out[:, :h] = x[:, :width] @ left
+    out[:, x.shape[-1] - h :] = x[:, -width:] @ right
+    return out
 
 
 def frame_features(track: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:

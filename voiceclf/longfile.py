@@ -56,7 +56,8 @@ def is_long(path: str | os.PathLike, threshold_s: float = STREAM_ABOVE_S) -> boo
     """Whether the header says the recording is longer than ``threshold_s``; False when there is no readable header
     (the whole-file path then reports why the file cannot be read)."""
     try:
-        return sf.info(os.fspath(path)).duration > threshold_s
+        with sf.SoundFile(os.fspath(path)) as f:  # sf.info's duration, without the extra header strings it reads
+            return f.frames / f.samplerate > threshold_s
     except Exception:
         return False
 

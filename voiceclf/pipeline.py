@@ -139,8 +139,9 @@ def featurize_dir(
 
     One feature set writes into ``out``; several write ``out/<set>/`` each. Incremental: files whose
     sha256 is in the folder already are skipped, after the folder's rows of these sources are
-    reconciled with them (relabelled, moved and deleted files). Each file is hashed once for all
-    sets. Every file is accounted for: a row in the shards or in ``errors.csv``.
+    reconciled with them (relabelled, moved and deleted files). Files are hashed here, once for all
+    sets, only when a folder holds something to skip or reconcile; otherwise each worker hashes the bytes
+    it decodes. Every file is accounted for: a row in the shards or in ``errors.csv``.
     """
     items = discover(sources, allow_unlabelled, allow_outside_paths)
     cfgs = [FeatureConfig.for_feature_set(fs) for fs in feature_sets]
@@ -150,16 +151,27 @@ def featurize_dir(
     outs = [out] if len(cfgs) == 1 else [out / cfg.feature_set for cfg in cfgs]
     for o in outs:
         prepare_out(o)
-    for it in items:
-        try:
-            it.sha256 = batch.sha256_file(it.abspath)
-        except OSError:
-            pass  # unreadable, a broken link, a folder: the worker makes it an errors.csv row; a rerun tries again
     return [
         _featurize_set(items, cfg, o, augment=augment, shard_rows=shard_rows, jobs=jobs, backend=backend,
                        scheduler=scheduler, wait=wait, on_progress=on_progress)
         for cfg, o in zip(cfgs, outs)
     ]
+
+
+def _hash_for_skipping(items: list[batch.Item], out: Path) -> None:
+    """sha256 of every file not hashed yet, when ``out`` holds files to skip or reconcile (under its lock).
+
+    A fresh folder has nothing to skip: the workers hash each file from the bytes they decode, instead of the
+    parent reading every file once more before any work starts. Hashed once for all feature sets.
+    """
+    if not shards.part_paths(out) and not (out / shards.ERRORS).exists():
+        return
+    for it in items:
+        if it.sha256 is None:
+            try:
+                it.sha256 = batch.sha256_file(it.abspath)
+            except OSError:
+                pass  # unreadable, a broken link, a folder: the worker makes it an errors.csv row; a rerun tries again
 
 
 def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, augment: int, shard_rows: int, jobs: int,
@@ -173,6 +185,7 @@ def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, au
             raise OutputError(f"{out}: {e}") from None
         if existing is not None and existing != cfg:
             raise OutputError(f"{out} holds features made with another config ({existing.feature_set}); use another output folder")
+        _hash_for_skipping(items, out)
         changed = shards.reconcile(out, items)
         done = shards.done_hashes(out)
         todo = [it for it in items if it.sha256 not in done]

@@ -60,26 +60,74 @@ class SileroVAD:
 
     def __init__(self, w: dict[str, np.ndarray]) -> None:
         self.w = w
+        # The LSTM's gates reordered (input, forget, output | cell) and the three sigmoid gates' rows halved:
+        # then one tanh per step gives all four, as sigmoid(x) = (1 + tanh(x / 2)) / 2. Halving is exact in
+        # binary floating point, so the probabilities are those of the plain form, bit for bit.
+        order = np.r_[0:256, 384:512, 256:384]
+        scale = np.r_[np.full(384, 0.5, np.float32), np.ones(128, np.float32)]
+        self._w_ih = (w["lstm_cell.weight_ih"][order] * scale[:, None]).T.copy()
+        self._w_hh = (w["lstm_cell.weight_hh"][order] * scale[:, None]).T.copy()
+        self._b = ((w["lstm_cell.bias_ih"] + w["lstm_cell.bias_hh"])[order] * scale).astype(np.float32)
 
-    def __call__(self, mag: np.ndarray, state: tuple[np.ndarray, np.ndarray] | None = None):
+    def __call__(self, mag: np.ndarray, state: tuple[np.ndarray, np.ndarray] | None = None,
+                 threshold: float = 0.5, enough: float = np.inf):
+        """Probabilities and the state after the last chunk read. With ``enough``, reading stops after the chunk
+        that brings the count of chunks with p >= ``threshold`` to ``enough``: fewer than N are returned then."""
         w = self.w
         x = _conv1d(mag, w["conv1.weight"], w["conv1.bias"])
         x = _conv1d(x, w["conv2.weight"], w["conv2.bias"], stride=2)
         x = _conv1d(x, w["conv3.weight"], w["conv3.bias"], stride=2)
         x = _conv1d(x, w["conv4.weight"], w["conv4.bias"])[:, :, 0]  # (N, 128): one vector per chunk
-        # The LSTM cell (torch's gate order: input, forget, cell, output), one chunk after the other
-        gates_x = x @ w["lstm_cell.weight_ih"].T + (w["lstm_cell.bias_ih"] + w["lstm_cell.bias_hh"])
-        w_hh = w["lstm_cell.weight_hh"].T
+        gates_x = x @ self._w_ih + self._b
+        w_hh, w_out, b_out = self._w_hh, w["final_conv.weight"][0, :, 0], w["final_conv.bias"][0]
         h, c = state if state is not None else (np.zeros(128, np.float32), np.zeros(128, np.float32))
-        hs = np.empty_like(x)
-        for t in range(len(x)):
-            g = gates_x[t] + h @ w_hh
-            i, f, cell, o = _sigmoid(g[:128]), _sigmoid(g[128:256]), np.tanh(g[256:384]), _sigmoid(g[384:])
-            c = f * c + i * cell
-            h = o * np.tanh(c)
-            hs[t] = h
-        p = _sigmoid(np.maximum(hs, 0) @ w["final_conv.weight"][0, :, 0] + w["final_conv.bias"][0])
-        return p.astype(np.float32), (h, c)
+        p = np.empty(len(x), np.float32)
+        found, n = 0, 0
+        for t in range(len(x)):  # the LSTM cell (torch's gates: input, forget, cell, output), chunk after chunk
+            g = np.tanh(gates_x[t] + h @ w_hh)
+            sig = (1.0 + g[:384]) * 0.5
+            c = sig[128:256] * c + sig[:128] * g[384:]
+            h = sig[256:] * np.tanh(c)
+            p[t] = _sigmoid(np.maximum(h, 0) @ w_out + b_out)
+            n = t + 1
+            found += p[t] >= threshold
+            if found >= enough:
+                break
+        return p[:n], (h, c)
+
+    def many(self, mags: list[np.ndarray], states: list, threshold: float, enough: np.ndarray):
+        """:meth:`__call__` of several recordings' next chunks at once: the convolutions in one pass over all
+        chunks, the LSTM steps in lockstep (one matrix product per step for every recording).
+
+        Returns per recording the probabilities of the chunks it read and its state; a recording stops being
+        counted after the chunk that brings its count to ``enough``. Only a recording that read all its
+        chunks without reaching ``enough`` has a state worth carrying on.
+        """
+        w, lens = self.w, np.array([len(m) for m in mags])
+        x = _conv1d(np.concatenate(mags), w["conv1.weight"], w["conv1.bias"])
+        x = _conv1d(x, w["conv2.weight"], w["conv2.bias"], stride=2)
+        x = _conv1d(x, w["conv3.weight"], w["conv3.bias"], stride=2)
+        x = _conv1d(x, w["conv4.weight"], w["conv4.bias"])[:, :, 0]
+        gates = np.zeros((len(mags), lens.max(), 512), np.float32)  # (recording, step, gate); padded steps unread
+        for i, (a, b) in enumerate(zip(np.r_[0, np.cumsum(lens)[:-1]], np.cumsum(lens))):
+            gates[i, : b - a] = x[a:b] @ self._w_ih + self._b
+        h = np.stack([st[0] if st is not None else np.zeros(128, np.float32) for st in states])
+        c = np.stack([st[1] if st is not None else np.zeros(128, np.float32) for st in states])
+        w_hh, w_out, b_out = self._w_hh, w["final_conv.weight"][0, :, 0], w["final_conv.bias"][0]
+        p = np.zeros((len(mags), lens.max()), np.float32)
+        found, read = np.zeros(len(mags)), np.zeros(len(mags), np.int64)
+        for t in range(lens.max()):
+            g = np.tanh(gates[:, t] + h @ w_hh)
+            sig = (1.0 + g[:, :384]) * 0.5
+            c = sig[:, 128:256] * c + sig[:, :128] * g[:, 384:]
+            h = sig[:, 256:] * np.tanh(c)
+            p[:, t] = _sigmoid(np.maximum(h, 0) @ w_out + b_out)
+            reading = (t < lens) & (found < enough)
+            read += reading
+            found += reading & (p[:, t] >= threshold)
+            if not ((t + 1 < lens) & (found < enough)).any():
+                break
+        return [p[i, : read[i]] for i in range(len(mags))], [(h[i], c[i]) for i in range(len(mags))]
 
 
 def weights_path() -> Path:
@@ -171,7 +219,7 @@ def speech_seconds(y: np.ndarray, sha256: str = SILERO_SHA256, threshold: float 
     model, total = load_vad(sha256), n_chunks(len(y))
     state, found, need = None, 0, enough_s * SAMPLE_RATE / CHUNK
     for i in range(0, total, block):  # spectra per block too: an hour of audio never sits in memory as spectra
-        p, state = model(chunk_spectra(y, i, min(block, total - i)), state)
+        p, state = model(chunk_spectra(y, i, min(block, total - i)), state, threshold, need - found)
         found += int((p >= threshold).sum())
         if found >= need:
             break
@@ -188,6 +236,45 @@ def why_not_speech(y: np.ndarray, cfg: FeatureConfig) -> str | None:
     return why_not_speech_in([y], cfg)
 
 
+#: Chunks (32 ms each) per recording per lockstep round of :func:`why_not_speech_many`: most speech is found
+#: within the first 40, and a round's convolutions run for every chunk of it whether needed or not.
+MANY_BLOCK = 16
+
+
+def why_not_speech_many(ys: list[np.ndarray], cfg: FeatureConfig, block: int = MANY_BLOCK) -> list[str | None]:
+    """:func:`why_not_speech` of several cleaned recordings, computed together (the same verdicts and counts).
+
+    Each recording is read from its start in rounds of ``block`` chunks, its LSTM state carried from round to
+    round, until it holds enough speech or ends, as :func:`speech_seconds` does; the recordings still
+    being read share each round's convolutions and LSTM steps, which spares the per-call overhead that
+    made the detector a third of a short clip's featurize time.
+    """
+    if cfg.vad_min_speech_s <= 0:
+        return [None] * len(ys)
+    model = load_vad(cfg.vad_sha256)
+    need = cfg.vad_min_speech_s * SAMPLE_RATE / CHUNK
+    total = np.array([n_chunks(len(y)) for y in ys])
+    found, pos = np.zeros(len(ys)), np.zeros(len(ys), np.int64)
+    states: list = [None] * len(ys)
+    active = list(range(len(ys)))
+    while active:
+        counts = [min(block, total[i] - pos[i]) for i in active]
+        ps, new = model.many([chunk_spectra(ys[i], pos[i], k) for i, k in zip(active, counts)], [states[i] for i in active],
+                             cfg.vad_threshold, need - found[active])
+        for i, p, st, k in zip(active, ps, new, counts):
+            found[i] += int((p >= cfg.vad_threshold).sum())
+            pos[i] += k
+            states[i] = st
+        active = [i for i in active if found[i] < need and pos[i] < total[i]]
+    seconds = found * CHUNK / SAMPLE_RATE
+    return [None if seconds[i] >= cfg.vad_min_speech_s else _not_speech(seconds[i], len(y), cfg) for i, y in enumerate(ys)]
+
+
+def _not_speech(found_s: float, n_samples: int, cfg: FeatureConfig) -> str:
+    return (f"no voiced speech: Silero VAD found {found_s:.2f} s of speech in {n_samples / SAMPLE_RATE:.1f} s "
+            f"(at least vad_min_speech_s = {cfg.vad_min_speech_s:g} s needed; noise, tones or music?)")
+
+
 def why_not_speech_in(blocks: Iterable[np.ndarray], cfg: FeatureConfig) -> str | None:
     """:func:`why_not_speech` of a recording given as consecutive blocks (a long file, streamed).
 
@@ -202,8 +289,7 @@ def why_not_speech_in(blocks: Iterable[np.ndarray], cfg: FeatureConfig) -> str |
         n += len(y)
         if found >= cfg.vad_min_speech_s:
             return None
-    return (f"no voiced speech: Silero VAD found {found:.2f} s of speech in {n / SAMPLE_RATE:.1f} s "
-            f"(at least vad_min_speech_s = {cfg.vad_min_speech_s:g} s needed; noise, tones or music?)")
+    return _not_speech(found, n, cfg)
 
 
 def check(cfg: FeatureConfig) -> None:
