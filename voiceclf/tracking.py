@@ -16,18 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import matplotlib
+import mlflow
+import numpy as np
+from matplotlib.figure import Figure  # not pyplot: figures are files, no backend or window is ever chosen
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.tracking import MlflowClient
 
-matplotlib.use("Agg")  # headless: figures are files, never windows
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from voiceclf.config import LABELS, ConfigError, FeatureConfig, default_tracking_uri  # noqa: E402
+from voiceclf.config import LABELS, ConfigError, FeatureConfig, default_tracking_uri
 
 EXPERIMENT = "voiceclf"
 MODEL_NAME = "voiceclf"
@@ -234,7 +231,6 @@ class GridRuns:
         for name, obj in artifacts.items():
             if hasattr(obj, "savefig"):
                 client.log_figure(run_id, obj, name)
-                plt.close(obj)
             elif name.endswith(".csv"):
                 client.log_text(run_id, obj.to_csv(index=False), name)
             else:
@@ -426,7 +422,8 @@ def _check_pt2(model_uri: str, local: str, flavor: dict | None) -> None:
 # ----------------------------------------------------------------------------- figures
 def curves_figure(history: list[dict], title: str, best_epoch: int | None = None):
     epochs = np.arange(1, len(history) + 1)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    a, b = fig.subplots(1, 2)
     for key in ("train_loss", "val_loss"):
         a.plot(epochs, [h[key] for h in history], marker="o", label=key)
     for key in ("train_acc", "val_balanced_acc", "val_score", "val_worst_corpus"):
@@ -445,7 +442,8 @@ def curves_figure(history: list[dict], title: str, best_epoch: int | None = None
 def confusion_figure(cm: np.ndarray, title: str):
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    fig = Figure(figsize=(3.8, 3.4))
+    ax = fig.subplots()
     ConfusionMatrixDisplay(cm, display_labels=list(LABELS)).plot(ax=ax, colorbar=False)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
