@@ -140,3 +140,27 @@ def test_interrupted_run_leaves_no_partial_report(champion, tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".report.csv.*.tmp"))
     done = run_job("score", src, "--out", out, env={"MLFLOW_TRACKING_URI": champion})
     assert done.returncode == 0 and len(pd.read_csv(out)) == len(list(src.rglob("*.*")))
+
+
+def test_score_featurizes_on_the_version_tags_while_the_model_loads_and_refuses_a_mismatch(features, tmp_path):
+    """The workers start on the FeatureConfig in the version's tags; the loaded model must carry the same one."""
+    import dataclasses
+
+    from mlflow.tracking import MlflowClient
+
+    from jobs.train import DEFAULT_GRID
+    from voiceclf import pipeline
+    from voiceclf.config import FeatureConfig
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    pipeline.train_grid([features], pipeline.read_grid(DEFAULT_GRID, {"epochs": [1]}), tracking_uri=uri, jobs=1, system_metrics=False)
+    rec = tmp_path / "rec"
+    synth.make_corpus(rec, speakers=2, clips=2, seed=5, first_speaker=31)
+    ok = pipeline.score_dirs([rec], tracking_uri=uri, jobs=1)
+    wav = ok.report[ok.report["path"].str.endswith(".wav")]
+    assert len(wav) == 4 and (wav["status"] == "ok").all() and ok.model_version == "1"
+    assert (ok.report["model_uri"] == "models:/voiceclf@champion").all()
+    other = dataclasses.replace(FeatureConfig(), top_db=30.0)
+    MlflowClient().set_model_version_tag("voiceclf", "1", "feature_config", other.to_json())
+    with pytest.raises(pipeline.ModelError, match="another feature config than its tags say"):
+        pipeline.score_dirs([rec], tracking_uri=uri, jobs=1)

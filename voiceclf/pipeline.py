@@ -7,6 +7,7 @@ jobs' business (``jobs/``), so nothing here prints.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 import os
@@ -659,18 +660,42 @@ def score_dirs(
     dev = tr.pick_device(device)
     items, hidden = collect(dirs)
     tracking.connect(tracking_uri)
-    model = tracking.load(model_uri or tracking.DEFAULT_MODEL_URI)
-    cfg = model.cfg
-    _check_weights(cfg, f"{model.uri}: ")  # before any work
-    # Inference is a small share of the work (thousands of windows/s on one core); more torch threads
-    # in the parent only spin against the featurize workers for the same cores.
-    torch.set_num_threads(1)
-    module = _on_device(model, cfg, dev)
+    uri = model_uri or tracking.DEFAULT_MODEL_URI
+    # A registered version's tags hold its FeatureConfig: the workers start featurizing on it while the model
+    # downloads and loads in a thread (seconds of MLflow and torch), pinned to that version even if the alias
+    # moves meanwhile. The loaded model's own config must then be the same, or nothing is scored.
+    registered = tracking.registered_config(uri)
+    loader = pending = model = module = None
+    if registered is None:
+        model = tracking.load(uri)
+        cfg, version = model.cfg, model.version
+    else:
+        name, version, cfg = registered
+        loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="voiceclf-model-load")
+        pending = loader.submit(tracking.load, f"models:/{name}/{version}")
+    _check_weights(cfg, f"{uri}: ")  # before any work
+
+    def ready():
+        """The model's module on the device, once it is loaded and known to read these features."""
+        nonlocal model, module
+        if module is None:
+            if model is None:
+                model = pending.result()
+                if model.cfg != cfg:
+                    raise ModelError(f"{uri}: version {version} was trained with another feature config than its tags say; "
+                                     "register it again")
+            # Inference is a small share of the work (thousands of windows/s on one core); more torch threads
+            # in the parent only spin against the featurize workers for the same cores.
+            torch.set_num_threads(1)
+            module = _on_device(model, cfg, dev)
+        return module
+
     total = len(items) + len(hidden)
-    log.info("score: %d files in %s with %s (version %s, %s) on %s", total, ", ".join(map(str, dirs)), model.uri, model.version or "-", cfg.feature_set, dev)
+    log.info("score: %d files in %s with %s (version %s, %s) on %s", total, ", ".join(map(str, dirs)), uri, version or "-", cfg.feature_set, dev)
 
     def score(results):
-        return score_results(results, module, threshold=threshold, model_uri=model.uri, model_version=model.version, window_s=cfg.window_s)
+        module = ready() if any(r.n_windows for r in results) else None
+        return score_results(results, module, threshold=threshold, model_uri=uri, model_version=version, window_s=cfg.window_s)
 
     rows, segments, first = score(hidden)[0], [], None
     for res in hidden:
@@ -678,20 +703,25 @@ def score_dirs(
     errors = len(hidden)
     on_progress(Progress("score", len(hidden), total, errors))
     t_loop = time.perf_counter()
-    with parallel.engine(backend, scheduler):
-        for results in parallel.imap(batch.featurize_batch, batch.batches(items, jobs), n_jobs=jobs, cfg=cfg):
-            r, s = score(results)
-            for row in r:
-                if row["status"] != "ok":
-                    log.warning("%s: %s", row["status"], row["error"])
-            rows += r
-            segments += s
-            first = first or time.perf_counter() - t0
-            errors += sum(x["status"] == "error" for x in r)
-            on_progress(Progress("score", len(rows), total, errors))
+    try:
+        with parallel.engine(backend, scheduler):
+            for results in parallel.imap(batch.featurize_batch, batch.batches(items, jobs), n_jobs=jobs, cfg=cfg):
+                r, s = score(results)
+                for row in r:
+                    if row["status"] != "ok":
+                        log.warning("%s: %s", row["status"], row["error"])
+                rows += r
+                segments += s
+                first = first or time.perf_counter() - t0
+                errors += sum(x["status"] == "error" for x in r)
+                on_progress(Progress("score", len(rows), total, errors))
+        ready()  # a batch with no windows anywhere still has its model checked
+    finally:
+        if loader is not None:
+            loader.shutdown(wait=True)
     return ScoreResult(
         report=pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("path", kind="stable", ignore_index=True),
         segments=pd.DataFrame(segments, columns=SEGMENT_COLUMNS).sort_values(["path", "start_s"], kind="stable", ignore_index=True),
-        model_uri=model.uri, model_version=model.version, device=str(dev), seconds=time.perf_counter() - t0,
+        model_uri=uri, model_version=version, device=str(dev), seconds=time.perf_counter() - t0,
         loop_seconds=time.perf_counter() - t_loop, first_scored_s=first,
     )

@@ -340,6 +340,29 @@ class LoadedModel:
     version: str  # registry version, or "" for a runs:/ or logged-model URI
 
 
+def registered_config(model_uri: str) -> tuple[str, str, FeatureConfig] | None:
+    """(name, version, FeatureConfig) of a registered version, from its tags alone: no download, no torch.
+
+    Score starts its featurize workers on this while the model loads. None when ``model_uri`` is not a
+    registered version or its tags do not say (then :func:`load` says what is wrong).
+    """
+    if not model_uri.startswith("models:/"):
+        return None
+    ref = model_uri[len("models:/"):]
+    name, _, alias = ref.partition("@")
+    try:
+        if alias:
+            mv = MlflowClient().get_model_version_by_alias(name, alias)
+        elif "/" in ref and ref.split("/", 1)[1].isdigit():
+            name, v = ref.split("/", 1)
+            mv = MlflowClient().get_model_version(name, v)
+        else:
+            return None
+        return name, str(mv.version), FeatureConfig.from_json(mv.tags["feature_config"])
+    except (MlflowException, KeyError, ConfigError, ValueError):
+        return None
+
+
 def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
     """Load a model and the FeatureConfig it was trained with; refuse one this code cannot reproduce."""
     client = MlflowClient()
