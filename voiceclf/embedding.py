@@ -11,7 +11,6 @@ its sha256 must equal the one the FeatureConfig names. Nothing is fetched at run
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import importlib.util
 import io
@@ -20,6 +19,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 
+from voiceclf.io import read_pinned
 from voiceclf.config import EMBEDDING_DIM, FeatureConfig
 from voiceclf.features import Windows, no_windows, speech_track
 
@@ -83,11 +83,7 @@ def weights_path() -> Path:
 def load_encoder(sha256: str) -> "SpeakerEncoder":
     """The encoder whose weights hash to ``sha256``, once per process; refuse any other weights."""
     path = weights_path()
-    data = path.read_bytes()
-    found = hashlib.sha256(data).hexdigest()
-    if found != sha256:
-        raise EncoderError(f"{path}: the speaker encoder weights have sha256 {found[:12]}…, but the features "
-                           f"were defined with {sha256[:12]}…; install the encoder the model was trained with")
+    data = read_pinned(path, sha256, EncoderError, "speaker encoder", "install the encoder the model was trained with")
     import torch
 
     checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

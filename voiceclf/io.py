@@ -11,9 +11,10 @@ import fcntl
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas only where a table is written: a featurize worker reads pinned weights through here
+    import pandas as pd
 
 
 class LockedError(RuntimeError):
@@ -71,6 +72,17 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
         df.to_parquet(tmp, index=False)
 
 
+def read_pinned(path: Path, sha256: str, error: type[Exception], what: str, hint: str) -> bytes:
+    """The bytes of a pretrained-weights file, only if they hash to ``sha256``; else ``error`` naming both hashes."""
+    import hashlib
+
+    data = path.read_bytes()
+    found = hashlib.sha256(data).hexdigest()
+    if found != sha256:
+        raise error(f"{path}: the {what} weights have sha256 {found[:12]}…, but the features were defined with {sha256[:12]}…; {hint}")
+    return data
+
+
 # A text cell starting with one of these is a formula when the CSV is opened in a spreadsheet (a
 # file named "=HYPERLINK(...).wav"); a leading ' makes it text (OWASP, CSV injection). A cell that
 # starts with ' gets one more, so reading back (strip one leading ') gives exactly what was written.
@@ -87,6 +99,8 @@ def _as_written(value):
 
 def write_csv(df: pd.DataFrame, path: str | Path, **to_csv) -> None:
     """Write a CSV atomically. Text cells a spreadsheet would run as formulas get a leading ``'``."""
+    import pandas as pd
+
     text = [c for c in df.columns if df[c].dtype == object or isinstance(df[c].dtype, pd.StringDtype)]
     df = df.assign(**{c: df[c].map(_as_text) for c in text})
     with atomic_path(path) as tmp:
@@ -95,6 +109,8 @@ def write_csv(df: pd.DataFrame, path: str | Path, **to_csv) -> None:
 
 def read_csv(path: str | Path) -> pd.DataFrame:
     """A CSV written by :func:`write_csv`, every cell as the text that was written."""
+    import pandas as pd
+
     return pd.read_csv(path, dtype=str, keep_default_na=False).map(_as_written)
 
 

@@ -18,7 +18,6 @@ never imports torch (about 200 MB per worker and a second of start-up).
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import json
 import struct
@@ -28,6 +27,7 @@ from typing import Iterable
 import numpy as np
 import scipy.fft
 
+from voiceclf.io import read_pinned
 from voiceclf.config import VAD_SHA256 as SILERO_SHA256, FeatureConfig
 
 SAMPLE_RATE = 16000
@@ -160,11 +160,7 @@ def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
 def load_vad(sha256: str = SILERO_SHA256) -> SileroVAD:
     """The VAD whose weights hash to ``sha256``, once per process; refuse any other weights."""
     path = weights_path()
-    data = path.read_bytes()
-    found = hashlib.sha256(data).hexdigest()
-    if found != sha256:
-        raise VadError(f"{path}: the Silero VAD weights have sha256 {found[:12]}…, but the features were defined "
-                       f"with {sha256[:12]}…; install the silero-vad the model was trained with")
+    data = read_pinned(path, sha256, VadError, "Silero VAD", "install the silero-vad the model was trained with")
     w = read_safetensors(data)
     shapes = {"conv1.weight": (128, 129, 3), "conv2.weight": (64, 128, 3), "conv3.weight": (64, 64, 3),
               "conv4.weight": (128, 64, 3), "lstm_cell.weight_ih": (512, 128), "lstm_cell.weight_hh": (512, 128),
