@@ -42,7 +42,7 @@ def test_noise_is_not_speech_and_the_reason_says_so():
     cfg = FeatureConfig()
     noise = audio.clean(_level(np.random.default_rng(0).standard_normal(3 * SR), -20), cfg)
     why = vad.why_not_speech(noise, cfg)
-    assert why is not None and why.startswith("no voiced speech: Silero VAD found 0.00 s of speech in 3.0 s")
+    assert why is not None and why.startswith("no voiced speech: Silero VAD found 0.000 s of speech in 3.0 s")
     assert vad.why_not_speech(noise, dataclasses.replace(cfg, vad_min_speech_s=0.0)) is None  # 0: off
 
 

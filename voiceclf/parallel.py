@@ -25,15 +25,22 @@ class EngineError(RuntimeError):
 
 
 @contextlib.contextmanager
-def engine(backend: str = "loky", scheduler: str | None = None, timeout_s: float = 30.0):
-    """Run the enclosed joblib calls on ``backend``; ``dask`` connects to ``scheduler`` first."""
+def engine(backend: str = "loky", scheduler: str | None = None, timeout_s: float = 30.0, preload: tuple[str, ...] = ()):
+    """Run the enclosed joblib calls on ``backend``; ``dask`` connects to ``scheduler`` first.
+
+    ``preload``: modules a local worker imports as it starts. loky takes a worker's memory after its
+    first task as the reference and replaces a worker that grows 300 MB beyond it as leaking: a worker
+    that imports torch (speaker embeddings) in a later task than its first, e.g. when one featurize call
+    does the CNN's feature set and then the embeddings, would be restarted mid-run. Workers started with
+    other ``preload`` are a new pool.
+    """
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     if backend != "threading":
         warm_jit_cache()
     if backend != "dask":
         # loky workers idle for minutes after their job dies (even SIGKILLed), holding their memory
-        die = {"initializer": exit_with_parent, "initargs": (os.getpid(),)} if backend == "loky" else {}
+        die = {"initializer": start_worker, "initargs": (os.getpid(), tuple(preload))} if backend == "loky" else {}
         with joblib.parallel_config(backend=backend, **die):
             yield None
         return
@@ -85,6 +92,13 @@ def warm_jit_cache() -> None:
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def start_worker(parent_pid: int, preload: tuple[str, ...] = ()) -> None:
+    """Worker initializer: die with the parent, then import ``preload``."""
+    exit_with_parent(parent_pid)
+    for name in preload:
+        importlib.import_module(name)
 
 
 def exit_with_parent(parent_pid: int) -> None:

@@ -199,7 +199,7 @@ def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, au
         t0, finished, n = time.perf_counter(), False, 0
         on_progress(Progress(stage, 0, len(todo)))
         try:
-            with parallel.engine(backend, scheduler):
+            with parallel.engine(backend, scheduler, preload=("voiceclf.embedding",) if cfg.is_embedding else ()):
                 for results in parallel.imap(batch.featurize_batch, batch.batches(todo, jobs), n_jobs=jobs, cfg=cfg, augment=augment):
                     for r in results:
                         writer.add(r)
@@ -704,7 +704,7 @@ def score_dirs(
     on_progress(Progress("score", len(hidden), total, errors))
     t_loop = time.perf_counter()
     try:
-        with parallel.engine(backend, scheduler):
+        with parallel.engine(backend, scheduler, preload=("voiceclf.embedding",) if cfg.is_embedding else ()):
             for results in parallel.imap(batch.featurize_batch, batch.batches(items, jobs), n_jobs=jobs, cfg=cfg):
                 r, s = score(results)
                 for row in r:

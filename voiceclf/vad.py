@@ -267,7 +267,7 @@ def why_not_speech_many(ys: list[np.ndarray], cfg: FeatureConfig, block: int = M
 
 
 def _not_speech(found_s: float, n_samples: int, cfg: FeatureConfig) -> str:
-    return (f"no voiced speech: Silero VAD found {found_s:.2f} s of speech in {n_samples / SAMPLE_RATE:.1f} s "
+    return (f"no voiced speech: Silero VAD found {found_s:.3f} s of speech in {n_samples / SAMPLE_RATE:.1f} s "
             f"(at least vad_min_speech_s = {cfg.vad_min_speech_s:g} s needed; noise, tones or music?)")
 
 
