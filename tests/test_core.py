@@ -1,4 +1,4 @@
-"""FeatureConfig, features.windows and GenderCNN: the contracts other parts rely on."""
+"""FeatureConfig, features.extract and GenderCNN: the contracts other parts rely on."""
 import json
 
 import numpy as np
@@ -55,22 +55,22 @@ def test_windows_shape_dtype_and_finite():
 def test_short_clip_gives_one_padded_window_and_silence_none():
     w = features.extract(voice(0.4))
     assert len(w) == 1 and 0.35 < w.speech_s[0] < 0.5
-    assert features.windows(np.zeros(SR, np.float32)).shape == (0, 3, 98, 12)
-    assert features.windows(np.zeros(0, np.float32)).shape == (0, 3, 98, 12)
+    assert features.extract(np.zeros(SR, np.float32)).features.shape == (0, 3, 98, 12)
+    assert features.extract(np.zeros(0, np.float32)).features.shape == (0, 3, 98, 12)
 
 
 def test_feature_sets_differ_only_in_channel_2():
     y = voice(1.5)
-    a = features.windows(y, FeatureConfig(feature_set="mfcc_pitch"))
-    b = features.windows(y, FeatureConfig(feature_set="mfcc_deltas"))
+    a = features.extract(y, FeatureConfig(feature_set="mfcc_pitch")).features
+    b = features.extract(y, FeatureConfig(feature_set="mfcc_deltas")).features
     np.testing.assert_array_equal(a[:, :2], b[:, :2])
     assert np.abs(a[:, 2] - b[:, 2]).max() > 1.0
 
 
 def test_pitch_channel_follows_f0():
     """The pitch band with most energy moves up with the fundamental: the cue MFCCs smooth away."""
-    low = features.windows(voice(1.0, f0=100.0))[0, 2].mean(axis=0).argmax()
-    high = features.windows(voice(1.0, f0=220.0))[0, 2].mean(axis=0).argmax()
+    low = features.extract(voice(1.0, f0=100.0)).features[0, 2].mean(axis=0).argmax()
+    high = features.extract(voice(1.0, f0=220.0)).features[0, 2].mean(axis=0).argmax()
     assert high > low + 2
 
 
@@ -80,7 +80,7 @@ def test_mfcc_matches_librosa_reference_per_window():
 
     cfg = FeatureConfig()
     y = voice(1.0, lead_s=0.0, tail_s=0.0)
-    w = features.windows(y, cfg)
+    w = features.extract(y, cfg).features
     pe = librosa.effects.preemphasis(y, coef=cfg.pre_emphasis)
     ref = librosa.feature.mfcc(y=pe, sr=SR, n_mfcc=12, n_fft=400, hop_length=160, center=False, n_mels=40, lifter=22, window="hann")
     assert ref.shape == (12, 98)

@@ -145,7 +145,7 @@ def test_augmentation_keeps_the_voice_and_sets_the_snr():
     # never a pitch change: the harmonics stay in the same pitch bands (profiles correlate), however noisy
     from voiceclf import features
 
-    profile = lambda w: features.windows(w, cfg)[0, 2].mean(axis=0)  # noqa: E731
+    profile = lambda w: features.extract(w, cfg).features[0, 2].mean(axis=0)  # noqa: E731
     assert all(np.corrcoef(profile(v), profile(y))[0, 1] > 0.3 for v in variants)
 
 

@@ -320,8 +320,3 @@ def extract(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> Windows:
     views = np.lib.stride_tricks.sliding_window_view(frames, cfg.n_frames, axis=2)[:, :, ::step][:, :, : sp.n]
     features = np.ascontiguousarray(views.transpose(2, 0, 3, 1))
     return Windows(features, *sp.timing(cfg))
-
-
-def windows(waveform: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
-    """(n, 3, 98, 12) float32 model input of a cleaned waveform; n = 0 means no speech found."""
-    return extract(waveform, cfg).features
