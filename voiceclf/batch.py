@@ -98,14 +98,9 @@ def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True) -> tuple[R
     except Exception as e:  # a decoder bug must not stop the batch either; keep the cause
         return Result(item, error="decode_failed", message=f"{item.abspath}: {type(e).__name__}: {e}"), None
     wins = windows_of(decoded.samples, cfg)
-    if not len(wins):
-        why = "no voiced region found (silent or too quiet)"
-    else:
-        why = vad.why_not_speech(decoded.samples, cfg) if gate else None
-    result = Result(item, windows=None if why else wins, source_sample_rate=decoded.source_sample_rate, duration_s=decoded.duration_s)
-    if why:
-        result.error, result.message = "no_speech", f"{item.abspath}: {why}"
-    return result, decoded.samples
+    why = (vad.why_not_speech(decoded.samples, cfg) if gate else None) if len(wins) else NO_VOICED_REGION
+    result = Result(item, windows=wins, source_sample_rate=decoded.source_sample_rate, duration_s=decoded.duration_s)
+    return _no_speech(result, why), decoded.samples
 
 
 def _featurize_long(item: Item, cfg: FeatureConfig) -> Result:
@@ -120,16 +115,23 @@ def _featurize_long(item: Item, cfg: FeatureConfig) -> Result:
         return Result(item, error=e.code, message=str(e))
     except Exception as e:  # as in _featurize_one: one file never stops the batch
         return Result(item, error="decode_failed", message=f"{item.abspath}: {type(e).__name__}: {e}")
-    why = "no voiced region found (silent or too quiet)"
+    why = NO_VOICED_REGION
     if len(wins):
         try:  # the blocks again, scaled as the windows' were; read only until enough speech is found
             blocks = (x * np.float32(survey.gain) for x in audio.cleaned_blocks(item.abspath, cfg))
             why = vad.why_not_speech_in(blocks, cfg)
         except (OSError, audio.AudioError) as e:  # changed or removed since the windows were read
             return Result(item, error="decode_failed", message=f"{item.abspath}: {e}")
-    result = Result(item, windows=None if why else wins, source_sample_rate=survey.source_sample_rate, duration_s=survey.duration_s)
+    return _no_speech(Result(item, windows=wins, source_sample_rate=survey.source_sample_rate, duration_s=survey.duration_s), why)
+
+
+NO_VOICED_REGION = "no voiced region found (silent or too quiet)"
+
+
+def _no_speech(result: Result, why: str | None) -> Result:
+    """``result`` as a ``no_speech`` result without windows when there is a reason ``why``; else unchanged."""
     if why:
-        result.error, result.message = "no_speech", f"{item.abspath}: {why}"
+        result.windows, result.error, result.message = None, "no_speech", f"{result.item.abspath}: {why}"
     return result
 
 
@@ -214,8 +216,7 @@ def _gate(pending: list[tuple[Result, np.ndarray]], cfg: FeatureConfig) -> None:
     if not pending:
         return
     for (r, _), why in zip(pending, vad.why_not_speech_many([y for _, y in pending], cfg)):
-        if why:
-            r.windows, r.error, r.message = None, "no_speech", f"{r.item.abspath}: {why}"
+        _no_speech(r, why)
     pending.clear()
 
 

@@ -8,6 +8,7 @@ jobs' business (``jobs/``), so nothing here prints.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import os
@@ -159,6 +160,16 @@ def featurize_dir(
     ]
 
 
+@contextlib.contextmanager
+def _featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backend: str, scheduler: str | None, augment: int = 0):
+    """The workers' results for ``items``, a batch at a time, in order: the one loop featurize and score share.
+
+    Speaker-embedding workers start with torch loaded (``parallel.engine``'s ``preload``).
+    """
+    with parallel.engine(backend, scheduler, preload=("voiceclf.embedding",) if cfg.is_embedding else ()):
+        yield parallel.imap(batch.featurize_batch, batch.batches(items, jobs), n_jobs=jobs, cfg=cfg, augment=augment)
+
+
 def _hash_for_skipping(items: list[batch.Item], out: Path) -> None:
     """sha256 of every file not hashed yet, when ``out`` holds files to skip or reconcile (under its lock).
 
@@ -199,8 +210,8 @@ def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, au
         t0, finished, n = time.perf_counter(), False, 0
         on_progress(Progress(stage, 0, len(todo)))
         try:
-            with parallel.engine(backend, scheduler, preload=("voiceclf.embedding",) if cfg.is_embedding else ()):
-                for results in parallel.imap(batch.featurize_batch, batch.batches(todo, jobs), n_jobs=jobs, cfg=cfg, augment=augment):
+            with _featurized(todo, cfg, jobs=jobs, backend=backend, scheduler=scheduler, augment=augment) as stream:
+                for results in stream:
                     for r in results:
                         writer.add(r)
                         summary.windows += r.n_windows
@@ -704,8 +715,8 @@ def score_dirs(
     on_progress(Progress("score", len(hidden), total, errors))
     t_loop = time.perf_counter()
     try:
-        with parallel.engine(backend, scheduler, preload=("voiceclf.embedding",) if cfg.is_embedding else ()):
-            for results in parallel.imap(batch.featurize_batch, batch.batches(items, jobs), n_jobs=jobs, cfg=cfg):
+        with _featurized(items, cfg, jobs=jobs, backend=backend, scheduler=scheduler) as stream:
+            for results in stream:
                 r, s = score(results)
                 for row in r:
                     if row["status"] != "ok":

@@ -340,46 +340,45 @@ class LoadedModel:
     version: str  # registry version, or "" for a runs:/ or logged-model URI
 
 
+def _model_version(model_uri: str):
+    """The registry version a ``models:/name@alias`` or ``models:/name/N`` URI names; None for any other URI.
+
+    Raises :class:`NoChampion` (nothing under that name or alias) or :class:`TrackingError` (no such version).
+    """
+    if not model_uri.startswith("models:/"):
+        return None
+    ref = model_uri[len("models:/"):]
+    name, _, alias = ref.partition("@")
+    client = MlflowClient()
+    try:
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        if "/" in ref and ref.split("/", 1)[1].isdigit():
+            return client.get_model_version(*ref.split("/", 1))
+        return None
+    except MlflowException:
+        if not alias and "/" in ref and _registered(name := ref.split("/", 1)[0]):
+            raise TrackingError(f"version {ref.split('/', 1)[1]} of model {name} does not exist in {mlflow.get_tracking_uri()} (versions: {_versions(name)})") from None
+        raise NoChampion(f"no model registered as {name}{'@' + alias if alias else ''} in {mlflow.get_tracking_uri()} — run `make train` or `make demo` first") from None
+
+
 def registered_config(model_uri: str) -> tuple[str, str, FeatureConfig] | None:
     """(name, version, FeatureConfig) of a registered version, from its tags alone: no download, no torch.
 
     Score starts its featurize workers on this while the model loads. None when ``model_uri`` is not a
     registered version or its tags do not say (then :func:`load` says what is wrong).
     """
-    if not model_uri.startswith("models:/"):
-        return None
-    ref = model_uri[len("models:/"):]
-    name, _, alias = ref.partition("@")
     try:
-        if alias:
-            mv = MlflowClient().get_model_version_by_alias(name, alias)
-        elif "/" in ref and ref.split("/", 1)[1].isdigit():
-            name, v = ref.split("/", 1)
-            mv = MlflowClient().get_model_version(name, v)
-        else:
-            return None
-        return name, str(mv.version), FeatureConfig.from_json(mv.tags["feature_config"])
-    except (MlflowException, KeyError, ConfigError, ValueError):
+        mv = _model_version(model_uri)
+        return None if mv is None else (mv.name, str(mv.version), FeatureConfig.from_json(mv.tags["feature_config"]))
+    except (TrackingError, MlflowException, KeyError, ConfigError, ValueError):
         return None
 
 
 def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
     """Load a model and the FeatureConfig it was trained with; refuse one this code cannot reproduce."""
-    client = MlflowClient()
-    version = ""
-    if model_uri.startswith("models:/"):
-        ref = model_uri[len("models:/"):]
-        name, _, alias = ref.partition("@")
-        try:
-            if alias:
-                version = client.get_model_version_by_alias(name, alias).version
-            elif "/" in ref and ref.split("/", 1)[1].isdigit():
-                name, v = ref.split("/", 1)
-                version = client.get_model_version(name, v).version
-        except MlflowException:
-            if not alias and "/" in ref and _registered(name):
-                raise TrackingError(f"version {ref.split('/', 1)[1]} of model {name} does not exist in {mlflow.get_tracking_uri()} (versions: {_versions(name)})") from None
-            raise NoChampion(f"no model registered as {name}{'@' + alias if alias else ''} in {mlflow.get_tracking_uri()} — run `make train` or `make demo` first") from None
+    mv = _model_version(model_uri)
+    version = "" if mv is None else mv.version
     # A pickled model runs code when it is loaded: refuse everything but pt2, and have MLflow check
     # that a pt2 archive holds no pickle records either, whatever the environment says.
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
