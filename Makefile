@@ -42,7 +42,7 @@ demo: setup
 # DATA is a list of corpora (folders or manifest .csv files), separated by spaces: all of them in one call.
 FEATURE_SETS ?= mfcc_pitch,speaker_embedding
 features: setup
-	$(PY) -m jobs.featurize $(foreach d,$(DATA),$(call q,$(d))) --out $(call q,$(or $(OUT),features)) --feature-set $(call q,$(FEATURE_SETS)) --jobs $(call q,$(JOBS))$(if $(AUGMENT), --augment $(call q,$(AUGMENT)))
+	$(PY) -m jobs.featurize $(foreach d,$(DATA),$(call q,$(d))) --out $(call q,$(or $(OUT),features)) --feature-set $(call q,$(FEATURE_SETS)) --jobs $(call q,$(JOBS))$(if $(or $(VARIANTS),$(AUGMENT)), --variants $(call q,$(or $(VARIANTS),$(AUGMENT))))
 
 train: setup
 	$(PY) -m jobs.train --features $(call q,$(FEATURES)) --jobs $(call q,$(JOBS))

@@ -36,7 +36,7 @@ def long_folder(root: Path, seconds: float) -> Path:
 
 def featurize_peak(runner: Runner, folder: Path, out: Path, tag: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    res = runner.job("featurize", [shown(folder), "--out", shown(out), "--augment", "0", "--jobs", "2"], log_name=f"long_featurize_{tag}", poll_memory=True)
+    res = runner.job("featurize", [shown(folder), "--out", shown(out), "--variants", "0", "--jobs", "2"], log_name=f"long_featurize_{tag}", poll_memory=True)
     shutil.rmtree(out, ignore_errors=True)
     return {"wall_s": res["wall_s"], "cpu_s": res["cpu_s"], "peak_rss_tree": res["peak_rss_tree"], "peak_rss_one": res["peak_rss_one"], "peak_rss_worker": res["peak_rss_worker"]}
 

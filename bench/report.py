@@ -14,7 +14,7 @@ from voiceclf.config import REPO_ROOT
 
 TARGETS = {
     "speaker_bacc": 0.95,  # the best method, on each held-out corpus
-    "short_clip_files_per_s": 100.0,  # featurize --augment 0, clips of 1-3 s, 2 cores
+    "short_clip_files_per_s": 100.0,  # featurize --variants 0, clips of 1-3 s, 2 cores
     "featurize_vs_loop": 3.0,  # featurize mfcc_pitch ÷ the plain loop, every corpus, end to end (issue 11)
     "featurize_cpu_vs_loop": 1.0,  # featurize mfcc_pitch CPU per file ÷ the plain loop's, every corpus (issue 11)
     "score_vs_featurize": 0.9,  # score ÷ featurize alone, same files, end to end (issue 11)
@@ -114,7 +114,7 @@ def accuracy(acc: dict, missed: list[str]) -> list[str]:
         "speakers split into train and validation (stratified by corpus × sex), each point keeps the epoch with the best `val_score`, and "
         "points are ranked by `xval_score` (the point trained again without each training corpus in turn, scored on it). The **champion** is "
         "the top point across families, what `jobs.train` would register. Augmented variants (featurize's default "
-        f"`--augment {fz['augment']}`) are used for training only. The pitch baseline fits one threshold on the median pyin F0 of the training "
+        f"`--variants {fz['variants']}`) are used for training only. The pitch baseline fits one threshold on the median pyin F0 of the training "
         "corpora's recordings (male below it).")
     add("")
     add("Score: **speaker-balanced accuracy** = the share of a speaker's recordings labelled right (windows pooled per recording by mean "
@@ -180,7 +180,7 @@ def speed(s: dict, missed: list[str]) -> list[str]:
     add("")
     add(f"Each ratio is against a baseline timed in this run on this machine, on the same files. **job** = the files/s a job reports in its summary "
         "line (its parallel loop, worker start-up included; interpreter start-up and imports not), for the plain loop its own loop timing; "
-        f"**end to end** = files ÷ wall clock of the whole command. Featurize runs pass `--augment 0`: a file then costs what it costs in score and "
+        f"**end to end** = files ÷ wall clock of the whole command. Featurize runs pass `--variants 0`: a file then costs what it costs in score and "
         f"in the plain loop (the default adds training-only variants). Repeats: {reps}, interleaved (all runs listed). The plain loop "
         "(`bench/plain_loop.py`) is one process with BLAS/OpenMP on one thread, like each featurize worker.")
     add("")

@@ -13,7 +13,6 @@ import argparse
 import datetime
 import json
 import os
-import pickle
 import shutil
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import corpora, loco, report, speed
-from bench.procs import BenchError, CpuMonitor, Runner, log, parse_summary, shown, shutdown_workers
+from bench.procs import BenchError, CpuMonitor, Runner, log, shown, shutdown_workers
 from voiceclf import io, shards
 from voiceclf.config import LABELS, REPO_ROOT
 
@@ -31,19 +30,15 @@ FEATURE_SETS = ("mfcc_pitch", "speaker_embedding")
 QUICK_EPOCHS = 2
 
 
-def featurize_default_augment() -> int:
-    """The featurize job's own ``--augment`` default: the accuracy features are made with the job's defaults."""
-    from jobs import featurize
-
-    return featurize.parse_args(["src", "--out", "unused"]).augment
-
-
 def featurize_corpora(runner: Runner, sources: list[Path], out_root: Path) -> dict[str, dict]:
-    """Every corpus into one shard folder per feature set, one featurize call each, with the job's defaults.
+    """Every corpus into one shard folder per feature set, in this process through the pipeline, with the
+    featurize job's defaults (``pipeline.VARIANTS`` augmented variants of each labelled file).
 
     Incremental: a rerun only featurizes what is new. Shards made with other defaults or sources, or that
     this voiceclf cannot read (schema or config changed), are made afresh, once."""
-    made_with = {"augment": featurize_default_augment(), "sources": [str(s) for s in sources]}
+    from voiceclf import pipeline
+
+    made_with = {"variants": pipeline.VARIANTS, "sources": [str(s) for s in sources]}
     out: dict[str, dict] = {}
     for fs in FEATURE_SETS:
         d = out_root / fs
@@ -51,11 +46,14 @@ def featurize_corpora(runner: Runner, sources: list[Path], out_root: Path) -> di
         if d.exists() and (not marker.exists() or json.loads(marker.read_text()) != made_with):
             log(f"{shown(d)} was made from other sources or featurize defaults; featurizing afresh")
             shutil.rmtree(d)
+        runner.commands.append(f"# in-process: voiceclf.pipeline.featurize_dir({[shown(s) for s in sources]!r}, {shown(d)!r}, "
+                               f"[{fs!r}], variants={pipeline.VARIANTS}, allow_outside_paths=True)")
         for attempt in (1, 2):
             log(f"featurize {fs}: {len(sources)} corpora → {shown(d)} (incremental)")
+            t0 = time.perf_counter()
             try:
-                res = runner.job("featurize", [*map(shown, sources), "--out", shown(d), "--feature-set", fs,
-                                                  "--allow-outside-paths"], log_name=f"featurize_{fs}")  # --quick manifests list ../shared/data
+                # allow_outside_paths: the --quick manifests list files of ../shared/data
+                (summ,) = pipeline.featurize_dir(sources, d, [fs], variants=pipeline.VARIANTS, allow_outside_paths=True)
                 shards.read(d, with_features=False)
                 break
             except Exception as e:
@@ -64,10 +62,9 @@ def featurize_corpora(runner: Runner, sources: list[Path], out_root: Path) -> di
                 log(f"{shown(d)} cannot be reused ({type(e).__name__}: {str(e).splitlines()[0][:160]}); featurizing afresh")
                 shutil.rmtree(d, ignore_errors=True)
         marker.write_text(json.dumps(made_with))
-        summ = parse_summary(res["text"], "featurize summary")  # absent when nothing was new
-        out[fs] = {"dir": d, "wall_s": res["wall_s"], "new_files": int(summ.get("files", 0)), "rate_job": float(summ.get("files/s", "nan")),
+        out[fs] = {"dir": d, "wall_s": time.perf_counter() - t0, "new_files": summ.todo, "rate_job": summ.files_per_s,
                    "errors": shards.read_errors(d)}
-    out["augment"] = made_with["augment"]
+    out["variants"] = made_with["variants"]
     return out
 
 
@@ -162,9 +159,6 @@ def main(argv=None) -> int:
             print(f"bench: error: {e}", file=sys.stderr)
             return 1
     wall = {"total": time.perf_counter() - t_start, **wall}
-    # The raw measurements too, so a report can be written again without measuring again
-    with open(args.workdir / "measurements.pickle", "wb") as f:
-        pickle.dump({"acc": acc, "spd": spd, "commands": runner.commands, "logs": runner.logs, "started": started, "wall": wall, "cpu": cpu}, f)
     text, missed = report.render(args, acc, spd, runner, started, wall, cpu)
     io.write_text(args.out, text)
     log(f"wrote {shown(args.out)} after {wall['total'] / 60:.1f} min; targets missed: {len(missed)}")

@@ -32,8 +32,8 @@ def fresh(d: Path) -> Path:
 
 
 def featurize(runner: Runner, sources: list[Path], out: Path, fs: str, tag: str, poll: bool = False) -> dict:
-    """One featurize call with ``--augment 0`` (the work score does per file) into a fresh folder."""
-    res = runner.job("featurize", [*map(shown, sources), "--out", shown(fresh(out)), "--feature-set", fs, "--augment", "0",
+    """One featurize call with ``--variants 0`` (the work score does per file) into a fresh folder."""
+    res = runner.job("featurize", [*map(shown, sources), "--out", shown(fresh(out)), "--feature-set", fs, "--variants", "0",
                                        "--allow-outside-paths"],  # the subset manifests list files of ../shared/data
                      log_name=f"speed_{tag}", poll_memory=poll)
     rows, _, _ = shards.read(out, with_features=False)
@@ -66,7 +66,7 @@ def champions(runner: Runner, sp: Path, feature_sets: tuple[str, ...] = FEATURE_
     out = {}
     for fs in feature_sets:
         feat = syn / "features" / fs
-        runner.job("featurize", [shown(syn / "corpus"), "--out", shown(feat), "--feature-set", fs, "--augment", "0"], log_name=f"champion_featurize_{fs}")
+        runner.job("featurize", [shown(syn / "corpus"), "--out", shown(feat), "--feature-set", fs, "--variants", "0"], log_name=f"champion_featurize_{fs}")
         store = fresh(sp / "mlruns" / fs)
         store.mkdir(parents=True)
         env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}

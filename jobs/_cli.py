@@ -27,12 +27,28 @@ console = Console(stderr=True)
 log = logging.getLogger("voiceclf")
 
 
+#: The next step after a library error that says something is missing (its ``missing`` attribute). Make
+#: targets and flags are the jobs' words: the library's messages stop at the fact.
+NEXT_STEP = {
+    "features": "run `make features` first",
+    "model": "run `make train` (or `make demo`) first",
+    "server": "start it (`make server`) or unset MLFLOW_TRACKING_URI to use the local store",
+    "weights": "`make setup` installs them",
+}
+
+
 class JobError(Exception):
     """Ends a job with a one-line message and an exit code."""
 
     def __init__(self, message: str, code: int = FAILURE) -> None:
         super().__init__(message)
         self.code = code
+
+    @classmethod
+    def of(cls, e: Exception, code: int = FAILURE) -> "JobError":
+        """A library error as a job's last line, with the next step when the error names what is missing."""
+        step = NEXT_STEP.get(getattr(e, "missing", None))
+        return cls(f"{e}; {step}" if step else str(e), code)
 
 
 class Interrupted(BaseException):
@@ -76,6 +92,10 @@ def check_interrupted() -> None:
 def main_wrapper(job: str, run) -> None:
     """Run ``run()`` (which returns an exit code) and turn failures into one line + exit code."""
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # A scheduled job fails within ~15 s when its tracking server dies mid-run, instead of after MLflow's
+    # default of minutes of retries. Set here, not in the library: a program that imports voiceclf keeps its own.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     try:
         code = run()
     except JobError as e:

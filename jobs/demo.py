@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     # no augmentation: the synthetic voices are clean, and the demo should take a minute
     with _cli.progress_bars() as on_progress:
         for summary in pipeline.featurize_dir([work / "corpus"], work / "features", ["mfcc_pitch", "speaker_embedding"],
-                                              augment=0, jobs=args.jobs, on_progress=on_progress):
+                                              variants=0, jobs=args.jobs, on_progress=on_progress):
             featurize.report(summary)
     step("3/5 train the grid of jobs/grid.toml over both families and register the champion")
     grids = pipeline.read_grid(train.DEFAULT_GRID, {"epochs": [args.epochs]})
@@ -94,7 +94,7 @@ def main(argv=None) -> None:
             from voiceclf import tracking
 
             if isinstance(e, (tracking.TrackingError, pipeline.TrainError, pipeline.ModelError, io.LockedError)):
-                raise JobError(str(e), _cli.FAILURE) from None
+                raise JobError.of(e, _cli.FAILURE) from None
             raise
 
     _cli.main_wrapper("demo", demo)

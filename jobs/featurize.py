@@ -41,9 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "its shards into OUT; several (comma-separated, e.g. mfcc_pitch,speaker_embedding: both model families) "
                    "write OUT/<set>/ each, which `jobs.train --features OUT` finds (default mfcc_pitch)")
     p.add_argument("--shard-rows", type=int, default=2048, help="windows per shard, bounds memory (default %(default)s)")
-    p.add_argument("--augment", type=int, default=2, metavar="K", help="add K augmented variants of every labelled file "
+    p.add_argument("--variants", "--augment", dest="variants", type=int, default=pipeline.VARIANTS, metavar="K", help="add K augmented variants of every labelled file "
                    "(gain, noise at 5-30 dB SNR, EQ, telephone band, reverb; never pitch or speed), used for training only; "
-                   "0 turns it off (default %(default)s: the best setting in `make bench`)")
+                   "0 turns it off (default %(default)s: the best setting in `make bench`; --augment is its old name)")
     p.add_argument("--allow-unlabelled", action="store_true", help="accept a plain folder of audio with no labels")
     p.add_argument("--allow-outside-paths", action="store_true", help="accept manifest paths that are absolute or lead out "
                    "of the manifest's folder (../x.wav); refused by default, as they are more often a mistake")
@@ -53,8 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wait", action="store_true", help="if another run holds OUT, wait for it instead of exiting 3")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    if args.augment < 0:
-        p.error("--augment must be >= 0")
+    if args.variants < 0:
+        p.error("--variants must be >= 0")
     if args.shard_rows < 1:
         p.error("--shard-rows must be >= 1")
     if args.jobs == 0:
@@ -76,17 +76,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _cli.progress_bars() as on_progress:
             summaries = pipeline.featurize_dir(
-                args.sources, args.out, args.feature_set, augment=args.augment, shard_rows=args.shard_rows, jobs=args.jobs,
+                args.sources, args.out, args.feature_set, variants=args.variants, shard_rows=args.shard_rows, jobs=args.jobs,
                 backend=args.backend, scheduler=args.scheduler, wait=args.wait, allow_unlabelled=args.allow_unlabelled,
                 allow_outside_paths=args.allow_outside_paths, on_progress=on_progress)
     except io.LockedError as e:
         raise JobError(f"{e}; rerun with --wait to queue behind it", _cli.LOCKED) from None
     except pipeline.ModelError as e:
-        raise JobError(str(e), _cli.FAILURE) from None
+        raise JobError.of(e, _cli.FAILURE) from None
     except corpus.CorpusError as e:
         raise JobError(f"{e} (--allow-outside-paths accepts them)" if e.outside_paths else str(e), _cli.USAGE) from None
     except (shards.ShardError, ConfigError, parallel.EngineError, pipeline.OutputError) as e:
-        raise JobError(str(e), _cli.USAGE) from None
+        raise JobError.of(e, _cli.USAGE) from None
     errors = 0
     for s in summaries:
         report(s)

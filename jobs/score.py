@@ -75,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
             if args.segments:
                 io.write_csv(res.segments, args.segments, float_format="%.6g")
     except (corpus.CorpusError, DataError, parallel.EngineError) as e:  # DataError: --device cuda without CUDA, as in train
-        raise JobError(str(e), _cli.USAGE) from None
+        raise JobError.of(e, _cli.USAGE) from None
     except (tracking.TrackingError, pipeline.ModelError) as e:
-        raise JobError(str(e), _cli.FAILURE) from None
+        raise JobError.of(e, _cli.FAILURE) from None
     report = res.report
     counts = report["status"].value_counts()
     labels = report.loc[report["status"] == "ok", "label"].value_counts()

@@ -82,7 +82,7 @@ def grids_of(args: argparse.Namespace) -> dict[str, dict]:
     try:
         return pipeline.read_grid(args.grid, overrides)
     except pipeline.GridError as e:
-        raise JobError(str(e), _cli.USAGE) from None
+        raise JobError.of(e, _cli.USAGE) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
                 system_metrics=not args.no_system_metrics, register=not args.no_register, force_promote=args.force_promote,
                 on_progress=on_progress)
     except (pipeline.GridError, tr.DataError, shards.ShardError, ConfigError, parallel.EngineError) as e:
-        raise JobError(str(e), _cli.USAGE) from None
+        raise JobError.of(e, _cli.USAGE) from None
     except (tracking.TrackingError, pipeline.TrainError) as e:
-        raise JobError(str(e), _cli.FAILURE) from None
+        raise JobError.of(e, _cli.FAILURE) from None
     show_table(out.table)
     w = out.winner
     if out.version is None:
@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         _cli.console.print(f"registered {tracking.MODEL_NAME} version {out.version} as [bold]models:/{tracking.MODEL_NAME}@{tracking.ALIAS}[/] "
                            f"({w.point.name}: test_score {w.test['test_score']:.3f}, run {out.winner_run_id}; {out.reason})", highlight=False)
     else:
-        log.warning("registered %s version %d WITHOUT the %s alias: %s", tracking.MODEL_NAME, out.version, tracking.ALIAS, out.reason)
+        log.warning("registered %s version %d WITHOUT the %s alias: %s (--force-promote overrides)", tracking.MODEL_NAME, out.version,
+                    tracking.ALIAS, out.reason)
     return _cli.OK
 
 

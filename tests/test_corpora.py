@@ -18,7 +18,7 @@ def two_corpora(tmp_path_factory):
     synth.make_corpus(root / "north", speakers=8, clips=5, seed=11)
     synth.make_corpus(root / "south", speakers=8, clips=5, seed=12)
     out = root / "features"
-    proc = run_job("featurize", root / "north", root / "south", "--out", out, "--feature-set", ",".join(SETS), "--augment", "1", "--jobs", "2", check=True)
+    proc = run_job("featurize", root / "north", root / "south", "--out", out, "--feature-set", ",".join(SETS), "--variants", "1", "--jobs", "2", check=True)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(SETS)  # several sets: one folder each
     # the embedding set's workers start with torch loaded: loky would take its import for a leak and restart them
     assert "A worker stopped" not in proc.stderr, proc.stderr[-2000:]
@@ -33,7 +33,7 @@ def test_one_call_keeps_corpora_apart(two_corpora):
         assert set(rows["corpus"]) == {"north", "south"}
         assert rows["speaker"].nunique() == 16  # two corpora's "01" are two people
         assert set(rows.loc[rows["corpus"] == "north", "speaker"].str.split("/").str[0]) == {"north"}
-        assert set(rows["augment"]) == {0, 1}
+        assert set(rows["variant"]) == {0, 1}
 
 
 def test_manifest_corpus_column(tmp_path):

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -14,7 +15,7 @@ def test_shards_follow_the_contract(features):
     parts = shards.part_paths(features)
     assert parts and all(p.name.startswith("part-") for p in parts)
     schema = pq.read_schema(parts[0])
-    assert schema.names == ["path", "source", "corpus", "sha256", "speaker", "label", "window", "offset_s", "duration_s", "source_sample_rate", "augment", "features"]
+    assert schema.names == ["path", "source", "corpus", "sha256", "speaker", "label", "window", "offset_s", "speech_s", "source_sample_rate", "variant", "features"]
     assert str(schema.field("features").type) == "fixed_size_list<element: float>[3528]"
     cfg = FeatureConfig.from_json(schema.metadata[b"voiceclf.feature_config"].decode())
     assert cfg == FeatureConfig()
@@ -40,7 +41,7 @@ def test_every_input_file_is_accounted_for(corpus, features):
 def test_rerun_adds_nothing(corpus, features):
     before = {p.name: p.stat().st_mtime_ns for p in shards.part_paths(features)}
     errors_before = (features / "errors.csv").read_text()
-    proc = run_job("featurize", "--augment", "0", corpus, "--out", features, "--jobs", "2", check=True)
+    proc = run_job("featurize", "--variants", "0", corpus, "--out", features, "--jobs", "2", check=True)
     assert "nothing new" in proc.stderr
     assert {p.name: p.stat().st_mtime_ns for p in shards.part_paths(features)} == before
     assert (features / "errors.csv").read_text() == errors_before
@@ -48,7 +49,7 @@ def test_rerun_adds_nothing(corpus, features):
 
 def test_jobs_1_and_2_give_identical_shards(corpus, features, tmp_path):
     out = tmp_path / "one"
-    run_job("featurize", "--augment", "0", corpus, "--out", out, "--jobs", "1", check=True)
+    run_job("featurize", "--variants", "0", corpus, "--out", out, "--jobs", "1", check=True)
     a = pq.read_table(shards.part_paths(features))
     b = pq.read_table(shards.part_paths(out))
     assert a.schema == b.schema and a.num_rows == b.num_rows
@@ -63,7 +64,7 @@ def test_small_shards_and_incremental_new_files(corpus, tmp_path):
     src = tmp_path / "src"
     synth.make_corpus(src, speakers=2, clips=6, seed=3)
     out = tmp_path / "out"
-    run_job("featurize", "--augment", "0", src, "--out", out, "--shard-rows", "4", "--jobs", "1", check=True)
+    run_job("featurize", "--variants", "0", src, "--out", out, "--shard-rows", "4", "--jobs", "1", check=True)
     parts = shards.part_paths(out)
     sizes = [pq.read_metadata(p).num_rows for p in parts]
     assert len(parts) >= 2 and max(sizes) < 4 + 3  # a shard closes at the first file boundary past 4 windows
@@ -71,7 +72,7 @@ def test_small_shards_and_incremental_new_files(corpus, tmp_path):
     for f in (tmp_path / "more").rglob("*_1.wav"):
         target = src / f.relative_to(tmp_path / "more")
         target.write_bytes(f.read_bytes())
-    proc = run_job("featurize", "--augment", "0", src, "--out", out, "--shard-rows", "4", "--jobs", "1", check=True)
+    proc = run_job("featurize", "--variants", "0", src, "--out", out, "--shard-rows", "4", "--jobs", "1", check=True)
     assert "4 to do" in proc.stderr
     rows, _, _ = shards.read(out, with_features=False)
     assert rows["path"].nunique() == 16
@@ -81,7 +82,7 @@ def test_fail_on_error_exit_code(tmp_path):
     src = tmp_path / "src"
     (src / "female").mkdir(parents=True)
     plant_bad_files(src / "female")
-    proc = run_job("featurize", "--augment", "0", src, "--out", tmp_path / "out", "--fail-on-error", "--jobs", "1")
+    proc = run_job("featurize", "--variants", "0", src, "--out", tmp_path / "out", "--fail-on-error", "--jobs", "1")
     assert proc.returncode == 4, proc.stderr
     assert len(shards.read_errors(tmp_path / "out")) == 4
 
@@ -103,13 +104,13 @@ def test_bad_invocations_exit_2_with_one_line(case, corpus, features, tmp_path):
         args[2] = blocker / "out"
     elif case == "other_config":
         args = [corpus, "--out", features, "--feature-set", "mfcc_deltas"]
-    proc = run_job("featurize", "--augment", "0", *args)
+    proc = run_job("featurize", "--variants", "0", *args)
     assert proc.returncode == 2, proc.stderr
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert "error:" in last and "Traceback" not in proc.stderr
 
 
-def test_augment_adds_deterministic_variants_of_labelled_files(tmp_path):
+def test_variants_are_deterministic_augmentations_of_labelled_files(tmp_path):
     from voiceclf import synth
 
     src = tmp_path / "src"
@@ -117,13 +118,13 @@ def test_augment_adds_deterministic_variants_of_labelled_files(tmp_path):
     outs = []
     for jobs in ("1", "2"):
         out = tmp_path / f"out{jobs}"
-        proc = run_job("featurize", src, "--out", out, "--augment", "2", "--jobs", jobs, check=True)
+        proc = run_job("featurize", src, "--out", out, "--variants", "2", "--jobs", jobs, check=True)
         assert "files=6," in proc.stderr  # files are counted once, whatever the variants
         outs.append(out)
     rows, x, _ = shards.read(outs[0])
-    assert sorted(rows["augment"].unique()) == [0, 1, 2]
-    assert (rows.groupby("path")["augment"].nunique() == 3).all()
-    orig, var = x[(rows["augment"] == 0).to_numpy()], x[(rows["augment"] == 1).to_numpy()]
+    assert sorted(rows["variant"].unique()) == [0, 1, 2]
+    assert (rows.groupby("path")["variant"].nunique() == 3).all()
+    orig, var = x[(rows["variant"] == 0).to_numpy()], x[(rows["variant"] == 1).to_numpy()]
     assert len(orig) == len(var) and np.abs(orig - var).mean() > 0.1  # variants really differ
     a, b = pq.read_table(shards.part_paths(outs[0])), pq.read_table(shards.part_paths(outs[1]))
     assert a.column("features").equals(b.column("features"))  # seeded by the file's sha256
@@ -149,17 +150,27 @@ def test_augmentation_keeps_the_voice_and_sets_the_snr():
     assert all(np.corrcoef(profile(v), profile(y))[0, 1] > 0.3 for v in variants)
 
 
-def test_shards_from_before_the_augment_column_still_read(features, tmp_path):
-    """Shards written before the augment column existed hold recordings only: they read as augment 0."""
+def test_shards_written_before_the_renames_read_under_the_new_names(features, tmp_path):
+    """Shards from before issue 10 call ``variant`` ``augment`` and ``speech_s`` ``duration_s``: same data, new names.
+    A shard missing a column altogether is refused in one line that names it."""
     import shutil
 
     old = tmp_path / "old"
     shutil.copytree(features, old)
     for p in shards.part_paths(old):
         t = pq.read_table(p)
-        pq.write_table(t.drop(["augment"]), p)
+        old_names = [{v: k for k, v in shards.RENAMED.items()}.get(c, c) for c in t.column_names]
+        pq.write_table(t.rename_columns(old_names).replace_schema_metadata(t.schema.metadata), p)
+    assert "augment" in pq.read_schema(shards.part_paths(old)[0]).names
     rows, x, _ = shards.read(old)
-    assert (rows["augment"] == 0).all() and len(rows) == len(x) == len(shards.read(features, with_features=False)[0])
+    new_rows, new_x, _ = shards.read(features)
+    pd.testing.assert_frame_equal(rows, new_rows)
+    assert np.array_equal(x, new_x)
+    p = shards.part_paths(old)[0]
+    t = pq.read_table(p)
+    pq.write_table(t.drop(["augment"]).replace_schema_metadata(t.schema.metadata), p)
+    with pytest.raises(shards.ShardError, match=r"part-.*older voiceclf \(no variant column\)"):
+        shards.read(old)
 
 
 def test_featurize_dir_reports_progress_and_accounts_for_every_file_in_process(corpus, tmp_path):

@@ -14,20 +14,20 @@ from voiceclf.config import FeatureConfig
 
 
 def _shard_files(out) -> list[dict[str, set[int]]]:
-    """Per shard: sha256 → the augment values of its rows."""
+    """Per shard: sha256 → the variant values of its rows."""
     per_shard = []
     for p in shards.part_paths(out):
-        t = pq.read_table(p, columns=["sha256", "augment"]).to_pandas()
-        per_shard.append({h: set(g) for h, g in t.groupby("sha256")["augment"]})
+        t = pq.read_table(p, columns=["sha256", "variant"]).to_pandas()
+        per_shard.append({h: set(g) for h, g in t.groupby("sha256")["variant"]})
     return per_shard
 
 
-def _assert_files_whole(per_shard: list[dict[str, set[int]]], augment: int) -> None:
+def _assert_files_whole(per_shard: list[dict[str, set[int]]], variants: int) -> None:
     seen = [h for shard in per_shard for h in shard]
     assert len(seen) == len(set(seen)), "a file's rows straddle two shards"
     for shard in per_shard:
         for h, values in shard.items():
-            assert values == set(range(augment + 1)), f"{h[:12]}: augment values {sorted(values)} in its shard"
+            assert values == set(range(variants + 1)), f"{h[:12]}: variant values {sorted(values)} in its shard"
 
 
 # -- 6: a file's recording and variants live in one shard ------------------------------
@@ -44,8 +44,8 @@ def test_writer_keeps_a_file_and_its_variants_in_one_shard(small_corpus, tmp_pat
     cfg = FeatureConfig()
     items = [batch.Item(path=r.path, source=r.source, corpus=r.corpus, speaker=r.speaker, label=r.label)
              for r in corpus.discover(small_corpus).itertuples(index=False)]
-    results = batch.featurize_batch(items, cfg, augment=2)
-    assert [r.item.augment for r in results] == [0, 1, 2] * len(items)
+    results = batch.featurize_batch(items, cfg, variants=2)
+    assert [r.item.variant for r in results] == [0, 1, 2] * len(items)
     writer = shards.ShardWriter(tmp_path / "out", cfg, shard_rows=1)
     (tmp_path / "out").mkdir()
     for r in results:
@@ -69,7 +69,7 @@ def test_writer_keeps_a_file_and_its_variants_in_one_shard(small_corpus, tmp_pat
 
 def test_featurize_small_shards_keep_files_whole(small_corpus, tmp_path):
     out = tmp_path / "out"
-    run_job("featurize", small_corpus, "--out", out, "--shard-rows", "1", "--augment", "2", "--jobs", "1", check=True)
+    run_job("featurize", small_corpus, "--out", out, "--shard-rows", "1", "--variants", "2", "--jobs", "1", check=True)
     per_shard = _shard_files(out)
     assert len(per_shard) == 6
     _assert_files_whole(per_shard, 2)
@@ -96,7 +96,7 @@ def damaged(small_corpus, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("damaged")
     good = base / "good"
-    run_job("featurize", small_corpus, "--out", good, "--shard-rows", "4", "--augment", "0", "--jobs", "1", check=True)
+    run_job("featurize", small_corpus, "--out", good, "--shard-rows", "4", "--variants", "0", "--jobs", "1", check=True)
     parts = shards.part_paths(good)
     assert len(parts) >= 2
     out = {}
@@ -130,12 +130,12 @@ def test_train_refuses_a_damaged_shard(damaged, kind, tmp_path):
 @pytest.mark.parametrize("kind", ["zeroed", "truncated"])
 def test_featurize_refuses_a_damaged_shard_and_says_how_to_rebuild(damaged, small_corpus, kind):
     out, name = damaged[kind]
-    proc = run_job("featurize", small_corpus, "--out", out, "--augment", "0", "--jobs", "1")
+    proc = run_job("featurize", small_corpus, "--out", out, "--variants", "0", "--jobs", "1")
     last = _one_line_naming(proc, name)
     assert "delete it and rerun featurize" in last
     # as it says: without the shard, a rerun featurizes its files again and the folder reads whole
     (out / name).unlink()
-    run_job("featurize", small_corpus, "--out", out, "--shard-rows", "4", "--augment", "0", "--jobs", "1", check=True)
+    run_job("featurize", small_corpus, "--out", out, "--shard-rows", "4", "--variants", "0", "--jobs", "1", check=True)
     rows, x, _ = shards.read(out)
     assert rows["path"].nunique() == 6 and len(x) == len(rows)
 
@@ -155,14 +155,14 @@ def _label_folders(small_corpus, root):
 
 def _files(out) -> dict[str, dict]:
     rows, _, _ = shards.read(out, with_features=False)
-    return {h: dict(paths=set(g["path"]), labels=set(g["label"]), speakers=set(g["speaker"]), augment=set(g["augment"]))
+    return {h: dict(paths=set(g["path"]), labels=set(g["label"]), speakers=set(g["speaker"]), variant=set(g["variant"]))
             for h, g in rows.groupby("sha256")}
 
 
 def test_rerun_relabels_moved_files_and_drops_deleted_ones(small_corpus, tmp_path):
     src = _label_folders(small_corpus, tmp_path / "src")
     out = tmp_path / "out"
-    args = ["--out", out, "--augment", "1", "--shard-rows", "4", "--jobs", "1"]
+    args = ["--out", out, "--variants", "1", "--shard-rows", "4", "--jobs", "1"]
     run_job("featurize", src, *args, check=True)
     moved, deleted = src / "male" / "02" / "1_02_0.wav", src / "female" / "01" / "2_01_0.wav"
     moved_hash, deleted_hash = batch.sha256_file(moved), batch.sha256_file(deleted)
@@ -180,7 +180,7 @@ def test_rerun_relabels_moved_files_and_drops_deleted_ones(small_corpus, tmp_pat
     assert "nothing new" in log  # moved, not new: it is not featurized again
     after = _files(out)
     assert deleted_hash not in after
-    assert after[moved_hash] == dict(paths={"female/01/1_02_0.wav"}, labels={"female"}, speakers={"src/01"}, augment={0, 1})
+    assert after[moved_hash] == dict(paths={"female/01/1_02_0.wav"}, labels={"female"}, speakers={"src/01"}, variant={0, 1})
     assert {h: v for h, v in after.items() if h != moved_hash} == {h: v for h, v in before.items() if h not in (moved_hash, deleted_hash)}
     assert len(shards.read_errors(out)) == 0
     rows, x, _ = shards.read(out)
@@ -197,8 +197,8 @@ def test_rerun_leaves_other_sources_alone(small_corpus, tmp_path):
     """A shard folder may hold corpora featurized by separate runs: a run reconciles only its own sources."""
     src = _label_folders(small_corpus, tmp_path / "src")
     out = tmp_path / "out"
-    run_job("featurize", small_corpus, "--out", out, "--augment", "0", "--jobs", "1", check=True)
-    proc = run_job("featurize", src, "--out", out, "--augment", "0", "--jobs", "1", check=True)
+    run_job("featurize", small_corpus, "--out", out, "--variants", "0", "--jobs", "1", check=True)
+    proc = run_job("featurize", src, "--out", out, "--variants", "0", "--jobs", "1", check=True)
     assert "reconciled" not in proc.stderr
     rows, _, _ = shards.read(out, with_features=False)
     assert set(rows["source"]) == {str(small_corpus)}  # src's files have the same content: skipped as done
@@ -225,7 +225,7 @@ def test_manifest_file_listed_with_two_labels_is_refused(tmp_path):
     with pytest.raises(corpus.CorpusError, match="listed twice with different labels") as ei:
         corpus.discover(m)
     assert "'a.wav' (line 2: female, line 4: male)" in str(ei.value)
-    proc = run_job("featurize", m, "--out", tmp_path / "out", "--augment", "0", "--jobs", "1")
+    proc = run_job("featurize", m, "--out", tmp_path / "out", "--variants", "0", "--jobs", "1")
     last = _one_line_naming(proc, "list.csv")
     assert "line 2" in last and "line 4" in last and "b.wav" not in last
     assert not (tmp_path / "out").exists() or not shards.part_paths(tmp_path / "out")
@@ -257,9 +257,9 @@ def test_manifest_paths_outside_its_folder_are_refused_unless_allowed(tmp_path):
     assert list(df["path"]) == ["../elsewhere.wav", "in.wav"]  # the absolute line is in.wav again: one row
 
     out = tmp_path / "out"
-    proc = run_job("featurize", m, "--out", out, "--augment", "0", "--jobs", "1")
+    proc = run_job("featurize", m, "--out", out, "--variants", "0", "--jobs", "1")
     last = _one_line_naming(proc, "list.csv")
     assert "'../elsewhere.wav'" in last and "line 4" in last and "--allow-outside-paths" in last
-    run_job("featurize", m, "--out", out, "--augment", "0", "--jobs", "1", "--allow-outside-paths", check=True)
+    run_job("featurize", m, "--out", out, "--variants", "0", "--jobs", "1", "--allow-outside-paths", check=True)
     rows, _, _ = shards.read(out, with_features=False)
     assert set(rows["path"]) == {"../elsewhere.wav", "in.wav"}

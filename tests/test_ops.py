@@ -44,11 +44,11 @@ def long_corpus(tmp_path_factory):
 # ----------------------------------------------------------------------------- locks and signals
 def test_overlapping_runs_on_one_output_exit_3_or_wait(long_corpus, tmp_path):
     out = tmp_path / "out"
-    first = start("featurize", "--augment", "0", long_corpus, "--out", out, "--jobs", "1")
+    first = start("featurize", "--variants", "0", long_corpus, "--out", out, "--jobs", "1")
     wait_for(first, "to do")
-    second = run_job("featurize", "--augment", "0", long_corpus, "--out", out, "--jobs", "1")
+    second = run_job("featurize", "--variants", "0", long_corpus, "--out", out, "--jobs", "1")
     assert second.returncode == 3 and "locked" in second.stderr
-    waiting = start("featurize", "--augment", "0", long_corpus, "--out", out, "--jobs", "1", "--wait")
+    waiting = start("featurize", "--variants", "0", long_corpus, "--out", out, "--jobs", "1", "--wait")
     assert first.wait(timeout=300) == 0
     rest = waiting.stderr.read()
     assert waiting.wait(timeout=120) == 0 and "nothing new" in rest  # it queued, then found the work done
@@ -56,7 +56,7 @@ def test_overlapping_runs_on_one_output_exit_3_or_wait(long_corpus, tmp_path):
 
 def test_sigterm_during_featurize_keeps_only_whole_shards_and_a_rerun_resumes(long_corpus, tmp_path):
     out = tmp_path / "out"
-    proc = start("featurize", "--augment", "0", long_corpus, "--out", out, "--jobs", "1", "--shard-rows", "30")
+    proc = start("featurize", "--variants", "0", long_corpus, "--out", out, "--jobs", "1", "--shard-rows", "30")
     deadline = time.time() + 120
     while not shards.part_paths(out) and time.time() < deadline:  # interrupt after the first shard
         time.sleep(0.2)
@@ -66,7 +66,7 @@ def test_sigterm_during_featurize_keeps_only_whole_shards_and_a_rerun_resumes(lo
     partial = shards.read(out, with_features=False)[0]
     total = len(list(long_corpus.rglob("*.wav")))
     assert 0 < partial["path"].nunique() < total
-    resumed = run_job("featurize", "--augment", "0", long_corpus, "--out", out, "--jobs", "1", "--shard-rows", "30", check=True)
+    resumed = run_job("featurize", "--variants", "0", long_corpus, "--out", out, "--jobs", "1", "--shard-rows", "30", check=True)
     assert f"{partial['path'].nunique()} already in" in resumed.stderr
     rows = shards.read(out, with_features=False)[0]
     assert rows["path"].nunique() == total and not rows.duplicated(["path", "window"]).any()
@@ -125,7 +125,7 @@ def dask_cluster():
 
 def test_dask_backend_gives_the_same_shards_and_report_as_loky(dask_cluster, corpus, features, champion, tmp_path):
     out = tmp_path / "dask-features"
-    run_job("featurize", "--augment", "0", corpus, "--out", out, "--backend", "dask", "--scheduler", dask_cluster, check=True)
+    run_job("featurize", "--variants", "0", corpus, "--out", out, "--backend", "dask", "--scheduler", dask_cluster, check=True)
     local, remote = pq.read_table(shards.part_paths(features)), pq.read_table(shards.part_paths(out))
     assert local.schema == remote.schema
     for name in local.column_names:

@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 
 from conftest import REPO, plant_bad_files, run_job
-from voiceclf import synth
+from voiceclf import pipeline, synth, tracking
 from voiceclf.score import REPORT_COLUMNS
 
 
@@ -108,6 +108,10 @@ def test_no_champion_gives_the_documented_error(recordings, tmp_path):
     assert proc.returncode == 1
     assert f"no model registered as voiceclf@champion in {uri}" in proc.stderr and "make train" in proc.stderr
     assert not (tmp_path / "r.csv").exists()
+    # the library says what is missing; the next step (a make target) is the job's to add
+    with pytest.raises(tracking.NoChampion) as e:
+        pipeline.score_dirs([recordings[0]], tracking_uri=uri)
+    assert e.value.missing == "model" and "make" not in str(e.value) and str(e.value) in proc.stderr
 
 
 def test_bad_invocations_exit_2(champion, recordings, tmp_path):

@@ -216,12 +216,12 @@ def test_errors_csv_cells_cannot_be_formulas_and_a_rerun_still_skips_them(tmp_pa
     sf.write(src / "good.wav", voice_clip(1.5), 16000, subtype="PCM_16")
     for name in FORMULA_NAMES[:3]:
         (src / name).write_text("not audio\n")
-    run_job("featurize", src, "--allow-unlabelled", "--augment", "0", "--out", out, check=True)
+    run_job("featurize", src, "--allow-unlabelled", "--variants", "0", "--out", out, check=True)
     assert sorted(raw_cells(out / "errors.csv", "path")) == sorted("'" + n for n in FORMULA_NAMES[:3])
     assert sorted(shards.read_errors(out)["path"]) == sorted(FORMULA_NAMES[:3])
     # a rerun with one more bad file: the old rows are read back as they were, not escaped twice or duplicated
     (src / FORMULA_NAMES[3]).write_text("not audio either\n")
-    rerun = run_job("featurize", src, "--allow-unlabelled", "--augment", "0", "--out", out, check=True)
+    rerun = run_job("featurize", src, "--allow-unlabelled", "--variants", "0", "--out", out, check=True)
     assert "4 already in" in rerun.stderr, rerun.stderr[-2000:]
     assert sorted(raw_cells(out / "errors.csv", "path")) == sorted("'" + n for n in FORMULA_NAMES)
     errors = shards.read_errors(out)
@@ -297,7 +297,7 @@ def test_featurize_makes_unreadable_files_and_folders_rows_and_goes_on(as_user, 
     from voiceclf import shards
 
     out = tmp_path / "out"
-    proc = job(as_user, "featurize", locked_inbox, "--allow-unlabelled", "--augment", "0", "--out", out)
+    proc = job(as_user, "featurize", locked_inbox, "--allow-unlabelled", "--variants", "0", "--out", out)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = shards.read_errors(out).set_index("path")
     assert errors.loc["secret.wav", "error"] == "unreadable" and "Permission denied" in errors.loc["secret.wav", "message"]
@@ -343,7 +343,7 @@ def test_featurize_makes_broken_and_looping_links_rows(linked_inbox, tmp_path):
 
     src, expected = linked_inbox
     out = tmp_path / "out"
-    run_job("featurize", src, "--allow-unlabelled", "--augment", "0", "--out", out, check=True)
+    run_job("featurize", src, "--allow-unlabelled", "--variants", "0", "--out", out, check=True)
     errors = shards.read_errors(out)
     assert dict(zip(errors["path"], errors["error"])) == expected
     assert all(m.startswith(str(src)) for m in errors["message"])
@@ -388,7 +388,7 @@ def test_outputs_follow_the_umask_and_no_lock_file_is_left(umask, pt2_store, inb
     (inbox_bad := tmp_path / "in").mkdir()
     (inbox_bad / "notes.wav").write_text("not audio\n")
     for src in (inbox, inbox_bad):
-        proc = run("jobs.featurize", src, "--allow-unlabelled", "--augment", "0", "--out", out)
+        proc = run("jobs.featurize", src, "--allow-unlabelled", "--variants", "0", "--out", out)
         assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run("jobs.score", inbox, "--out", tmp_path / "r.csv", "--segments", tmp_path / "s.csv")
     assert proc.returncode == 0, proc.stderr[-3000:]

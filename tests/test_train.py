@@ -238,7 +238,7 @@ def test_single_gender_data_is_refused(tmp_path):
 
     meta = json.loads((src / "audioMNIST_meta.txt").read_text())
     (src / "audioMNIST_meta.txt").write_text(json.dumps({k: {**v, "gender": "male"} for k, v in meta.items()}))
-    run_job("featurize", "--augment", "0", src, "--out", tmp_path / "f", "--jobs", "1", check=True)
+    run_job("featurize", "--variants", "0", src, "--out", tmp_path / "f", "--jobs", "1", check=True)
     proc = run_job("train", "--features", tmp_path / "f", env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"})
     assert proc.returncode == 2 and "both sexes" in proc.stderr
 

@@ -29,7 +29,7 @@ class Item:
     speaker: str | None = None
     label: str | None = None
     sha256: str | None = None  # filled in by the worker when not known yet
-    augment: int = 0  # 0: the recording itself; k > 0: its k-th augmented variant (training data only)
+    variant: int = 0  # 0: the recording itself; k > 0: its k-th augmented variant (training data only)
 
     @property
     def abspath(self) -> str:
@@ -58,23 +58,23 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def featurize_file(item: Item, cfg: FeatureConfig, augment: int = 0) -> list[Result]:
-    """Decode one file and cut its windows: one result, plus ``augment`` variants of a labelled file.
+def featurize_file(item: Item, cfg: FeatureConfig, variants: int = 0) -> list[Result]:
+    """Decode one file and cut its windows: one result, plus ``variants`` augmented variants of a labelled file.
 
     Every failure becomes an error result; variants are only made of a file that gave windows, and not
     of a long one (streamed: its whole waveform is never in memory; see voiceclf.longfile).
     """
     result, samples = _featurize_one(item, cfg)
-    if augment <= 0 or result.error or item.label is None or samples is None:
+    if variants <= 0 or result.error or item.label is None or samples is None:
         return [result]
-    from voiceclf import augment as voiceclf_augment  # scipy.signal at import: here, so a job's parent never loads it
+    from voiceclf import augment  # scipy.signal at import: here, so a job's parent never loads it
 
     out = [result]
     seed = int(item.sha256[:16], 16)
-    for k, y in enumerate(voiceclf_augment.variants(samples, cfg, augment, seed), start=1):
+    for k, y in enumerate(augment.variants(samples, cfg, variants, seed), start=1):
         wins = windows_of(y, cfg)
         if len(wins):  # a variant drowned in noise adds nothing; the original still stands for the file
-            out.append(Result(dataclasses.replace(item, augment=k), windows=wins, source_sample_rate=result.source_sample_rate, duration_s=result.duration_s))
+            out.append(Result(dataclasses.replace(item, variant=k), windows=wins, source_sample_rate=result.source_sample_rate, duration_s=result.duration_s))
     return out
 
 
@@ -167,7 +167,7 @@ def _unreadable(path: str, e: OSError) -> dict:
     return dict(error="unreadable", message=f"{path}: {e.strerror or e}")
 
 
-def featurize_batch(items: list[Item], cfg: FeatureConfig, augment: int = 0) -> list[Result]:
+def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0) -> list[Result]:
     """Worker entry point: the results of every item, in order (variants follow their original).
 
     BLAS runs single-threaded here: parallelism comes from the worker processes, and a fixed
@@ -183,8 +183,8 @@ def featurize_batch(items: list[Item], cfg: FeatureConfig, augment: int = 0) -> 
             torch.set_num_threads(1)
         results, waiting, ungated = [], [], []
         for it in items:
-            if augment > 0 and it.label is not None:  # its variants wait for the gate's verdict on the recording
-                out = featurize_file(it, cfg, augment)
+            if variants > 0 and it.label is not None:  # its variants wait for the gate's verdict on the recording
+                out = featurize_file(it, cfg, variants)
             else:
                 r, samples = _featurize_one(it, cfg, gate=False)
                 out = [r]

@@ -32,6 +32,12 @@ class EncoderError(RuntimeError):
     """The encoder weights are missing or are not the ones the FeatureConfig names."""
 
 
+class WeightsMissing(EncoderError):
+    """The resemblyzer wheel that holds the weights is not installed."""
+
+    missing = "weights"  # what to install; the jobs turn it into a next step
+
+
 @functools.lru_cache(maxsize=1)
 def _encoder_class() -> type:
     """The encoder module, defined on first use: torch is imported only by a process that embeds (~1.5 s and
@@ -75,8 +81,7 @@ def weights_path() -> Path:
         for loc in spec.submodule_search_locations:
             if (Path(loc) / "pretrained.pt").is_file():
                 return Path(loc) / "pretrained.pt"
-    raise EncoderError("the speaker encoder weights are not installed: they come with the resemblyzer==0.1.4 "
-                       "wheel (pip install --no-deps resemblyzer==0.1.4)")
+    raise WeightsMissing("the speaker encoder weights are not installed (they come with the resemblyzer==0.1.4 wheel)")
 
 
 @functools.lru_cache(maxsize=2)

@@ -51,6 +51,10 @@ class Progress:
 
 OnProgress = Callable[[Progress], None]
 
+#: Augmented variants of each labelled file that the featurize job makes by default: the best setting in
+#: ``make bench`` (bench/README.md). :func:`featurize_dir` itself makes none unless asked.
+VARIANTS = 2
+
 
 def _quiet(_: Progress) -> None:
     pass
@@ -109,7 +113,9 @@ def _check_weights(cfg: FeatureConfig, where: str = "") -> None:
 
             embedding.load_encoder(cfg.encoder_sha256)
     except RuntimeError as e:  # vad.VadError, embedding.EncoderError
-        raise ModelError(f"{where}{e}") from None
+        err = ModelError(f"{where}{e}")
+        err.missing = getattr(e, "missing", None)
+        raise err from None
 
 
 def prepare_out(out: Path) -> None:
@@ -127,7 +133,7 @@ def featurize_dir(
     out: str | os.PathLike,
     feature_sets: Sequence[str] = (FeatureConfig.feature_set,),
     *,
-    augment: int = 0,
+    variants: int = 0,
     shard_rows: int = 2048,
     jobs: int = -1,
     backend: str = "loky",
@@ -154,20 +160,20 @@ def featurize_dir(
     for o in outs:
         prepare_out(o)
     return [
-        _featurize_set(items, cfg, o, augment=augment, shard_rows=shard_rows, jobs=jobs, backend=backend,
+        _featurize_set(items, cfg, o, variants=variants, shard_rows=shard_rows, jobs=jobs, backend=backend,
                        scheduler=scheduler, wait=wait, on_progress=on_progress)
         for cfg, o in zip(cfgs, outs)
     ]
 
 
 @contextlib.contextmanager
-def _featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backend: str, scheduler: str | None, augment: int = 0):
+def _featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backend: str, scheduler: str | None, variants: int = 0):
     """The workers' results for ``items``, a batch at a time, in order: the one loop featurize and score share.
 
     Speaker-embedding workers start with torch loaded (``parallel.engine``'s ``preload``).
     """
     with parallel.engine(backend, scheduler, preload=("voiceclf.embedding",) if cfg.is_embedding else ()):
-        yield parallel.imap(batch.featurize_batch, batch.batches(items, jobs), n_jobs=jobs, cfg=cfg, augment=augment)
+        yield parallel.imap(batch.featurize_batch, batch.batches(items, jobs), n_jobs=jobs, cfg=cfg, variants=variants)
 
 
 def _hash_for_skipping(items: list[batch.Item], out: Path) -> None:
@@ -186,7 +192,7 @@ def _hash_for_skipping(items: list[batch.Item], out: Path) -> None:
                 pass  # unreadable, a broken link, a folder: the worker makes it an errors.csv row; a rerun tries again
 
 
-def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, augment: int, shard_rows: int, jobs: int,
+def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, variants: int, shard_rows: int, jobs: int,
                    backend: str, scheduler: str | None, wait: bool, on_progress: OnProgress) -> FeaturizeSummary:
     """One feature set of the items into one shard folder: incremental, locked, every file accounted for."""
     with io.lock(out, wait=wait):
@@ -210,12 +216,12 @@ def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, au
         t0, finished, n = time.perf_counter(), False, 0
         on_progress(Progress(stage, 0, len(todo)))
         try:
-            with _featurized(todo, cfg, jobs=jobs, backend=backend, scheduler=scheduler, augment=augment) as stream:
+            with _featurized(todo, cfg, jobs=jobs, backend=backend, scheduler=scheduler, variants=variants) as stream:
                 for results in stream:
                     for r in results:
                         writer.add(r)
                         summary.windows += r.n_windows
-                    originals = [r for r in results if r.item.augment == 0]
+                    originals = [r for r in results if r.item.variant == 0]
                     for r in originals:
                         if r.error:
                             log.warning("%s: %s", r.error, r.message)
@@ -375,7 +381,7 @@ def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data],
     rep = lambda v: np.repeat(np.asarray(v, dtype=object), [r.n_windows for r in results])  # noqa: E731
     rows = pd.DataFrame({"source": rep([r.item.source for r in results]), "path": rep([r.item.path for r in results]),
                          "corpus": rep([r.item.corpus for r in results]), "speaker": rep([r.item.speaker for r in results]),
-                         "label": rep([r.item.label for r in results]), "augment": 0})
+                         "label": rep([r.item.label for r in results]), "variant": 0})
     te = tr.Data.from_shards(rows, x, current.cfg)
     return tr.evaluate(tr.file_level(p_male(current.module, te.x), te), "test")["test_score"]
 
@@ -399,8 +405,8 @@ def decide_promotion(winner: tr.PointResult, data: dict, split: dict, force: boo
     if new >= old - 1e-9:
         return True, verdict
     if force:
-        return True, verdict + "; promoted anyway (--force-promote)"
-    return False, verdict + "; not promoted (--force-promote overrides)"
+        return True, verdict + "; promoted anyway (forced)"
+    return False, verdict + "; not promoted"
 
 
 def log_point(runs: tracking.GridRuns, run_id: str, res: tr.PointResult, data: tr.Data, split: dict) -> str:

@@ -30,6 +30,12 @@ class ShardError(ValueError):
     """Shards are missing, unreadable, or were made with different FeatureConfigs."""
 
 
+class NoShards(ShardError):
+    """A feature folder that does not exist or holds no shards: features have not been made yet."""
+
+    missing = "features"  # what to make first; the jobs turn it into a next step
+
+
 def _damaged(path: Path, e: Exception) -> ShardError:
     reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return ShardError(f"{path}: cannot read this shard ({reason}): it is damaged or unreadable; delete it and rerun "
@@ -77,9 +83,9 @@ def schema(cfg: FeatureConfig) -> pa.Schema:
             ("label", pa.string()),
             ("window", pa.int32()),
             ("offset_s", pa.float32()),
-            ("duration_s", pa.float32()),
+            ("speech_s", pa.float32()),  # seconds of speech in the window (less than its length when padded)
             ("source_sample_rate", pa.int32()),
-            ("augment", pa.int8()),  # 0: the recording; k > 0: its k-th augmented variant (featurize --augment)
+            ("variant", pa.int8()),  # 0: the recording; k > 0: its k-th augmented variant
             ("features", pa.list_(pa.float32(), size)),
         ],
         metadata={CONFIG_KEY: cfg.to_json().encode()},
@@ -112,8 +118,8 @@ class ShardWriter:
         self.errors: list[dict] = []
 
     def add(self, result: Result) -> None:
-        """Add results in featurize_batch's order: a file's recording (augment 0), then its variants."""
-        if result.item.augment == 0:  # a new file: the ones buffered are whole, a shard may end here
+        """Add results in featurize_batch's order: a file's recording (variant 0), then its variants."""
+        if result.item.variant == 0:  # a new file: the ones buffered are whole, a shard may end here
             if self._rows >= self.shard_rows:
                 self.flush()
             self._complete = len(self._buffer)
@@ -149,9 +155,9 @@ class ShardWriter:
             "label": rep([r.item.label for r in results]),
             "window": np.concatenate([np.arange(c, dtype=np.int32) for c in counts]),
             "offset_s": np.concatenate([r.windows.offsets_s for r in results]),
-            "duration_s": np.concatenate([r.windows.speech_s for r in results]),
+            "speech_s": np.concatenate([r.windows.speech_s for r in results]),
             "source_sample_rate": np.repeat([r.source_sample_rate for r in results], counts).astype(np.int32),
-            "augment": np.repeat([r.item.augment for r in results], counts).astype(np.int8),
+            "variant": np.repeat([r.item.variant for r in results], counts).astype(np.int8),
         }
         arrays = [pa.array(columns[f.name], type=f.type) for f in self.schema if f.name != "features"]
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel(), pa.float32()), feats.shape[1]))
@@ -300,17 +306,24 @@ def reconcile(out_dir: str | Path, items: list[Item]) -> Reconciled:
     return out
 
 
+#: Columns renamed since shards were first written (issue 10: one name, one meaning): old name → new.
+RENAMED = {"augment": "variant", "duration_s": "speech_s"}
+
+
 def _read_part(path: Path, cfg: FeatureConfig, with_features: bool) -> pa.Table:
-    """One shard in the current schema. Shards written before a column existed read as: ``corpus`` the
-    source folder's name, ``augment`` 0 (they hold recordings only)."""
+    """One shard in the current schema. Older shards read under the renamed columns' new names, and
+    with ``corpus`` = the source folder's name when they predate that column."""
     names = _read_schema(path).names
+    on_disk = {new: old for old, new in RENAMED.items() if old in names and new not in names}
     wanted = [f.name for f in schema(cfg) if with_features or f.name != "features"]
-    table = _read_table(path, columns=[n for n in wanted if n in names])
+    missing = [n for n in wanted if on_disk.get(n, n) not in names and n != "corpus"]
+    if missing:
+        raise ShardError(f"{path}: written by an older voiceclf (no {', '.join(missing)} column); delete its folder and featurize again")
+    table = _read_table(path, columns=[on_disk.get(n, n) for n in wanted if on_disk.get(n, n) in names])
+    table = table.rename_columns([n for n in wanted if on_disk.get(n, n) in names])
     if "corpus" not in names:
         corpus = [Path(s).name for s in table.column("source").to_pylist()]
         table = table.add_column(wanted.index("corpus"), "corpus", pa.array(corpus, pa.string()))
-    if "augment" not in names:
-        table = table.add_column(wanted.index("augment"), "augment", pa.array(np.zeros(len(table), np.int8)))
     return table
 
 
@@ -323,10 +336,10 @@ def read(dirs: list[str | Path] | str | Path, *, with_features: bool = True) -> 
     parts = []
     for d in dirs:
         if not Path(d).is_dir():
-            raise ShardError(f"{d}: no such feature directory (run `make features` first)")
+            raise NoShards(f"{d}: no such feature directory")
         found = part_paths(d)
         if not found:
-            raise ShardError(f"{d}: no part-*.parquet shards in it (run `make features` first)")
+            raise NoShards(f"{d}: no part-*.parquet shards in it")
         parts += found
     configs = {p: shard_config(p) for p in parts}
     if len(set(configs.values())) > 1:

@@ -1,7 +1,8 @@
 """The only module that talks to MLflow: tracking URIs, runs, logging, the registry, loading models.
 
-Logging goes through ``MlflowClient`` with explicit run ids (no global active run), so the parent
-of a grid search can log its children in any order and mark a crashed one FAILED.
+Logging goes through ``MlflowClient`` with explicit run ids, so the parent of a grid search can log its
+children in any order and mark a crashed one FAILED. The one exception is :func:`log_model`: MLflow's
+``log_model`` logs into the active run, so it opens the given run for that call only.
 """
 from __future__ import annotations
 
@@ -33,11 +34,19 @@ DEFAULT_MODEL_URI = f"models:/{MODEL_NAME}@{ALIAS}"
 
 
 class TrackingError(RuntimeError):
-    """The tracking store or the model cannot be reached or used; the message says what to do."""
+    """The tracking store or the model cannot be reached or used."""
 
 
 class NoChampion(TrackingError):
     """No model version carries the alias asked for."""
+
+    missing = "model"  # what to make first; the jobs turn it into a next step
+
+
+class ServerUnreachable(TrackingError):
+    """The tracking URI names a server that does not answer."""
+
+    missing = "server"
 
 
 def store_errors() -> tuple[type[BaseException], ...]:
@@ -54,9 +63,6 @@ def connect(uri: str | None = None) -> str:
     retrying for minutes.
     """
     uri = uri or default_tracking_uri()
-    # Fail within ~15 s when a server dies mid-run, instead of MLflow's default of minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
         try:
@@ -64,7 +70,7 @@ def connect(uri: str | None = None) -> str:
                 r.read()
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({reason}); start it (`make server`) or unset MLFLOW_TRACKING_URI") from None
+            raise ServerUnreachable(f"cannot reach the MLflow tracking server at {uri} ({reason})") from None
     elif scheme == "sqlite":
         Path(urlparse(uri).path).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -359,7 +365,7 @@ def _model_version(model_uri: str):
     except MlflowException:
         if not alias and "/" in ref and _registered(name := ref.split("/", 1)[0]):
             raise TrackingError(f"version {ref.split('/', 1)[1]} of model {name} does not exist in {mlflow.get_tracking_uri()} (versions: {_versions(name)})") from None
-        raise NoChampion(f"no model registered as {name}{'@' + alias if alias else ''} in {mlflow.get_tracking_uri()} — run `make train` or `make demo` first") from None
+        raise NoChampion(f"no model registered as {name}{'@' + alias if alias else ''} in {mlflow.get_tracking_uri()} ") from None
 
 
 def registered_config(model_uri: str) -> tuple[str, str, FeatureConfig] | None:

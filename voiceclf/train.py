@@ -77,7 +77,7 @@ class Data:
         else:
             speaker = file
         y = rows["label"].map({lab: i for i, lab in enumerate(LABELS)}).to_numpy(np.int64)
-        return cls(x, y, speaker, corpus.to_numpy(), file, rows["augment"].to_numpy(np.int8), cfg, speaker_level)
+        return cls(x, y, speaker, corpus.to_numpy(), file, rows["variant"].to_numpy(np.int8), cfg, speaker_level)
 
     def subset(self, mask: np.ndarray) -> "Data":
         return Data(self.x[mask], self.y[mask], self.speaker[mask], self.corpus[mask], self.file[mask], self.variant[mask], self.cfg, self.speaker_level)
@@ -112,7 +112,7 @@ def split_speakers(speakers: pd.DataFrame, fractions=(0.7, 0.15, 0.15), seed: in
     fr = np.asarray(fractions, float)
     if holdout_corpus is not None:
         if holdout_corpus not in set(spk["corpus"]):
-            raise DataError(f"--holdout-corpus {holdout_corpus!r} is not in the data; corpora: {', '.join(sorted(set(spk['corpus'])))}")
+            raise DataError(f"the held-out corpus {holdout_corpus!r} is not in the data; corpora: {', '.join(sorted(set(spk['corpus'])))}")
         out["test"] = sorted(spk.loc[spk["corpus"] == holdout_corpus, "speaker"])
         spk = spk[spk["corpus"] != holdout_corpus]
         fr = np.array([fr[0], fr[1], 0.0]) / (fr[0] + fr[1])
@@ -217,7 +217,7 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda: torch sees no CUDA device (a CPU build of torch, or no GPU); use --device auto or cpu")
+        raise DataError("device cuda: torch sees no CUDA device (a CPU build of torch, or no GPU)")
     return torch.device(name)
 
 

@@ -41,6 +41,12 @@ class VadError(RuntimeError):
     """The Silero VAD weights are missing or are not the ones the FeatureConfig names."""
 
 
+class WeightsMissing(VadError):
+    """The silero-vad wheel that holds the weights is not installed."""
+
+    missing = "weights"  # what to install; the jobs turn it into a next step
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + exp(-x)), without overflow warnings
 
@@ -138,7 +144,7 @@ def weights_path() -> Path:
                 return Path(f.locate())
     except importlib.metadata.PackageNotFoundError:
         pass
-    raise VadError("the Silero VAD weights are not installed: `make setup` installs them (pip install silero-vad==6.2.3)")
+    raise WeightsMissing("the Silero VAD weights are not installed (they come with the silero-vad==6.2.3 wheel)")
 
 
 def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
