@@ -60,14 +60,18 @@ def interactive() -> bool:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Timestamped plain lines for cron and Airflow logs; on a terminal, rich lines that print above the progress bars."""
+    """Timestamped plain lines for cron and Airflow logs; on a terminal, rich lines that print above the progress bars.
+
+    The job owns its process's logging: handlers set up before (by an importing library, or by a job that
+    ran earlier in the same process) are replaced, so the lines go to this job's stderr."""
     level = logging.DEBUG if verbose else logging.INFO
     if interactive():
         from rich.logging import RichHandler
 
-        logging.basicConfig(level=level, format="%(message)s", datefmt="%X", handlers=[RichHandler(console=console, show_path=False)])
+        logging.basicConfig(level=level, format="%(message)s", datefmt="%X", handlers=[RichHandler(console=console, show_path=False)], force=True)
     else:
-        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr,
+                            force=True)
     for noisy in ("mlflow", "alembic", "urllib3", "distributed", "numba", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -17,16 +17,63 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def run_job(job: str, *args, env: dict | None = None, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
-    """Run ``python -m jobs.<job> ARGS`` as a user would (no terminal: plain log lines), from the repo root."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None) if env is not None and env.get("MLFLOW_TRACKING_URI") is None else None
-    full_env = {k: v for k, v in full_env.items() if v is not None}
-    proc = subprocess.run([sys.executable, "-m", f"jobs.{job}", *map(str, args)], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+def run_job(job: str, *args, env: dict | None = None, timeout: float = 600, check: bool = False, process: bool = False,
+            cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run ``jobs.<job> ARGS`` from ``cwd`` (the repo root) as a user would, with no terminal (plain log lines), and
+    return its exit code, stdout and stderr.
+
+    In this process by default: the job's ``main`` with its argv, environment (``env``; None values unset
+    a variable) and cwd, its exit code from SystemExit, stdout/stderr captured. That is everything a
+    job does but start an interpreter: importing torch and MLflow anew cost ~3 s a call, most of the
+    suite's time. ``process=True`` runs ``python -m jobs.<job>`` where the process itself is under test
+    (warnings printed by the interpreter, numba's cache at import, umask, signals).
+    """
+    if process:
+        full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+        full_env["PYTHONPATH"] = str(REPO)  # the jobs package, from any cwd
+        proc = subprocess.run([sys.executable, "-m", f"jobs.{job}", *map(str, args)], cwd=cwd, env=full_env,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    else:
+        proc = _run_in_process(job, [str(a) for a in args], env or {}, cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"jobs.{job} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}")
     return proc
+
+
+def _run_in_process(job: str, argv: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    import contextlib
+    import importlib
+    import io
+    import logging
+    import signal
+
+    from jobs import _cli
+
+    module = importlib.import_module(f"jobs.{job}")
+    saved_env = {k: os.environ.get(k) for k in [*env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"]}
+    root = logging.getLogger()
+    saved_logging = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in logging.root.manager.loggerDict})
+    saved_sigterm = signal.getsignal(signal.SIGTERM)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        for k, v in env.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, str(v))
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                module.main(argv)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        for k, v in saved_env.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        root.handlers[:] = saved_logging[0]
+        root.setLevel(saved_logging[1])
+        for name, level in saved_logging[2].items():
+            logging.getLogger(name).setLevel(level)
+        signal.signal(signal.SIGTERM, saved_sigterm)
+        _cli._terminated = None
+    return subprocess.CompletedProcess(["jobs." + job, *argv], code, out.getvalue(), err.getvalue())
 
 
 def voice_clip(seconds: float = 0.6, sr: int = 16000, f0: float = 140.0) -> np.ndarray:

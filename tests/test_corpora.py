@@ -18,7 +18,8 @@ def two_corpora(tmp_path_factory):
     synth.make_corpus(root / "north", speakers=8, clips=5, seed=11)
     synth.make_corpus(root / "south", speakers=8, clips=5, seed=12)
     out = root / "features"
-    proc = run_job("featurize", root / "north", root / "south", "--out", out, "--feature-set", ",".join(SETS), "--variants", "1", "--jobs", "2", check=True)
+    proc = run_job("featurize", root / "north", root / "south", "--out", out, "--feature-set", ",".join(SETS), "--variants", "1", "--jobs", "2", check=True,
+                   process=True)  # a process of its own: loky's warnings are printed by the interpreter (pytest would keep them)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(SETS)  # several sets: one folder each
     # the embedding set's workers start with torch loaded: loky would take its import for a leak and restart them
     assert "A worker stopped" not in proc.stderr, proc.stderr[-2000:]

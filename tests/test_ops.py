@@ -78,8 +78,8 @@ def test_featurize_train_score_against_a_tracking_server(features, corpus, mlflo
     from test_train import check_grid_runs, check_system_metrics
 
     env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
-    run_job("train", "--features", features, "--lr", "1e-3,3e-4", "--epochs", "6", env=env, check=True)
-    check_grid_runs(mlflow_server.url, n_points=2, epochs=6)
+    run_job("train", "--features", features, "--lr", "1e-3,3e-4", "--epochs", "3", env=env, check=True)
+    check_grid_runs(mlflow_server.url, n_points=2, epochs=3)
     check_system_metrics(mlflow_server.url, per_point=False)  # logged over HTTP by the parent's sampling thread
     out = tmp_path / "report.csv"
     run_job("score", corpus / "02", "--out", out, env=env, check=True)
@@ -92,7 +92,8 @@ def test_featurize_train_score_against_a_tracking_server(features, corpus, mlflo
 
 def test_a_server_that_dies_mid_run_fails_clearly_and_a_rerun_completes(features, mlflow_server, tmp_path):
     env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
-    proc = start("train", "--features", features, "--lr", "1e-3", "--epochs", "6", "--jobs", "1", env=env)
+    # no retries: the job's own default (3, ~15 s) is the same failure, later
+    proc = start("train", "--features", features, "--lr", "1e-3", "--epochs", "6", "--jobs", "1", env={**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
     wait_for(proc, "trainings to do")
     os.killpg(mlflow_server.proc.pid, signal.SIGKILL)
     mlflow_server.proc.wait()
@@ -110,7 +111,7 @@ def test_a_server_that_dies_mid_run_fails_clearly_and_a_rerun_completes(features
         except tracking.TrackingError:
             assert time.time() < deadline
             time.sleep(0.5)
-    run_job("train", "--features", features, "--lr", "1e-3", "--epochs", "2", "--jobs", "1", env=env, check=True)
+    run_job("train", "--features", features, "--lr", "1e-3", "--epochs", "1", "--jobs", "1", env=env, check=True)
     assert MlflowClient().get_model_version_by_alias("voiceclf", "champion") is not None
 
 

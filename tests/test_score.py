@@ -85,7 +85,7 @@ def test_device_cpu_scores_and_cuda_without_a_gpu_is_a_usage_error(champion, rec
         return
     proc = run_job("score", inbox, "--out", tmp_path / "cuda.csv", "--device", "cuda", env=env)
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and "--device cuda: torch sees no CUDA device" in lines[0], proc.stderr
+    assert proc.returncode == 2 and len(lines) == 1 and "device cuda: torch sees no CUDA device" in lines[0], proc.stderr
     assert not (tmp_path / "cuda.csv").exists()
 
 

@@ -238,9 +238,8 @@ def test_report_cells_cannot_be_formulas_and_numbers_stay_numbers(pt2_store, tmp
     inbox.mkdir()
     sf.write(inbox / FORMULA_NAMES[0], voice_clip(1.5), 16000, subtype="PCM_16")
     (inbox / FORMULA_NAMES[1]).write_text("not audio\n")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "jobs.score", "=inbox", "--out", "r.csv", "--segments", "s.csv"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    # a process of its own: its workers start in its cwd, where the relative paths lead
+    proc = run_job("score", "=inbox", "--out", "r.csv", "--segments", "s.csv", env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path, process=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("r.csv", "s.csv"):
         cells = raw_cells(tmp_path / name, "path")
@@ -382,20 +381,25 @@ def test_list_files_lists_what_it_cannot_read_and_refuses_a_root_it_cannot_list(
 def test_outputs_follow_the_umask_and_no_lock_file_is_left(umask, pt2_store, inbox, tmp_path):
     uri, _ = pt2_store
     out = tmp_path / "features"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    run = lambda *args: subprocess.run([sys.executable, "-m", *map(str, args)], cwd=REPO, env=env, umask=umask,  # noqa: E731
-                                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+
+    def run(job, *args):
+        old = os.umask(umask)  # the job's process umask (in this process: outputs are written by the parent)
+        try:
+            return run_job(job, *args, env={"MLFLOW_TRACKING_URI": uri})
+        finally:
+            os.umask(old)
+
     (inbox_bad := tmp_path / "in").mkdir()
     (inbox_bad / "notes.wav").write_text("not audio\n")
     for src in (inbox, inbox_bad):
-        proc = run("jobs.featurize", src, "--allow-unlabelled", "--variants", "0", "--out", out)
+        proc = run("featurize", src, "--allow-unlabelled", "--variants", "0", "--out", out)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run("jobs.score", inbox, "--out", tmp_path / "r.csv", "--segments", tmp_path / "s.csv")
+    proc = run("score", inbox, "--out", tmp_path / "r.csv", "--segments", tmp_path / "s.csv")
     assert proc.returncode == 0, proc.stderr[-3000:]
     made = [*out.glob("part-*.parquet"), out / "errors.csv", tmp_path / "r.csv", tmp_path / "s.csv"]
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in made} == {p.name: oct(0o666 & ~umask) for p in made}
     # a run that fails inside the lock removes it as well
-    proc = run("jobs.featurize", inbox, "--allow-unlabelled", "--feature-set", "mfcc_deltas", "--out", out)
+    proc = run("featurize", inbox, "--allow-unlabelled", "--feature-set", "mfcc_deltas", "--out", out)
     assert proc.returncode == 2 and "another config" in proc.stderr
     assert not [p.name for p in [*out.iterdir(), *tmp_path.iterdir()] if p.name.endswith(".lock")]
 
