@@ -32,8 +32,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -c 'from voiceclf.parallel import warm_jit_cache; warm_jit_cache()'
 	touch $@
 
+# One pytest worker per core (pytest-xdist); --dist loadfile keeps a file's tests on one worker, so its
+# module fixtures (a Dask cluster, a locked inbox) start once. A single test: $(PY) -m pytest tests/x.py -k name
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 demo: setup
 	$(PY) -m jobs.demo
