@@ -33,9 +33,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 # One pytest worker per core (pytest-xdist); --dist loadfile keeps a file's tests on one worker, so its
-# module fixtures (a Dask cluster, a locked inbox) start once. A single test: $(PY) -m pytest tests/x.py -k name
+# module fixtures (a Dask cluster, a locked inbox) start once. At most 4 workers: each builds the session
+# fixtures (corpus, features, a champion) and holds ~1.5 GB. A single test: $(PY) -m pytest tests/x.py -k name
 test: setup
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 demo: setup
 	$(PY) -m jobs.demo
