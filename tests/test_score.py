@@ -168,3 +168,13 @@ def test_score_featurizes_on_the_version_tags_while_the_model_loads_and_refuses_
     MlflowClient().set_model_version_tag("voiceclf", "1", "feature_config", other.to_json())
     with pytest.raises(pipeline.ModelError, match="another feature config than its tags say"):
         pipeline.score_dirs([rec], tracking_uri=uri, jobs=1)
+
+
+def test_relative_folders_reach_workers_started_in_another_folder(champion, corpus, tmp_path, monkeypatch):
+    """loky reuses its workers across calls; a program that changed folder since they started still has its
+    relative paths read, and the report keeps them as given."""
+    pipeline.score_dirs([corpus / "01"], tracking_uri=champion, jobs=2)  # workers start in this folder
+    monkeypatch.chdir(corpus)
+    report = pipeline.score_dirs(["02"], tracking_uri=champion, jobs=2).report
+    assert len(report) == len(list((corpus / "02").glob("*.wav"))) > 0
+    assert report["path"].str.startswith("02/").all() and (report["status"] == "ok").all(), report[["path", "status", "error"]]

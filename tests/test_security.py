@@ -238,8 +238,7 @@ def test_report_cells_cannot_be_formulas_and_numbers_stay_numbers(pt2_store, tmp
     inbox.mkdir()
     sf.write(inbox / FORMULA_NAMES[0], voice_clip(1.5), 16000, subtype="PCM_16")
     (inbox / FORMULA_NAMES[1]).write_text("not audio\n")
-    # a process of its own: its workers start in its cwd, where the relative paths lead
-    proc = run_job("score", "=inbox", "--out", "r.csv", "--segments", "s.csv", env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path, process=True)
+    proc = run_job("score", "=inbox", "--out", "r.csv", "--segments", "s.csv", env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("r.csv", "s.csv"):
         cells = raw_cells(tmp_path / name, "path")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -170,10 +171,22 @@ def featurize_dir(
 def _featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backend: str, scheduler: str | None, variants: int = 0):
     """The workers' results for ``items``, a batch at a time, in order: the one loop featurize and score share.
 
-    Speaker-embedding workers start with torch loaded (``parallel.engine``'s ``preload``).
+    Speaker-embedding workers start with torch loaded (``parallel.engine``'s ``preload``). Workers get
+    absolute paths: loky reuses them across calls, and a program may have changed its folder since they
+    started. The results carry the items as given (a relative source stays relative in shards and reports).
     """
+    given = iter(items)
+
+    def as_given(results: list[batch.Result]) -> list[batch.Result]:
+        for r in results:  # in item order, each item's recording (variant 0) first, then its variants
+            if r.item.variant == 0:
+                it = next(given)
+            r.item = dataclasses.replace(it, sha256=r.item.sha256, variant=r.item.variant)
+        return results
+
+    sent = [dataclasses.replace(it, source=os.path.abspath(it.source)) for it in items]
     with parallel.engine(backend, scheduler, preload=("voiceclf.embedding",) if cfg.is_embedding else ()):
-        yield parallel.imap(batch.featurize_batch, batch.batches(items, jobs), n_jobs=jobs, cfg=cfg, variants=variants)
+        yield (as_given(res) for res in parallel.imap(batch.featurize_batch, batch.batches(sent, jobs), n_jobs=jobs, cfg=cfg, variants=variants))
 
 
 def _hash_for_skipping(items: list[batch.Item], out: Path) -> None:
