@@ -181,6 +181,28 @@ def test_fast_frame_features_match_librosa_for_every_channel(feature_set, second
         np.testing.assert_allclose(got[ch], want[ch], rtol=0, atol=1e-5 * scale[ch] + 1e-4, err_msg=f"channel {ch}")
 
 
+@pytest.mark.parametrize("seconds, hop", [(0.128, 160), (1.0, 160), (2.37, 160), (17.0, 160), (1.0, 100), (1.5, 147)])
+def test_pitch_band_power_equals_the_stft_definition(seconds, hop):
+    """features._band_power (block DFTs and running sums, no FFT per frame) gives |STFT|**2 through the pitch filterbank:
+    within float32 rounding of a float64 STFT, as the FFT path; several pieces (17 s: over 1024 frames) and hops whose
+    gcd with n_fft is too small for blocks (147: the FFT path) included."""
+    import scipy.signal
+
+    cfg = FeatureConfig(feature_set="mfcc_pitch")
+    rng = np.random.default_rng(int(seconds * 100) + hop)
+    y = voice(seconds, f0=110.0, lead_s=0.0, tail_s=0.0) + (0.01 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+    x = np.pad(y, ((cfg.pitch_n_fft - cfg.n_fft) // 2,) * 2)
+    basis = features._pitch_bands(cfg)
+    frames = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), cfg.pitch_n_fft)[::hop]
+    exact = (np.abs(np.fft.rfft(frames * scipy.signal.get_window("hann", cfg.pitch_n_fft), axis=-1)) ** 2) @ basis.T.astype(np.float64)
+    got = features._band_power(x, cfg.pitch_n_fft, hop, basis)
+    assert got.shape == exact.shape and got.dtype == np.float32
+    want_db = features._db(exact.astype(np.float32))
+    for a in (got, features._filterbank_power(x, cfg.pitch_n_fft, hop, basis)):  # the block path, and the FFT path it replaces
+        a_db = features._db(a)
+        np.testing.assert_allclose(features.floor_db(a_db, a_db.max()), features.floor_db(want_db, want_db.max()), atol=5e-3)
+
+
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("frames", [9, 10, 98, 301])
 def test_savgol_delta_equals_librosa_delta(order, frames):
