@@ -164,3 +164,31 @@ def test_score_featurizes_on_the_version_tags_while_the_model_loads_and_refuses_
     MlflowClient().set_model_version_tag("voiceclf", "1", "feature_config", other.to_json())
     with pytest.raises(pipeline.ModelError, match="another feature config than its tags say"):
         pipeline.score_dirs([rec], tracking_uri=uri, jobs=1)
+
+
+def test_the_score_job_imports_neither_torch_nor_sklearn_nor_matplotlib_before_its_workers_start():
+    """torch (~1.7 s), sklearn (~0.8 s) and matplotlib (~0.5 s) are not on score's path to its first worker:
+    importing the job brings in none of them (score_dirs imports torch once the workers have their batches)."""
+    import subprocess
+    import sys
+
+    code = "import sys, jobs.score; print(sorted(m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_p_male_does_not_depend_on_the_batch_size():
+    """Windows are scored in batches of 128 (faster on one thread than 512): every window gets the same bits either way
+    (torch's CPU kernels; a batch of a single window may differ in the last bit, as torch takes another path for it)."""
+    import torch
+
+    from voiceclf.model import GenderCNN
+    from voiceclf.score import p_male
+
+    torch.manual_seed(0)
+    model = GenderCNN().eval()
+    x = np.random.default_rng(0).standard_normal((700, 3, 98, 12)).astype(np.float32)
+    want = p_male(model, x, batch_size=512)
+    for size in (64, 128, 300):
+        np.testing.assert_array_equal(p_male(model, x, batch_size=size), want)
