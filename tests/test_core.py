@@ -181,6 +181,47 @@ def test_fast_frame_features_match_librosa_for_every_channel(feature_set, second
         np.testing.assert_allclose(got[ch], want[ch], rtol=0, atol=1e-5 * scale[ch] + 1e-4, err_msg=f"channel {ch}")
 
 
+@pytest.mark.parametrize("seconds, hop", [(0.128, 160), (1.0, 160), (2.37, 160), (17.0, 160), (1.0, 100), (1.5, 147)])
+def test_pitch_band_power_equals_the_stft_definition(seconds, hop):
+    """features._band_power (block DFTs and running sums, no FFT per frame) gives |STFT|**2 through the pitch filterbank:
+    within float32 rounding of a float64 STFT, as the FFT path; several pieces (17 s: over 1024 frames) and hops whose
+    gcd with n_fft is too small for blocks (147: the FFT path) included."""
+    import scipy.signal
+
+    cfg = FeatureConfig(feature_set="mfcc_pitch")
+    rng = np.random.default_rng(int(seconds * 100) + hop)
+    y = voice(seconds, f0=110.0, lead_s=0.0, tail_s=0.0) + (0.01 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+    x = np.pad(y, ((cfg.pitch_n_fft - cfg.n_fft) // 2,) * 2)
+    basis = features._pitch_bands(cfg)
+    frames = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), cfg.pitch_n_fft)[::hop]
+    exact = (np.abs(np.fft.rfft(frames * scipy.signal.get_window("hann", cfg.pitch_n_fft), axis=-1)) ** 2) @ basis.T.astype(np.float64)
+    got = features._band_power(x, cfg.pitch_n_fft, hop, basis)
+    assert got.shape == exact.shape and got.dtype == np.float32
+    want_db = features._db(exact.astype(np.float32))
+    for a in (got, features._filterbank_power(x, cfg.pitch_n_fft, hop, basis)):  # the block path, and the FFT path it replaces
+        a_db = features._db(a)
+        np.testing.assert_allclose(features.floor_db(a_db, a_db.max()), features.floor_db(want_db, want_db.max()), atol=5e-3)
+
+
+@pytest.mark.parametrize("n_fft", [256, 400, 2048])
+def test_hann_window_is_scipys_bit_for_bit(n_fft):
+    import scipy.signal
+
+    np.testing.assert_array_equal(features._hann(n_fft), scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32))
+
+
+@pytest.mark.parametrize("width, order", [(9, 1), (9, 2), (5, 1), (7, 2)])
+def test_savgol_operator_is_scipys_filter(width, order):
+    """The taps and edges written out in numpy are the ones scipy.signal.savgol_filter applies (to rounding)."""
+    import scipy.signal
+
+    n, h = 2 * width + 1, width // 2
+    m = scipy.signal.savgol_filter(np.eye(n), width, polyorder=order, deriv=order, axis=-1, mode="interp")
+    want = (m[n // 2 - h : n // 2 + h + 1, n // 2], m[:width, :h], m[-width:, -h:])
+    for got, ref in zip(features._savgol_operator(width, order), want):
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-14)
+
+
 @pytest.mark.parametrize("order", [1, 2])
 @pytest.mark.parametrize("frames", [9, 10, 98, 301])
 def test_savgol_delta_equals_librosa_delta(order, frames):
@@ -204,7 +245,7 @@ def test_mel_filters_are_librosas_bit_for_bit(sr, n_fft, n_mels, kw):
 
 
 def test_a_cnn_featurize_worker_imports_neither_librosa_nor_torch(tmp_path):
-    """librosa's numba start-up cost each worker ~1 s of CPU and torch ~1.5 s; a CNN worker needs neither."""
+    """librosa's numba start-up cost each worker ~1 s of CPU, torch ~1.5 s and scipy.signal ~1.2 s; a CNN worker needs none."""
     import subprocess
     import sys
 
@@ -216,7 +257,7 @@ def test_a_cnn_featurize_worker_imports_neither_librosa_nor_torch(tmp_path):
     code = ("import sys; from voiceclf import batch; from voiceclf.config import FeatureConfig; "
             f"r = batch.featurize_batch([batch.Item(path='a.wav', source={str(tmp_path)!r}, label='male')], FeatureConfig()); "
             "assert r[0].n_windows == 1, r[0].message; "
-            "print(sorted(m for m in ('librosa', 'numba', 'torch') if m in sys.modules))")
+            "print(sorted(m for m in ('librosa', 'numba', 'torch', 'scipy.signal', 'scipy.stats') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

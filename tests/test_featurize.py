@@ -185,3 +185,20 @@ def test_featurize_dir_reports_progress_and_accounts_for_every_file_in_process(c
     assert rows["path"].nunique() + len(shards.read_errors(tmp_path / "f")) == summary.files
     [again] = pipeline.featurize_dir([corpus], tmp_path / "f", jobs=1)
     assert again.todo == 0 and again.shards_written == 0
+
+
+def test_a_batch_runs_blas_on_one_thread_and_gives_the_threads_back(corpus, monkeypatch):
+    """Inside featurize_batch every BLAS/OpenMP pool has one thread (the same sums whatever --jobs); after it, what it had."""
+    from threadpoolctl import threadpool_info
+
+    from voiceclf import batch, features
+    from voiceclf.config import FeatureConfig
+
+    before = [(i["filepath"], i["num_threads"]) for i in threadpool_info()]
+    seen, extract = [], features.extract
+    monkeypatch.setattr(features, "extract", lambda y, cfg: seen.append({i["num_threads"] for i in threadpool_info()}) or extract(y, cfg))
+    paths = sorted(p.relative_to(corpus).as_posix() for p in corpus.rglob("*.wav"))[:2]
+    for _ in range(2):  # the libraries are found once per process; the limit holds on every call
+        batch.featurize_batch([batch.Item(path=p, source=str(corpus)) for p in paths], FeatureConfig())
+    assert seen and all(s == {1} for s in seen)
+    assert [(i["filepath"], i["num_threads"]) for i in threadpool_info()] == before

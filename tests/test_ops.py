@@ -30,13 +30,14 @@ def wait_for(proc: subprocess.Popen, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def long_corpus(tmp_path_factory):
-    """Few speakers with long recordings: slow enough per file to interrupt or overlap a run."""
+    """Few speakers with long recordings: enough work (40 files of 45 s) to interrupt or overlap a run; four files a
+    speaker were no longer enough once featurize got faster (issue 11: the first run ended before the second began)."""
     root = tmp_path_factory.mktemp("long")
     synth.make_corpus(root, speakers=4, clips=2, seed=4)
     for spk in ("01", "02", "03", "04"):
         gender = synth.speaker_gender(int(spk))
         y = synth.synth_recording(gender, np.random.default_rng(int(spk)), duration_s=45.0)
-        for i in range(4):
+        for i in range(10):
             sf.write(root / spk / f"9_{spk}_{i + 10}.wav", np.roll(y, i * 8000), 16000, subtype="PCM_16")
     return root
 

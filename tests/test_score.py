@@ -178,3 +178,31 @@ def test_relative_folders_reach_workers_started_in_another_folder(champion, corp
     report = pipeline.score_dirs(["02"], tracking_uri=champion, jobs=2).report
     assert len(report) == len(list((corpus / "02").glob("*.wav"))) > 0
     assert report["path"].str.startswith("02/").all() and (report["status"] == "ok").all(), report[["path", "status", "error"]]
+
+
+def test_the_score_job_imports_neither_torch_nor_sklearn_nor_matplotlib_before_its_workers_start():
+    """torch (~1.7 s), sklearn (~0.8 s) and matplotlib (~0.5 s) are not on score's path to its first worker:
+    importing the job brings in none of them (score_dirs imports torch once the workers have their batches)."""
+    import subprocess
+    import sys
+
+    code = "import sys, jobs.score; print(sorted(m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_p_male_does_not_depend_on_the_batch_size():
+    """Windows are scored in batches of 128 (faster on one thread than 512): every window gets the same bits either way
+    (torch's CPU kernels; a batch of a single window may differ in the last bit, as torch takes another path for it)."""
+    import torch
+
+    from voiceclf.model import GenderCNN
+    from voiceclf.score import p_male
+
+    torch.manual_seed(0)
+    model = GenderCNN().eval()
+    x = np.random.default_rng(0).standard_normal((700, 3, 98, 12)).astype(np.float32)
+    want = p_male(model, x, batch_size=512)
+    for size in (64, 128, 300):
+        np.testing.assert_array_equal(p_male(model, x, batch_size=size), want)

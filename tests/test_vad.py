@@ -116,3 +116,19 @@ def test_many_recordings_at_once_get_the_verdicts_of_one_at_a_time():
     for block in (1, 5, vad.MANY_BLOCK, 200):
         assert vad.why_not_speech_many(ys, cfg, block=block) == one
     assert vad.why_not_speech_many(ys, dataclasses.replace(cfg, vad_min_speech_s=0.0)) == [None] * len(ys)
+
+
+@pytest.mark.parametrize("n, first, count", [(100, 0, None), (513, 0, None), (16000, 0, 3), (24321, 2, 16), (24321, 40, 16)])
+def test_chunk_spectra_are_the_models_reading_of_the_chunks(n, first, count):
+    """Chunk i: samples [512 i - 64, 512 (i + 1)), zeros outside the waveform, reflected by 64 at its end (np.pad's
+    "reflect"), four periodic-Hann frames of 256, hop 128: the reflection written out gives the same bits."""
+    import scipy.fft
+
+    y = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    count = vad.n_chunks(n) - first if count is None else count
+    padded = np.concatenate([np.zeros(64, np.float32), y, np.zeros(count * 512 + first * 512, np.float32)])
+    chunks = np.stack([padded[512 * i : 512 * i + 576] for i in range(first, first + count)])
+    chunks = np.pad(chunks, ((0, 0), (0, 64)), mode="reflect")
+    frames = np.stack([chunks[:, 128 * j : 128 * j + 256] for j in range(4)], axis=1)
+    want = np.abs(scipy.fft.rfft(frames * vad._hann(), axis=-1)).transpose(0, 2, 1)
+    np.testing.assert_array_equal(vad.chunk_spectra(y, first, count), want)

@@ -152,20 +152,71 @@ def _sf_error(path: str, head: bytes, err: Exception) -> AudioError:
     )
 
 
+#: butter(4, 50 Hz, "highpass", fs 16 kHz, output="sos") and its sosfilt_zi, as scipy.signal gives them (every
+#: digit: ``repr`` round-trips a float exactly; tests/test_audio.py checks them against scipy.signal).
+_HIGHPASS_KNOWN = {
+    (16000, 50.0, 4): (
+        [[0.9746715011476549, -1.9493430022953098, 0.9746715011476549, 1.0, -1.9639893509038986, 0.9643680015329213],
+         [1.0, -2.0, 1.0, 1.0, -1.9847024413583025, 0.985085085402425]],
+        [[-0.9746715011476881, 0.9746715011476869], [-0.0, 0.0]],
+    ),
+}
+
+
 @functools.lru_cache(maxsize=16)
 def _highpass_sos(rate: int, cutoff_hz: float, order: int) -> tuple[np.ndarray, np.ndarray]:
     """Butterworth high-pass as second-order sections and their unit-step initial state; cached
-    since every file reuses them (computing the state took a third of the clean-up time)."""
-    import scipy.signal  # here, not at the top: its import costs ~1 s of CPU (it parses docstrings), which a job's parent never needs
+    since every file reuses them (computing the state took a third of the clean-up time).
+
+    The default config's are written out: scipy.signal's import costs a worker ~1.2 s of CPU (it imports
+    scipy.stats and parses docstrings), as much as a few hundred short files.
+    """
+    if (rate, cutoff_hz, order) in _HIGHPASS_KNOWN:
+        sos, zi = _HIGHPASS_KNOWN[(rate, cutoff_hz, order)]
+        return np.array(sos), np.array(zi)
+    import scipy.signal  # here, not at the top: a job's parent never needs it
 
     sos = scipy.signal.butter(order, cutoff_hz, btype="highpass", fs=rate, output="sos")
     return sos, scipy.signal.sosfilt_zi(sos)
 
 
-def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    import scipy.signal
+@functools.lru_cache(maxsize=1)
+def _sosfilt_kernel():
+    """scipy.signal.sosfilt's compiled loop (``scipy.signal._sosfilt._sosfilt``), loaded without importing the
+    scipy.signal package; None when it cannot be (another scipy layout): :func:`_sosfilt` then calls scipy.signal.sosfilt."""
+    import sys
 
-    return scipy.signal.sosfilt(sos, x, zi=zi)
+    name = "scipy.signal._sosfilt"
+    try:
+        if name not in sys.modules:
+            import importlib.machinery
+            import importlib.util
+
+            import scipy
+
+            folder = os.path.join(os.path.dirname(scipy.__file__), "signal")
+            path = next(os.path.join(folder, "_sosfilt" + sfx) for sfx in importlib.machinery.EXTENSION_SUFFIXES
+                        if os.path.exists(os.path.join(folder, "_sosfilt" + sfx)))
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules[name] = module  # scipy.signal, imported later, takes this one instead of loading it again
+        return sys.modules[name]._sosfilt
+    except Exception:  # StopIteration, ImportError, AttributeError: not the layout of scipy 1.17
+        return None
+
+
+def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``scipy.signal.sosfilt(sos, x, zi=zi)`` of a 1-D float64 signal: the same compiled loop, without the package import."""
+    kernel = _sosfilt_kernel()
+    if kernel is None:
+        import scipy.signal
+
+        return scipy.signal.sosfilt(sos, x, zi=zi)
+    out = np.array(x, np.float64, order="C").reshape(1, -1)  # filtered in place
+    state = np.array(zi, np.float64, order="C").reshape(1, len(sos), 2)
+    kernel(np.asarray(sos, np.float64), out, state)
+    return out[0], state[0]
 
 
 def clean(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:

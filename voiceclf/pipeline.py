@@ -680,14 +680,9 @@ def score_dirs(
     ``tracking.TrackingError`` (no such model, store unreachable, not a safe model), ``train.DataError``
     (``device`` cuda without CUDA), :class:`ModelError`, ``parallel.EngineError``.
     """
-    import torch
-
-    from voiceclf import tracking
-    from voiceclf import train as tr
-    from voiceclf.score import REPORT_COLUMNS, SEGMENT_COLUMNS, score_results
+    from voiceclf import tracking  # MLflow; torch (~1.7 s of import) only once the workers are at work
 
     t0 = time.perf_counter()
-    dev = tr.pick_device(device)
     items, hidden = collect(dirs)
     tracking.connect(tracking_uri)
     uri = model_uri or tracking.DEFAULT_MODEL_URI
@@ -704,37 +699,49 @@ def score_dirs(
         loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="voiceclf-model-load")
         pending = loader.submit(tracking.load, f"models:/{name}/{version}")
     _check_weights(cfg, f"{uri}: ")  # before any work
+    dev = None
+    if device not in ("auto", "cpu"):  # a device that may not be there is checked before any work (torch is imported for it)
+        from voiceclf import train as tr
 
-    def ready():
-        """The model's module on the device, once it is loaded and known to read these features."""
-        nonlocal model, module
-        if module is None:
-            if model is None:
-                model = pending.result()
-                if model.cfg != cfg:
-                    raise ModelError(f"{uri}: version {version} was trained with another feature config than its tags say; "
-                                     "register it again")
-            # Inference is a small share of the work (thousands of windows/s on one core); more torch threads
-            # in the parent only spin against the featurize workers for the same cores.
-            torch.set_num_threads(1)
-            module = _on_device(model, cfg, dev)
-        return module
-
+        dev = tr.pick_device(device)
     total = len(items) + len(hidden)
-    log.info("score: %d files in %s with %s (version %s, %s) on %s", total, ", ".join(map(str, dirs)), uri, version or "-", cfg.feature_set, dev)
-
-    def score(results):
-        module = ready() if any(r.n_windows for r in results) else None
-        return score_results(results, module, threshold=threshold, model_uri=uri, model_version=version, window_s=cfg.window_s)
-
-    rows, segments, first = score(hidden)[0], [], None
-    for res in hidden:
-        log.warning("hidden: %s", res.message)
-    errors = len(hidden)
-    on_progress(Progress("score", len(hidden), total, errors))
+    rows, segments, first, errors = [], [], None, len(hidden)
     t_loop = time.perf_counter()
     try:
         with _featurized(items, cfg, jobs=jobs, backend=backend, scheduler=scheduler) as stream:
+            # The workers have their first batches: torch is imported while they work, not before they start.
+            import torch
+
+            from voiceclf import train as tr
+            from voiceclf.score import score_results
+
+            dev = dev or tr.pick_device(device)
+
+            def ready():
+                """The model's module on the device, once it is loaded and known to read these features."""
+                nonlocal model, module
+                if module is None:
+                    if model is None:
+                        model = pending.result()
+                        if model.cfg != cfg:
+                            raise ModelError(f"{uri}: version {version} was trained with another feature config than its tags say; "
+                                             "register it again")
+                    # Inference is a small share of the work (thousands of windows/s on one core); more torch threads
+                    # in the parent only spin against the featurize workers for the same cores.
+                    torch.set_num_threads(1)
+                    module = _on_device(model, cfg, dev)
+                return module
+
+            log.info("score: %d files in %s with %s (version %s, %s) on %s", total, ", ".join(map(str, dirs)), uri, version or "-", cfg.feature_set, dev)
+
+            def score(results):
+                module = ready() if any(r.n_windows for r in results) else None
+                return score_results(results, module, threshold=threshold, model_uri=uri, model_version=version, window_s=cfg.window_s)
+
+            rows += score(hidden)[0]
+            for res in hidden:
+                log.warning("hidden: %s", res.message)
+            on_progress(Progress("score", len(hidden), total, errors))
             for results in stream:
                 r, s = score(results)
                 for row in r:
@@ -745,10 +752,12 @@ def score_dirs(
                 first = first or time.perf_counter() - t0
                 errors += sum(x["status"] == "error" for x in r)
                 on_progress(Progress("score", len(rows), total, errors))
-        ready()  # a batch with no windows anywhere still has its model checked
+            ready()  # a batch with no windows anywhere still has its model checked
     finally:
         if loader is not None:
             loader.shutdown(wait=True)
+    from voiceclf.score import REPORT_COLUMNS, SEGMENT_COLUMNS
+
     return ScoreResult(
         report=pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("path", kind="stable", ignore_index=True),
         segments=pd.DataFrame(segments, columns=SEGMENT_COLUMNS).sort_values(["path", "start_s"], kind="stable", ignore_index=True),

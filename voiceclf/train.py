@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
 
 from voiceclf.config import LABELS, FeatureConfig
 from voiceclf.model import build_model
@@ -265,6 +264,9 @@ def evaluate(files: pd.DataFrame, prefix: str) -> dict[str, float]:
     out: dict[str, float] = {}
     spk = per_speaker(files)
 
+    # sklearn where used: its import (~0.8 s, scipy.stats) would otherwise be paid by score, which imports this module
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
     def basic(f: pd.DataFrame, s: pd.DataFrame, suffix: str) -> None:
         pred = (f["p"] >= 0.5).astype(int)
         with warnings.catch_warnings():
@@ -414,6 +416,8 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
         files = file_level(predict_proba(model, te.x), te)
         result.test = evaluate(files, "test")
         result.per_speaker = per_speaker(files)
+        from sklearn.metrics import confusion_matrix
+
         result.confusion = confusion_matrix(files["y"], (files["p"] >= 0.5).astype(int), labels=[0, 1])
         result.model = model
     except Exception:
