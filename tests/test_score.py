@@ -206,3 +206,18 @@ def test_p_male_does_not_depend_on_the_batch_size():
     want = p_male(model, x, batch_size=512)
     for size in (64, 128, 300):
         np.testing.assert_array_equal(p_male(model, x, batch_size=size), want)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_refused_device_leaves_no_model_loading_behind(champion, recordings):
+    """score_dirs loads the model in a thread while it checks the device: a refusal waits for that thread, so it
+    never outlives the call (torch.export loads one model at a time per process)."""
+    import threading
+
+    from voiceclf.train import DataError
+
+    with pytest.raises(DataError, match="no CUDA device"):
+        pipeline.score_dirs([recordings[0]], tracking_uri=champion, device="cuda")
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("voiceclf-model-load")]
+    tracking.connect(champion)
+    assert tracking.load().version

@@ -698,16 +698,16 @@ def score_dirs(
         name, version, cfg = registered
         loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="voiceclf-model-load")
         pending = loader.submit(tracking.load, f"models:/{name}/{version}")
-    _check_weights(cfg, f"{uri}: ")  # before any work
-    dev = None
-    if device not in ("auto", "cpu"):  # a device that may not be there is checked before any work (torch is imported for it)
-        from voiceclf import train as tr
+    try:  # from here on, the loading thread is waited for whatever happens: it must not outlive this call
+        _check_weights(cfg, f"{uri}: ")  # before any work
+        dev = None
+        if device not in ("auto", "cpu"):  # a device that may not be there is checked before any work (torch is imported for it)
+            from voiceclf import train as tr
 
-        dev = tr.pick_device(device)
-    total = len(items) + len(hidden)
-    rows, segments, first, errors = [], [], None, len(hidden)
-    t_loop = time.perf_counter()
-    try:
+            dev = tr.pick_device(device)
+        total = len(items) + len(hidden)
+        rows, segments, first, errors = [], [], None, len(hidden)
+        t_loop = time.perf_counter()
         with _featurized(items, cfg, jobs=jobs, backend=backend, scheduler=scheduler) as stream:
             # The workers have their first batches: torch is imported while they work, not before they start.
             import torch

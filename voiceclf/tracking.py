@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -380,6 +381,11 @@ def registered_config(model_uri: str) -> tuple[str, str, FeatureConfig] | None:
         return None
 
 
+#: torch.export's deserializer keeps global state while it loads ("_CURRENT_DESERIALIZER is already set"):
+#: one load at a time per process (score loads in a thread while the caller may load another model).
+_PT2_LOAD = threading.Lock()
+
+
 def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
     """Load a model and the FeatureConfig it was trained with; refuse one this code cannot reproduce."""
     mv = _model_version(model_uri)
@@ -396,7 +402,8 @@ def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
             raise TrackingError(f"cannot load {model_uri} from {mlflow.get_tracking_uri()}: {_one_line(e)}") from None
         _check_pt2(model_uri, local, info.flavors.get("pytorch"))
         try:
-            module = mlflow.pytorch.load_model(local)
+            with _PT2_LOAD:
+                module = mlflow.pytorch.load_model(local)
         except Exception as e:  # a damaged archive fails in torch or zipfile as well as in MLflow
             raise TrackingError(f"cannot load {model_uri} from {mlflow.get_tracking_uri()}: {_one_line(e)}") from None
     meta = (info.metadata or {}).get("feature_config")
