@@ -19,6 +19,7 @@ TARGETS = {
     "featurize_cpu_vs_loop": 1.0,  # featurize mfcc_pitch CPU per file ÷ the plain loop's, every corpus (issue 11)
     "score_vs_featurize": 0.9,  # score ÷ featurize alone, same files, end to end (issue 11)
     "memory_flat": 1.25,  # peak RSS whole ÷ a tenth
+    "variant_vs_recording": 2.0,  # CPU of one augmented variant ÷ CPU of the recording itself (issue 11)
 }
 
 
@@ -220,6 +221,14 @@ def speed(s: dict, missed: list[str]) -> list[str]:
             f"scored after {r['first_s']} s | featurize `{fs}` alone: job {base['rate_job']:.0f} files/s | {ratio:.2f}× | |")
         add(f"| same, end to end | {r['rate_e2e']:.0f} files/s ({rates(r['all_e2e'])}) | featurize alone: {base['rate_e2e']:.0f} files/s | "
             f"**{e2e:.2f}×** | ≥ {T['score_vs_featurize']:g}× end to end: {ok_mark(ok)} |")
+    if s.get("variant"):
+        v = s["variant"]
+        ratio = v["variant_ms"] / v["recording_ms"]
+        ok = ratio <= T["variant_vs_recording"]
+        if not ok:
+            missed.append(f"an augmented variant costs {ratio:.2f}× the recording's CPU (target ≤ {T['variant_vs_recording']:g}×)")
+        add(f"| one augmented variant (`{fs_m}`), {short_what}: CPU per file, one thread, in-process ({v['files']} files) | {v['variant_ms']:.2f} ms | "
+            f"the recording itself: {v['recording_ms']:.2f} ms | **{ratio:.2f}×** | ≤ {T['variant_vs_recording']:g}×: {ok_mark(ok)} |")
     for fs in (fs_m, fs_e):
         w, t = every[fs], tenth[fs]
         ratio = w["peak_rss_tree"] / t["peak_rss_tree"] if w["peak_rss_tree"] and t["peak_rss_tree"] else float("nan")

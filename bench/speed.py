@@ -76,6 +76,36 @@ def champions(runner: Runner, sp: Path, feature_sets: tuple[str, ...] = FEATURE_
     return out
 
 
+def variant_cost(files: list[Path], variants: int = 2, n: int = 300) -> dict:
+    """CPU per file, in this process on one thread, of a recording's own path (decode, speech gate, clean,
+    windows, features) and of one augmented variant (degrade, clean, windows, features): what the job's
+    workers do for each, without the parts both share (start-up, hashing, writing)."""
+    import time
+
+    from threadpoolctl import threadpool_limits
+
+    from voiceclf import augment, batch
+    from voiceclf.config import FeatureConfig
+
+    cfg = FeatureConfig()
+    step = max(1, len(files) // n)
+    items = [batch.Item(path=str(f), source="", label="x", sha256="0" * 64) for f in files[::step][:n]]
+    with threadpool_limits(1):
+        for it in items[:5]:  # warm: first calls load plans and caches
+            batch._featurize_one(it, cfg)
+        t = time.process_time()
+        samples = [y for _, y in (batch._featurize_one(it, cfg) for it in items) if y is not None]
+        rec = time.process_time() - t
+        t = time.process_time()
+        for i, y in enumerate(samples):
+            for v in augment.variants(y, cfg, variants, seed=i):
+                batch.windows_of(v, cfg)
+        var = time.process_time() - t
+    rec_ms, var_ms = 1e3 * rec / len(items), 1e3 * var / len(samples) / variants
+    log(f"variant cost: recording {rec_ms:.2f} ms/file, one variant {var_ms:.2f} ms ({len(items)} files, one thread)")
+    return {"files": len(items), "variants": variants, "recording_ms": rec_ms, "variant_ms": var_ms}
+
+
 def best(runs: list[dict]) -> dict:
     """The fastest run by the tool's own rate, with every run's rates, the lowest CPU time and the highest peak memory."""
     top = max(runs, key=lambda r: r["rate_job"])
@@ -111,10 +141,11 @@ def run(runner: Runner, workdir: Path, quick: bool) -> dict:
         for fs in FEATURE_SETS:
             add(f"featurize.all.{fs}", featurize(runner, every, sp / "featurize", fs, f"featurize_all_{fs}_{i}", poll=True))
         add("loop.all", plain_loop(runner, every, sp / "plain_loop.npz", f"plain_loop_all_{i}"))
+    variant = variant_cost(sorted(p for d in short_dirs for p in Path(d).rglob("*.wav")))
     log("featurize a tenth of every corpus, for memory")
     for fs in FEATURE_SETS:
         add(f"featurize.tenth.{fs}", featurize(runner, [tenth], sp / "featurize", fs, f"featurize_tenth_{fs}", poll=True))
     log("long files, for memory: featurize and score one synthetic file of 20 and 60 minutes, score one of 10 hours")
     long = longfile.run(runner, workdir, champs["mfcc_pitch"]["env"], minutes=(20, 60), score_hours=() if quick else (10,))
-    return {"reps": reps, "quick": quick, "short_sources": short_fz, "short_dirs": short_dirs, "sources": every, "tenth": tenth,
+    return {"reps": reps, "quick": quick, "variant": variant, "short_sources": short_fz, "short_dirs": short_dirs, "sources": every, "tenth": tenth,
             "champions": champs, "long": long, **{k: best(v) for k, v in runs.items()}}

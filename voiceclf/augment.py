@@ -21,13 +21,15 @@ def _telephone_sos(sr: int) -> np.ndarray:
 
 def random_eq(y: np.ndarray, sr: int, rng: np.random.Generator, max_db: float = 8.0) -> np.ndarray:
     """A smooth random frequency response (±max_db, knots log-spaced 80 Hz–Nyquist), applied in the FFT domain."""
-    # scipy's pocketfft: numpy's results bit for bit, twice as fast on the prime lengths recordings often have
-    spec = scipy.fft.rfft(y)
-    freqs = np.fft.rfftfreq(len(y), 1.0 / sr)
+    # Zero-padded to a length the FFT is fast for (a recording's length is often a large prime, several times
+    # slower), which also lets the filter's short ringing run into the padding instead of wrapping onto the start.
+    n = scipy.fft.next_fast_len(len(y), real=True)
+    spec = scipy.fft.rfft(y, n)
+    freqs = np.fft.rfftfreq(n, 1.0 / sr)
     knots = np.geomspace(80.0, sr / 2, 8)
     gains_db = rng.uniform(-max_db, max_db, len(knots))
     curve = np.interp(np.log(np.maximum(freqs, 1.0)), np.log(knots), gains_db)
-    return scipy.fft.irfft(spec * 10 ** (curve / 20), n=len(y))
+    return scipy.fft.irfft(spec * 10 ** (curve / 20), n)[: len(y)]
 
 
 def reverb(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
