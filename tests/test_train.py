@@ -7,7 +7,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import run_job
+from conftest import REPO, run_job
 from voiceclf import shards, tracking
 from voiceclf import train as tr
 
@@ -253,3 +253,28 @@ def test_unreachable_tracking_server_fails_fast(features):
     proc = run_job("train", "--features", features, env={"MLFLOW_TRACKING_URI": url})
     assert proc.returncode == 1 and url in proc.stderr
     assert time.time() - t0 < 30
+
+
+def test_figures_draw_without_pyplot_and_import_nothing_heavy():
+    """voiceclf.figures draws on matplotlib's Figure objects: importing it loads no matplotlib, drawing never
+    imports pyplot (which picks a backend for the whole process). In a process of its own, so no other test's
+    imports count."""
+    import subprocess
+    import sys
+
+    code = """
+import io, sys
+import numpy as np
+from voiceclf import figures
+print('matplotlib' in sys.modules)
+history = [dict(train_loss=1.0 / e, val_loss=1.2 / e, train_acc=0.5 + e / 10, val_balanced_acc=0.5 + e / 12, val_score=0.5 + e / 12,
+                val_worst_corpus=0.5 + e / 14) for e in range(1, 4)]
+for fig in (figures.curves_figure(history, 'p', best_epoch=2), figures.confusion_figure(np.array([[5, 1], [2, 7]]), 't')):
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png')
+    print(buf.getvalue().startswith(b'\\x89PNG'))
+print('matplotlib.pyplot' in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True", "False"], out.stdout

@@ -423,11 +423,11 @@ def decide_promotion(winner: tr.PointResult, data: dict, split: dict, force: boo
 
 
 def log_point(runs: tracking.GridRuns, run_id: str, res: tr.PointResult, data: tr.Data, split: dict) -> str:
-    from voiceclf import tracking
+    from voiceclf import figures
 
     artifacts = {
-        "curves.png": tracking.curves_figure(res.history, res.point.name, res.best_epoch),
-        "confusion_matrix.png": tracking.confusion_figure(res.confusion, f"test (held-out speakers), files\n{res.point.name}"),
+        "curves.png": figures.curves_figure(res.history, res.point.name, res.best_epoch),
+        "confusion_matrix.png": figures.confusion_figure(res.confusion, f"test (held-out speakers), files\n{res.point.name}"),
         "split.json": split,
         "per_speaker.csv": res.per_speaker,
     }

@@ -451,38 +451,3 @@ def _check_pt2(model_uri: str, local: str, flavor: dict | None) -> None:
                             "voiceclf loads only pt2 models, never pickles, which can run code when loaded")
     if not zipfile.is_zipfile(os.path.join(data, "model.pt2")):
         raise TrackingError(f"{model_uri}: model.pt2 is damaged (not a complete pt2 archive); log or register the model again")
-
-
-# ----------------------------------------------------------------------------- figures
-def curves_figure(history: list[dict], title: str, best_epoch: int | None = None):
-    epochs = np.arange(1, len(history) + 1)
-    from matplotlib.figure import Figure  # not pyplot: no backend or window is ever chosen; here, as score never draws (~0.5 s)
-
-    fig = Figure(figsize=(9, 3.5))
-    a, b = fig.subplots(1, 2)
-    for key in ("train_loss", "val_loss"):
-        a.plot(epochs, [h[key] for h in history], marker="o", label=key)
-    for key in ("train_acc", "val_balanced_acc", "val_score", "val_worst_corpus"):
-        b.plot(epochs, [h[key] for h in history], marker="o", label=key)
-    if best_epoch:
-        for ax in (a, b):
-            ax.axvline(best_epoch, color="grey", linestyle=":", label="kept epoch" if ax is b else None)
-    a.set(xlabel="epoch", ylabel="loss", title="loss")
-    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
-    a.legend(), b.legend()
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def confusion_figure(cm: np.ndarray, title: str):
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(3.8, 3.4))
-    ax = fig.subplots()
-    ConfusionMatrixDisplay(cm, display_labels=list(LABELS)).plot(ax=ax, colorbar=False)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
