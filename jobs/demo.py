@@ -16,7 +16,7 @@ from pathlib import Path
 
 from jobs import _cli, featurize, train
 from jobs._cli import JobError
-from voiceclf import io, pipeline, synth
+from voiceclf import io, pipeline, synth, tracking
 from voiceclf.config import REPO_ROOT
 
 
@@ -90,12 +90,8 @@ def main(argv=None) -> None:
     def demo() -> int:
         try:
             return run(parse_args(argv))
-        except Exception as e:  # the library's errors, one line each; anything else is main_wrapper's internal error
-            from voiceclf import tracking
-
-            if isinstance(e, (tracking.TrackingError, pipeline.TrainError, pipeline.ModelError, io.LockedError)):
-                raise JobError.of(e, _cli.FAILURE) from None
-            raise
+        except (tracking.TrackingError, pipeline.TrainError, pipeline.ModelError, io.LockedError) as e:  # one line each
+            raise JobError.of(e, _cli.FAILURE) from None
 
     _cli.main_wrapper("demo", demo)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from jobs import _cli
 from jobs._cli import JobError
 from voiceclf import corpus, io, parallel, pipeline, tracking
+from voiceclf.config import DataError
 
 # voiceclf.train (torch) is imported where used: score starts its workers before it imports torch
 # (pipeline.score_dirs), and an import at the top here would come first.
@@ -76,16 +77,10 @@ def run(args: argparse.Namespace) -> int:
             io.write_csv(res.report, args.out, float_format="%.6g")
             if args.segments:
                 io.write_csv(res.segments, args.segments, float_format="%.6g")
-    except (corpus.CorpusError, parallel.EngineError) as e:
+    except (corpus.CorpusError, parallel.EngineError, DataError) as e:  # DataError: --device cuda without CUDA, as in train
         raise JobError.of(e, _cli.USAGE) from None
     except (tracking.TrackingError, pipeline.ModelError) as e:
         raise JobError.of(e, _cli.FAILURE) from None
-    except Exception as e:
-        from voiceclf.train import DataError  # imported by score_dirs before it can raise one
-
-        if isinstance(e, DataError):  # --device cuda without CUDA, as in train
-            raise JobError.of(e, _cli.USAGE) from None
-        raise
     report = res.report
     counts = report["status"].value_counts()
     labels = report.loc[report["status"] == "ok", "label"].value_counts()

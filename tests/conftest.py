@@ -41,37 +41,39 @@ def run_job(job: str, *args, env: dict | None = None, timeout: float = 600, chec
 
 
 def _run_in_process(job: str, argv: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """A job's main in this process; the environment, logging, SIGTERM handler and cwd it changes are put back."""
     import contextlib
     import importlib
     import io
     import logging
     import signal
+    from unittest import mock
 
     from jobs import _cli
 
     module = importlib.import_module(f"jobs.{job}")
-    saved_env = {k: os.environ.get(k) for k in [*env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"]}
     root = logging.getLogger()
-    saved_logging = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in logging.root.manager.loggerDict})
-    saved_sigterm = signal.getsignal(signal.SIGTERM)
+    handlers, levels = root.handlers[:], {name: logging.getLogger(name).level for name in ["", *logging.root.manager.loggerDict]}
+    sigterm = signal.getsignal(signal.SIGTERM)
     out, err = io.StringIO(), io.StringIO()
     code = 0
     try:
-        for k, v in env.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, str(v))
-        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        # patch.dict restores the whole environment, the jobs' own defaults (MLflow's HTTP retries) included
+        with mock.patch.dict(os.environ), contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = str(v)
             try:
                 module.main(argv)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
-        for k, v in saved_env.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        root.handlers[:] = saved_logging[0]
-        root.setLevel(saved_logging[1])
-        for name, level in saved_logging[2].items():
+        root.handlers[:] = handlers
+        for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
-        signal.signal(signal.SIGTERM, saved_sigterm)
+        signal.signal(signal.SIGTERM, sigterm)
         _cli._terminated = None
     return subprocess.CompletedProcess(["jobs." + job, *argv], code, out.getvalue(), err.getvalue())
 

@@ -38,6 +38,12 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
 
 
+class DataError(ValueError):
+    """The data cannot be trained on (one gender only, too few speakers, no labels), or asks for a device
+    that is not there. Defined here, beside ConfigError, so a job can catch it without importing torch
+    (``voiceclf.train`` re-exports it)."""
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """Every parameter that turns a recording into (3, 98, 12) model input.

@@ -104,6 +104,8 @@ class ModelError(RuntimeError):
     """Pretrained weights or a model that cannot be used here: another speech detector or encoder than the
     FeatureConfig names, or a model that does not run on the device."""
 
+    missing: str | None = None  # "weights" when the detector or encoder is not installed (as the error it wraps says)
+
 
 def _check_weights(cfg: FeatureConfig, where: str = "") -> None:
     """The speech detector and speaker encoder ``cfg`` names are installed, with the same sha256."""
@@ -498,7 +500,7 @@ def train_grid(
     trains on the others). With two or more training corpora every point is trained again without each
     of them in turn and scored on it; the mean (``xval_score``) ranks the points, else ``val_score`` does.
     The winner is registered and becomes the champion only if it is at least as good as the current one
-    on the same held-out speakers (or ``force_promote``). Raises :class:`GridError`, ``train.DataError``,
+    on the same held-out speakers (or ``force_promote``). Raises :class:`GridError`, ``config.DataError``,
     ``shards.ShardError``, ``tracking.TrackingError`` (the store is unreachable or fails mid-run) and
     :class:`TrainError` (every point failed).
     """
@@ -677,7 +679,7 @@ def score_dirs(
 
     Every file gets a report row (``ok``, ``no_speech`` or ``error`` with the reason); a file never
     stops the batch. Raises ``corpus.CorpusError`` (a folder missing or unlistable),
-    ``tracking.TrackingError`` (no such model, store unreachable, not a safe model), ``train.DataError``
+    ``tracking.TrackingError`` (no such model, store unreachable, not a safe model), ``config.DataError``
     (``device`` cuda without CUDA), :class:`ModelError`, ``parallel.EngineError``.
     """
     from voiceclf import tracking  # MLflow; torch (~1.7 s of import) only once the workers are at work

@@ -161,9 +161,9 @@ class ShardWriter:
         arrays = [pa.array(columns[f.name], type=f.type) for f in self.schema if f.name != "features"]
         # One chunk per file, each a view of that file's own array: no concatenated copy of a shard's features
         # (29 MB at 2,048 windows) in the parent, which holds the buffered results already.
-        size = self.schema.field("features").type.list_size
-        arrays.append(pa.chunked_array([pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(r.windows.features, np.float32).reshape(-1)), size)
-                                        for r in results], self.schema.field("features").type))
+        ftype = self.schema.field("features").type
+        arrays.append(pa.chunked_array([pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(r.windows.features, np.float32).reshape(-1)),
+                                                                          ftype.list_size) for r in results], ftype))
         table = pa.Table.from_arrays(arrays, schema=self.schema)
         final = self.out_dir / f"part-{self.next_index:05d}.parquet"
         _write_table(table, final)
@@ -321,13 +321,14 @@ def _read_part(path: Path, cfg: FeatureConfig, with_features: bool) -> pa.Table:
     """One shard in the current schema. Older shards read under the renamed columns' new names, and
     with ``corpus`` = the source folder's name when they predate that column."""
     names = _read_schema(path).names
-    on_disk = {new: old for old, new in RENAMED.items() if old in names and new not in names}
+    old_name = {new: old for old, new in RENAMED.items() if old in names and new not in names}
     wanted = [f.name for f in schema(cfg) if with_features or f.name != "features"]
-    missing = [n for n in wanted if on_disk.get(n, n) not in names and n != "corpus"]
+    on_disk = {n: old_name.get(n, n) for n in wanted}
+    missing = [n for n in wanted if on_disk[n] not in names and n != "corpus"]
     if missing:
         raise ShardError(f"{path}: written by an older voiceclf (no {', '.join(missing)} column); delete its folder and featurize again")
-    table = _read_table(path, columns=[on_disk.get(n, n) for n in wanted if on_disk.get(n, n) in names])
-    table = table.rename_columns([n for n in wanted if on_disk.get(n, n) in names])
+    present = [n for n in wanted if on_disk[n] in names]
+    table = _read_table(path, columns=[on_disk[n] for n in present]).rename_columns(present)
     if "corpus" not in names:
         corpus = [Path(s).name for s in table.column("source").to_pylist()]
         table = table.add_column(wanted.index("corpus"), "corpus", pa.array(corpus, pa.string()))

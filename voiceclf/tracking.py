@@ -365,7 +365,7 @@ def _model_version(model_uri: str):
     except MlflowException:
         if not alias and "/" in ref and _registered(name := ref.split("/", 1)[0]):
             raise TrackingError(f"version {ref.split('/', 1)[1]} of model {name} does not exist in {mlflow.get_tracking_uri()} (versions: {_versions(name)})") from None
-        raise NoChampion(f"no model registered as {name}{'@' + alias if alias else ''} in {mlflow.get_tracking_uri()} ") from None
+        raise NoChampion(f"no model registered as {name}{'@' + alias if alias else ''} in {mlflow.get_tracking_uri()}") from None
 
 
 def registered_config(model_uri: str) -> tuple[str, str, FeatureConfig] | None:

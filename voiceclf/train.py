@@ -25,15 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from voiceclf.config import LABELS, FeatureConfig
+from voiceclf.config import LABELS, DataError, FeatureConfig  # noqa: F401 (DataError: train.DataError, as before)
 from voiceclf.model import build_model
 
 SPLITS = ("train", "val", "test")
 FAMILIES = ("cnn", "embedding_head")
-
-
-class DataError(ValueError):
-    """The data cannot be trained on (one gender only, too few speakers, no labels)."""
 
 
 # ----------------------------------------------------------------------------- data
