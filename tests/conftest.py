@@ -4,7 +4,9 @@ Everything is generated here: tests never need ../shared (a user's clone does no
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -40,13 +42,24 @@ def run_job(job: str, *args, env: dict | None = None, timeout: float = 600, chec
     return proc
 
 
+@contextlib.contextmanager
+def held(proc: subprocess.Popen):
+    """A job started with ``start_new_session=True``, stopped (SIGSTOP) with its workers for the block and
+    continued after it: what a test does to a running job meanwhile (a second run, a signal) cannot race with
+    the job's own end, however fast the job gets. A signal sent in the block is delivered when it continues."""
+    os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        assert proc.poll() is None, "the job ended before it could be held: give it more work"
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+
+
 def _run_in_process(job: str, argv: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
     """A job's main in this process; the environment, logging, SIGTERM handler and cwd it changes are put back."""
-    import contextlib
     import importlib
     import io
     import logging
-    import signal
     from unittest import mock
 
     from jobs import _cli
@@ -175,8 +188,6 @@ def mlflow_server(tmp_path):
             time.sleep(0.5)
     server = type("Server", (), {"url": url, "proc": proc, "port": port, "env": env})
     yield server
-    import signal
-
     proc = server.proc  # a test may have restarted it
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -12,13 +12,14 @@ import pytest
 import soundfile as sf
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, run_job
+from conftest import REPO, held, run_job
 from voiceclf import shards, synth, tracking
 
 
 def start(job: str, *args, env: dict | None = None) -> subprocess.Popen:
+    """``python -m jobs.<job>`` in a process group of its own (see conftest.held)."""
     return subprocess.Popen([sys.executable, "-m", f"jobs.{job}", *map(str, args)], cwd=REPO, env={**os.environ, **(env or {})},
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def wait_for(proc: subprocess.Popen, text: str) -> None:
@@ -30,8 +31,8 @@ def wait_for(proc: subprocess.Popen, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def long_corpus(tmp_path_factory):
-    """Few speakers with long recordings: enough work (40 files of 45 s) to interrupt or overlap a run; four files a
-    speaker were no longer enough once featurize got faster (issue 11: the first run ended before the second began)."""
+    """Few speakers with long recordings (40 files of 45 s): a run lasts seconds, so a test sees it mid-run before
+    holding it (:func:`held`); the tests no longer count on featurize being slow."""
     root = tmp_path_factory.mktemp("long")
     synth.make_corpus(root, speakers=4, clips=2, seed=4)
     for spk in ("01", "02", "03", "04"):
@@ -46,10 +47,12 @@ def long_corpus(tmp_path_factory):
 def test_overlapping_runs_on_one_output_exit_3_or_wait(long_corpus, tmp_path):
     out = tmp_path / "out"
     first = start("featurize", "--variants", "0", long_corpus, "--out", out, "--jobs", "1")
-    wait_for(first, "to do")
-    second = run_job("featurize", "--variants", "0", long_corpus, "--out", out, "--jobs", "1")
-    assert second.returncode == 3 and "locked" in second.stderr
-    waiting = start("featurize", "--variants", "0", long_corpus, "--out", out, "--jobs", "1", "--wait")
+    wait_for(first, "to do")  # it holds the lock
+    with held(first):
+        second = run_job("featurize", "--variants", "0", long_corpus, "--out", out, "--jobs", "1")
+        assert second.returncode == 3 and "locked" in second.stderr
+        waiting = start("featurize", "--variants", "0", long_corpus, "--out", out, "--jobs", "1", "--wait")
+        wait_for(waiting, f"locked by a running job (pid {first.pid}): waiting for it")
     assert first.wait(timeout=300) == 0
     rest = waiting.stderr.read()
     assert waiting.wait(timeout=120) == 0 and "nothing new" in rest  # it queued, then found the work done
@@ -60,8 +63,9 @@ def test_sigterm_during_featurize_keeps_only_whole_shards_and_a_rerun_resumes(lo
     proc = start("featurize", "--variants", "0", long_corpus, "--out", out, "--jobs", "1", "--shard-rows", "30")
     deadline = time.time() + 120
     while not shards.part_paths(out) and time.time() < deadline:  # interrupt after the first shard
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+        time.sleep(0.02)
+    with held(proc):
+        proc.send_signal(signal.SIGTERM)  # delivered when it continues
     assert proc.wait(timeout=60) == 130
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     partial = shards.read(out, with_features=False)[0]

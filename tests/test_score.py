@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import REPO, plant_bad_files, run_job
+from conftest import REPO, held, plant_bad_files, run_job
 from voiceclf import pipeline, synth, tracking
 from voiceclf.score import REPORT_COLUMNS
 
@@ -132,12 +132,13 @@ def test_interrupted_run_leaves_no_partial_report(champion, tmp_path):
     out = tmp_path / "report.csv"
     env = {**os.environ, "MLFLOW_TRACKING_URI": champion}
     proc = subprocess.Popen([sys.executable, "-m", "jobs.score", str(src), "--out", str(out), "--jobs", "1"], cwd=REPO, env=env,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
     for line in proc.stderr:  # wait until scoring is under way
         if "files to do" in line:
             break
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with held(proc):
+        proc.send_signal(signal.SIGTERM)  # delivered when it continues
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 130, rest
     assert "interrupted" in rest

@@ -156,30 +156,52 @@ def alive(pid: int) -> bool:
         return False
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process, from /proc (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_loky_workers_exit_when_their_job_is_killed(tmp_path):
+    """SIGKILL the job while its workers are at work: they end with it (no orphan keeps a core busy).
+
+    No race with the job's own end: once both workers have spent CPU on files, the job's whole process
+    group is stopped (SIGSTOP) and found still running before its parent is killed. A stopped worker still
+    dies of SIGKILL, the signal the kernel sends it when its parent dies.
+    """
     import signal
     import time
 
     import soundfile as sf
 
+    from voiceclf import synth
+
+    # labelled (AudioMNIST layout), so that every file also makes its augmented variants: ~15 s of work, where the kill comes ~2 s in
+    src = tmp_path / "src"
+    synth.make_corpus(src, speakers=2, clips=1, seed=5)
     rng = np.random.default_rng(0)
     for i in range(24):
         y = np.tile(voice_clip(0.8, f0=110 + 5 * i), 75) + 0.01 * rng.standard_normal(75 * 12800).astype(np.float32)
-        sf.write(tmp_path / f"long_{i:02d}.wav", y, 16000, subtype="PCM_16")
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.featurize", tmp_path, "--allow-unlabelled", "--out", tmp_path / "out", "--jobs", "2"],
-                            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        spk = f"{i % 2 + 1:02d}"
+        sf.write(src / spk / f"9_{spk}_{i + 10}.wav", y, 16000, subtype="PCM_16")
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.featurize", src, "--variants", "8",
+                             "--out", tmp_path / "out", "--jobs", "2"], start_new_session=True,
+                            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: set[int] = set()
     try:
-        for line in proc.stderr:
-            if "to do" in line:
-                break
         deadline = time.time() + 120
-        while len(workers := {p for p, cmd in children(proc.pid).items() if "loky" in cmd and "resource_tracker" not in cmd}) < 2:
-            assert proc.poll() is None and time.time() < deadline, "the job ended before its workers could be seen"
-            time.sleep(0.1)
-        time.sleep(2.0)  # mid-run: the workers have imported everything and hold batches
-        assert proc.poll() is None
+        while True:  # both workers seen, each past its imports (~1 s of CPU) and into the files
+            workers = {p for p, cmd in children(proc.pid).items() if "loky" in cmd and "resource_tracker" not in cmd}
+            if len(workers) >= 2 and all(cpu_seconds(p) > 2.0 for p in workers):
+                break
+            assert proc.poll() is None and time.time() < deadline, "the job ended before its workers were at work"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        assert proc.poll() is None, "the job ended before it could be stopped: give it more work"
         proc.kill()
         proc.wait()
         deadline = time.time() + 15
@@ -332,28 +354,34 @@ def linked_inbox(tmp_path):
     (src / "pong.wav").symlink_to("ping.wav")
     (src / "sub" / "up").symlink_to("..")
     (src / "other").symlink_to(elsewhere)
+    # opening a FIFO blocks until someone writes to it; /dev/zero never ends: reported, never read
+    os.mkfifo(src / "pipe.wav")
+    (src / "to_pipe.wav").symlink_to("pipe.wav")
+    (src / "zero.wav").symlink_to("/dev/zero")
     return src, {"broken.wav": "broken_link", "self.wav": "link_loop", "ping.wav": "link_loop", "pong.wav": "link_loop",
-                 "sub/up": "link_loop", "other": "folder_link"}
+                 "sub/up": "link_loop", "other": "folder_link", "pipe.wav": "not_a_file", "to_pipe.wav": "not_a_file",
+                 "zero.wav": "not_a_file"}
 
 
-def test_featurize_makes_broken_and_looping_links_rows(linked_inbox, tmp_path):
+def test_featurize_makes_broken_and_looping_links_and_fifos_rows(linked_inbox, tmp_path):
     from voiceclf import shards
 
     src, expected = linked_inbox
     out = tmp_path / "out"
-    run_job("featurize", src, "--allow-unlabelled", "--variants", "0", "--out", out, check=True)
+    # in a process with a timeout: were the FIFO opened, the job would hang, and must fail instead of stalling the suite
+    run_job("featurize", src, "--allow-unlabelled", "--variants", "0", "--out", out, check=True, process=True, timeout=180)
     errors = shards.read_errors(out)
     assert dict(zip(errors["path"], errors["error"])) == expected
     assert all(m.startswith(str(src)) for m in errors["message"])
     assert set(shards.read(out, with_features=False)[0]["path"]) == {"good.wav"}
 
 
-def test_score_makes_broken_and_looping_links_error_rows(linked_inbox, pt2_store, tmp_path):
+def test_score_makes_broken_and_looping_links_and_fifos_error_rows(linked_inbox, pt2_store, tmp_path):
     import pandas as pd
 
     src, expected = linked_inbox
     uri, _ = pt2_store
-    run_job("score", src, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri}, check=True)
+    run_job("score", src, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri}, check=True, process=True, timeout=180)
     report = pd.read_csv(tmp_path / "r.csv", keep_default_na=False)
     got = {p[len(str(src)) + 1:]: (s, e.split(":")[0]) for p, s, e in zip(report["path"], report["status"], report["error"])}
     assert got == {"good.wav": ("ok", ""), **{p: ("error", code) for p, code in expected.items()}}

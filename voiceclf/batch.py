@@ -10,6 +10,7 @@ import errno
 import functools
 import hashlib
 import os
+import stat
 import dataclasses
 from dataclasses import dataclass
 
@@ -51,7 +52,29 @@ class Result:
         return 0 if self.windows is None else len(self.windows)
 
 
+def not_a_regular_file(path: str) -> str | None:
+    """What ``path`` (links followed) is when it exists but is neither a regular file nor a folder, else None.
+
+    Reading a FIFO blocks until someone writes to it and a device such as /dev/zero never ends: either would
+    hang the batch, so such entries are reported without being opened. ``os.stat`` opens nothing.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing, a broken or looping link: reading it fails and says why
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
 def sha256_file(path: str) -> str:
+    """The file's sha256, read in 1-MiB blocks; OSError for what cannot be read, or must not be (see not_a_regular_file)."""
+    if (kind := not_a_regular_file(path)) is not None:
+        raise OSError(errno.EINVAL, f"{kind}, not a regular file", path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -84,6 +107,8 @@ def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True) -> tuple[R
 
     ``gate=False`` leaves the speech gate to the caller (:func:`_gate`, several files at once) for a result with windows.
     """
+    if (kind := not_a_regular_file(item.abspath)) is not None:
+        return Result(item, error="not_a_file", message=f"{item.abspath}: {kind}, not a regular file (not read)"), None
     if longfile.is_long(item.abspath):
         return _featurize_long(item, cfg), None
     try:

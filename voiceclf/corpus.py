@@ -93,7 +93,7 @@ def _table(rows: list[dict], root: Path, extra_columns: dict[str, str] | None = 
 
 
 def list_files(root: str | os.PathLike) -> list[str]:
-    """Every regular file under ``root``, recursively, hidden ones included.
+    """Every file under ``root``, recursively, hidden ones included.
 
     Parameters
     ----------
@@ -106,7 +106,8 @@ def list_files(root: str | os.PathLike) -> list[str]:
         POSIX paths relative to ``root``, sorted. Symbolic links to files count as files;
         symbolic links to folders are not followed (they could loop). What cannot be read
         as a file is listed too, so that reading it fails and it is reported instead of
-        lost: broken and looping links, links to folders, sub-folders that cannot be listed.
+        lost: broken and looping links, links to folders, sub-folders that cannot be listed,
+        FIFOs, sockets and devices (reported without being opened: reading one could hang).
 
     Raises
     ------
@@ -127,9 +128,7 @@ def list_files(root: str | os.PathLike) -> list[str]:
 
     for dirpath, dirnames, filenames in os.walk(base, onerror=unlisted):
         for fn in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            full = Path(dirpath, fn)
-            if full.is_file() or full.is_symlink():  # skips sockets and FIFOs, which hold no audio
-                out.append(full.relative_to(base).as_posix())
+            out.append(Path(dirpath, fn).relative_to(base).as_posix())  # FIFOs, sockets and devices too: reported, not read
     return sorted(out)
 
 

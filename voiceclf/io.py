@@ -11,7 +11,7 @@ import fcntl
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:  # pandas only where a table is written: a featurize worker reads pinned weights through here
     import pandas as pd
@@ -115,23 +115,28 @@ def read_csv(path: str | Path) -> pd.DataFrame:
 
 
 @contextlib.contextmanager
-def lock(target: str | Path, wait: bool = False) -> Iterator[None]:
+def lock(target: str | Path, wait: bool = False, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """An exclusive lock beside ``target`` (a directory or a file) for the duration of the block.
 
     Two scheduled runs on the same output must not interleave their writes: the second raises
-    :class:`LockedError`, or blocks until the first is done with ``wait``. The lock file holds the
-    holder's pid and is removed when the block ends.
+    :class:`LockedError`, or blocks until the first is done with ``wait`` (calling ``on_wait`` with the
+    holder's pid first, so a queued run can say why it is idle). The lock file holds the holder's pid
+    and is removed when the block ends.
     """
     target = Path(target)
     lock_path = target / ".voiceclf.lock" if target.is_dir() else target.with_name(f".{target.name}.lock")
     while True:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise LockedError(target, holder) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                if not wait:
+                    raise LockedError(target, holder) from None
+                if on_wait is not None:
+                    on_wait(holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
             os.close(fd)
             raise
