@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> None:
         print(usage + "\n\nEach command's --help lists its options and exit codes.")
         sys.exit(0 if argv else 2)
     job = importlib.import_module(f"jobs.{argv[0]}")
+    from jobs import _cli
+
+    _cli.OWNS_PROCESS = True
     job.main(argv[1:])
 
 

@@ -46,3 +46,26 @@ def test_a_second_holder_is_refused_with_the_first_ones_pid_and_the_lock_file_go
     assert not (tmp_path / ".voiceclf.lock").exists()
     again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout == ""
+
+
+def test_safetensors_round_trip_and_what_the_reader_refuses(tmp_path):
+    import json
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {"w": rng.standard_normal((3, 5)).astype(np.float32), "b": rng.standard_normal(7).astype(np.float32),
+              "scalar_row": np.zeros((1, 0), np.float32)}
+    io.write_safetensors(arrays, tmp_path / "a.safetensors")
+    data = (tmp_path / "a.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    assert (8 + n) % 8 == 0 and list(json.loads(data[8 : 8 + n])) == ["w", "b", "scalar_row"]  # aligned, in order
+    back = io.read_safetensors(data)
+    assert list(back) == list(arrays) and all(np.array_equal(back[k], arrays[k]) and back[k].shape == arrays[k].shape for k in arrays)
+    with pytest.raises(ValueError, match="only float32"):
+        io.write_safetensors({"x": np.zeros(2)}, tmp_path / "b.safetensors")
+    with pytest.raises(ValueError, match="outside the file"):
+        io.read_safetensors(data[: len(data) - 4])
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        io.read_safetensors(b"\x05\x00")

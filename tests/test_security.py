@@ -114,6 +114,25 @@ def test_a_truncated_model_archive_is_one_line(inbox, tmp_path):
     assert "model.pt2 is damaged" in one_line_failure(proc)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "another shape"])
+def test_damaged_model_weights_are_one_line(damage, inbox, tmp_path):
+    """Score fills the module from the safetensors beside the pt2: a file cut short, or arrays of another
+    network, is refused in one line before any file is scored."""
+    from voiceclf import io
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    weights = Path(register(uri, "pt2")) / "extra_files" / tracking.WEIGHTS_FILE
+    if damage == "truncated":
+        os.truncate(weights, os.path.getsize(weights) // 2)
+    else:
+        arrays = io.read_safetensors(weights.read_bytes())
+        io.write_safetensors({**arrays, "fc2.weight": np.zeros((3, 128), np.float32)}, weights)
+    proc = run_job("score", inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
+    line = one_line_failure(proc)
+    assert "weights" in line and ("fc2.weight" in line if damage == "another shape" else "outside the file" in line), line
+    assert not (tmp_path / "r.csv").exists()
+
+
 @pytest.mark.parametrize("case", ["same file", "same file by another name", "out is a folder", "segments is a folder"])
 def test_score_refuses_outputs_that_clash_before_any_work(case, inbox, tmp_path):
     report = tmp_path / "r.csv"

@@ -178,9 +178,17 @@ def test_registered_model_round_trips_predictions(features, tmp_path):
     tracking.register_champion(uri, run_id, res.test, cfg)
     loaded = tracking.load("models:/voiceclf@champion")
     assert loaded.cfg == cfg and loaded.version == "1"
+    # score's module is rebuilt from voiceclf.model and the logged state dict; the pt2 beside it, what MLflow
+    # loads, computes the same
+    assert type(loaded.module) is GenderCNN and not loaded.module.training
+    import mlflow.pytorch
+
+    pt2 = mlflow.pytorch.load_model("models:/voiceclf@champion")
+    assert type(pt2) is not GenderCNN
     with torch.no_grad():
         batch = torch.from_numpy(np.array(x[:50]))
         np.testing.assert_allclose(loaded.module(batch).numpy(), model(batch).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(pt2(batch).numpy(), loaded.module(batch).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_champion_is_accurate_on_held_out_synthetic_speakers(champion):
@@ -278,3 +286,68 @@ print('matplotlib.pyplot' in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True", "True", "False"], out.stdout
+
+
+@pytest.mark.parametrize("family,hidden", [("cnn", 0), ("embedding_head", 0), ("embedding_head", 32)])
+def test_a_module_is_rebuilt_from_its_architecture_and_state_dict(family, hidden, tmp_path):
+    """What log_model writes beside the pt2 (safetensors + build arguments) gives back the same network."""
+    from voiceclf import io
+    from voiceclf.config import FeatureConfig
+    from voiceclf.model import architecture, build_model, rebuild
+
+    cfg = FeatureConfig.for_feature_set("speaker_embedding" if family == "embedding_head" else "mfcc_pitch")
+    torch.manual_seed(0)
+    module = build_model(cfg, hidden).eval()
+    x = torch.randn(5, *cfg.shape)
+    module.fit_standardisation(x)
+    io.write_safetensors({k: v.numpy() for k, v in module.state_dict().items()}, tmp_path / "w.safetensors")
+    again = rebuild(cfg, architecture(module), io.read_safetensors((tmp_path / "w.safetensors").read_bytes()))
+    assert architecture(again) == {"hidden": hidden} and not again.training
+    with torch.no_grad():
+        assert torch.equal(again(x), module(x))
+    arrays = io.read_safetensors((tmp_path / "w.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="Missing key"):
+        rebuild(cfg, architecture(module), {k: v for k, v in arrays.items() if k != "mean"})
+    if family == "embedding_head":
+        with pytest.raises(ValueError, match="size mismatch|Missing key|Unexpected key"):
+            rebuild(cfg, {"hidden": hidden + 16}, arrays)
+
+
+def test_a_model_logged_without_a_state_dict_loads_from_its_pt2(tmp_path):
+    """Models registered before the state dict was logged beside the pt2 (or logged by hand) still score."""
+    import mlflow.pytorch
+
+    from voiceclf.config import FeatureConfig
+    from voiceclf.model import GenderCNN
+
+    cfg = FeatureConfig()
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = MlflowClient().create_run(tracking.experiment_id()).info.run_id
+    torch.manual_seed(1)
+    model = GenderCNN().eval()
+    x = np.random.default_rng(0).standard_normal((4, *cfg.shape)).astype(np.float32)
+    with mlflow.start_run(run_id=run_id):
+        uri = mlflow.pytorch.log_model(model, name="model", serialization_format="pt2", input_example=x, pip_requirements=[],
+                                       metadata={"feature_config": cfg.to_dict()}).model_uri
+    tracking.register_champion(uri, run_id, {}, cfg)
+    loaded = tracking.load()
+    assert type(loaded.module) is not GenderCNN  # the pt2's graph module
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded.module(torch.from_numpy(x)).numpy(), model(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 32, 98, 12), (4, 64, 49, 6), (2, 3, 7, 5)])
+def test_the_cnns_pooling_is_max_pool_2d(shape):
+    """model.max_pool2 (strided maxima, ~10x faster on one thread) gives MaxPool2d(2)'s values, and the same gradients
+    to the convolution's outputs. (Ties split their gradient where MaxPool2d gives it to one; in the CNN ties are the
+    zeros of the ReLU before the pool, whose own gradient there is 0.)"""
+    from voiceclf.model import max_pool2
+
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    ref = z.detach().clone().requires_grad_()
+    got, want = max_pool2(torch.relu(z)), torch.nn.MaxPool2d(2)(torch.relu(ref))
+    assert torch.equal(got, want)
+    g = torch.randn(want.shape, generator=torch.Generator().manual_seed(1))
+    got.backward(g)
+    want.backward(g)
+    assert torch.equal(z.grad, ref.grad)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
 
 if TYPE_CHECKING:  # pandas only where a table is written: a featurize worker reads pinned weights through here
     import pandas as pd
@@ -154,3 +158,45 @@ def lock(target: str | Path, wait: bool = False, on_wait: Callable[[str], None] 
     finally:
         lock_path.unlink(missing_ok=True)  # while still holding it, so nothing is left beside the output
         os.close(fd)
+
+
+# ----------------------------------------------------------------------------- safetensors
+# The format of the Silero VAD's weights and of a model's state dict beside its pt2 archive: an 8-byte
+# little-endian header length, a JSON header (dtype, shape and data offsets of each array), the raw arrays.
+# Only arrays, never code. Written by hand, not with the ``safetensors`` package: float32 arrays are all we
+# store, and these twenty lines are the whole of the format for them.
+def write_safetensors(arrays: dict[str, np.ndarray], path: str | Path) -> None:
+    """float32 arrays as a safetensors file (atomically), in the order given."""
+    header, offset = {}, 0
+    for name, a in arrays.items():
+        if a.dtype != np.float32:
+            raise ValueError(f"{name}: only float32 arrays are written, got {a.dtype}")
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format's alignment of the data that follows
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for a in arrays.values():
+            f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
+
+
+def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
+    """The float32 arrays of a safetensors file's bytes; ValueError for anything else (another dtype, a damaged file)."""
+    try:
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + n])
+        out = {}
+        for name, spec in header.items():
+            if name == "__metadata__":
+                continue
+            if spec["dtype"] != "F32":
+                raise ValueError(f"{name}: expected F32 arrays, got {spec['dtype']}")
+            a, b = spec["data_offsets"]
+            shape = tuple(int(d) for d in spec["shape"])
+            if not 0 <= a <= b <= len(data) - 8 - n or b - a != 4 * int(np.prod(shape)):
+                raise ValueError(f"{name}: its data lies outside the file or does not match its shape {shape}")
+            out[name] = np.frombuffer(data, "<f4", (b - a) // 4, 8 + n + a).reshape(shape).astype(np.float32)
+        return out
+    except (struct.error, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a safetensors file ({type(e).__name__}: {e})") from None

@@ -125,8 +125,9 @@ def exit_with_parent(parent_pid: int) -> None:
 def imap(fn: Callable, tasks: Iterable, n_jobs: int = -1, **kwargs) -> Iterator:
     """``fn(task, **kwargs)`` for every task, results yielded in task order as they complete.
 
-    A generator: the parent holds only the few results dispatched ahead, so memory stays
-    bounded however many tasks there are.
+    A generator: the whole list of results is never built. joblib dispatches the next task as each
+    one completes, whether or not its result was taken yet: the parent holds what its loop has not
+    consumed, a few results when the loop keeps up (featurize's shard writes, score's model once loaded).
     """
     par = joblib.Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="2*n_jobs")
     return par(joblib.delayed(fn)(t, **kwargs) for t in tasks)

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import json
-import struct
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import scipy.fft
 
-from voiceclf.io import read_pinned
+from voiceclf.io import read_pinned, read_safetensors
 from voiceclf.config import VAD_SHA256 as SILERO_SHA256, FeatureConfig
 
 SAMPLE_RATE = 16000
@@ -147,27 +145,15 @@ def weights_path() -> Path:
     raise WeightsMissing("the Silero VAD weights are not installed (they come with the silero-vad==6.2.3 wheel)")
 
 
-def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
-    """The float32 arrays of a safetensors file (8-byte header length, JSON header, raw little-endian data)."""
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    out = {}
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        if spec["dtype"] != "F32":
-            raise VadError(f"{name}: expected F32 weights, got {spec['dtype']}")
-        a, b = spec["data_offsets"]
-        out[name] = np.frombuffer(data, "<f4", (b - a) // 4, 8 + n + a).reshape(spec["shape"]).astype(np.float32)
-    return out
-
-
 @functools.lru_cache(maxsize=2)
 def load_vad(sha256: str = SILERO_SHA256) -> SileroVAD:
     """The VAD whose weights hash to ``sha256``, once per process; refuse any other weights."""
     path = weights_path()
     data = read_pinned(path, sha256, VadError, "Silero VAD", "install the silero-vad the model was trained with")
-    w = read_safetensors(data)
+    try:
+        w = read_safetensors(data)
+    except ValueError as e:
+        raise VadError(f"{path}: {e}") from None
     shapes = {"conv1.weight": (128, 129, 3), "conv2.weight": (64, 128, 3), "conv3.weight": (64, 64, 3),
               "conv4.weight": (128, 64, 3), "lstm_cell.weight_ih": (512, 128), "lstm_cell.weight_hh": (512, 128),
               "lstm_cell.bias_ih": (512,), "lstm_cell.bias_hh": (512,), "final_conv.weight": (1, 128, 1), "final_conv.bias": (1,)}
