@@ -236,10 +236,13 @@ def _band_power(x: np.ndarray, n_fft: int, hop: int, basis: np.ndarray) -> np.nd
         rows = -(-span // n_fft) + 1  # one row of zeros more: a frame that starts a row ends before the next
         blocks = np.zeros(rows * n_fft, np.float32)
         blocks[:span] = x[f0 * hop : f0 * hop + span]
-        part = np.matmul(blocks.reshape(rows, period, g).transpose(1, 0, 2), dft).astype(np.float64)  # (period, rows, 2K)
-        upto = part.copy()  # blocks 0 … j of each row (a loop of row adds: np.cumsum along axis 0 is several times slower)
+        part = np.matmul(blocks.reshape(rows, period, g).transpose(1, 0, 2), dft)  # (period, rows, 2K), float32
+        # blocks 0 … j of each row, summed in float64 (a loop of row adds: np.cumsum along axis 0 is several times
+        # slower); float32 parts join float64 sums exactly, so no float64 copy of them is made (a fifth of a long file's time)
+        upto = np.empty(part.shape, np.float64)
+        upto[0] = part[0]
         for j in range(1, period):
-            upto[j] += upto[j - 1]
+            np.add(upto[j - 1], part[j], out=upto[j])
         start = np.arange(t) * (hop // g)
         r, p = start // period, start % period
         # blocks p … period - 1 of row r, then 0 … p - 1 of row r + 1
