@@ -206,14 +206,17 @@ def _sosfilt_kernel():
         return None
 
 
-def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``scipy.signal.sosfilt(sos, x, zi=zi)`` of a 1-D float64 signal: the same compiled loop, without the package import."""
+def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray, overwrite_x: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``scipy.signal.sosfilt(sos, x, zi=zi)`` of a 1-D float64 signal: the same compiled loop, without the package import.
+
+    ``overwrite_x``: a C-contiguous float64 ``x`` the caller no longer needs is filtered in place, not copied first.
+    """
     kernel = _sosfilt_kernel()
     if kernel is None:
         import scipy.signal
 
         return scipy.signal.sosfilt(sos, x, zi=zi)
-    out = np.array(x, np.float64, order="C").reshape(1, -1)  # filtered in place
+    out = np.array(x, np.float64, order="C", copy=None if overwrite_x else True).reshape(1, -1)  # filtered in place
     state = np.array(zi, np.float64, order="C").reshape(1, len(sos), 2)
     kernel(np.asarray(sos, np.float64), out, state)
     return out[0], state[0]
@@ -248,10 +251,10 @@ def clean(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
     sos, zi = _highpass_sos(cfg.sample_rate, float(cfg.highpass_hz), cfg.highpass_order)
     # Start the filter in the steady state for the first sample, as if the signal had always
     # been there: a zero initial state would add a start-up step that leaves a DC residue.
-    x, _ = _sosfilt(sos, x, zi=zi * x[0])
+    x, _ = _sosfilt(sos, x, zi=zi * x[0], overwrite_x=True)  # x is this function's own copy
     peak = float(np.max(np.abs(x)))
     if peak > 0 and 20.0 * np.log10(peak) >= cfg.silence_peak_dbfs:
-        x = x * (cfg.target_peak / peak)
+        x *= cfg.target_peak / peak
     return x.astype(np.float32)
 
 
