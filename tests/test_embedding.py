@@ -26,6 +26,22 @@ def test_another_encoder_is_refused():
         FeatureConfig(feature_set="speaker_embedding", window_s=1.6, hop_s=0.8)
 
 
+def test_a_jobs_parent_checks_the_encoder_without_torch_or_librosa():
+    """featurize and score check the encoder's hash before their workers start; only the workers run it."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import sys; from voiceclf import pipeline; from voiceclf.config import FeatureConfig; "
+            "pipeline._check_weights(FeatureConfig.for_feature_set('speaker_embedding')); "
+            "print(sorted(m for m in ('torch', 'librosa') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
+    with pytest.raises(embedding.EncoderError, match="sha256"):
+        embedding.check("0" * 64)
+
+
 def test_config_of_the_embedding_set():
     assert CFG.shape == (256,) and CFG.family == "embedding_head" and CFG.window_s == 1.6
     assert FeatureConfig.from_json(CFG.to_json()) == CFG

@@ -16,7 +16,6 @@ import importlib.util
 import io
 from pathlib import Path
 
-import librosa
 import numpy as np
 
 from voiceclf.io import read_pinned
@@ -85,6 +84,14 @@ def weights_path() -> Path:
 
 
 @functools.lru_cache(maxsize=2)
+def check(sha256: str) -> None:
+    """Raise unless the installed encoder weights hash to ``sha256`` (:class:`WeightsMissing` when there are none).
+
+    Without torch: a job's parent checks before its workers start, and never runs the encoder itself.
+    """
+    read_pinned(weights_path(), sha256, EncoderError, "speaker encoder", "install the encoder the model was trained with")
+
+
 def load_encoder(sha256: str) -> "SpeakerEncoder":
     """The encoder whose weights hash to ``sha256``, once per process; refuse any other weights."""
     path = weights_path()
@@ -100,6 +107,8 @@ def load_encoder(sha256: str) -> "SpeakerEncoder":
 
 def mel_frames(track: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """(T, 40) float32 mel power frames of a speech track, exactly as the encoder was trained on them."""
+    import librosa  # here: a job's parent imports this module to check the weights, and never needs librosa
+
     mel = librosa.feature.melspectrogram(y=track, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=N_MELS)
     return mel.astype(np.float32).T
 

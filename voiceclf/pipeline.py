@@ -114,7 +114,7 @@ def _check_weights(cfg: FeatureConfig, where: str = "") -> None:
         if cfg.is_embedding:
             from voiceclf import embedding
 
-            embedding.load_encoder(cfg.encoder_sha256)
+            embedding.check(cfg.encoder_sha256)
     except RuntimeError as e:  # vad.VadError, embedding.EncoderError
         err = ModelError(f"{where}{e}")
         err.missing = getattr(e, "missing", None)
@@ -187,7 +187,9 @@ def _featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backe
         return results
 
     sent = [dataclasses.replace(it, source=os.path.abspath(it.source)) for it in items]
-    with parallel.engine(backend, scheduler, preload=("voiceclf.embedding",) if cfg.is_embedding else ()):
+    # imported as each worker starts, before it freezes what it holds (parallel.start_worker): torch only where the encoder runs
+    preload = ("voiceclf.batch", "torch", "voiceclf.embedding") if cfg.is_embedding else ("voiceclf.batch",)
+    with parallel.engine(backend, scheduler, preload=preload):
         yield (as_given(res) for res in parallel.imap(batch.featurize_batch, batch.batches(sent, jobs), n_jobs=jobs, cfg=cfg, variants=variants))
 
 
