@@ -115,19 +115,22 @@ def test_a_truncated_model_archive_is_one_line(inbox, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "another shape"])
-def test_damaged_model_weights_are_one_line(damage, inbox, tmp_path):
+def test_damaged_model_weights_are_one_line(damage, pt2_store, inbox, tmp_path):
     """Score fills the module from the safetensors beside the pt2: a file cut short, or arrays of another
     network, is refused in one line before any file is scored."""
     from voiceclf import io
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    weights = Path(register(uri, "pt2")) / "extra_files" / tracking.WEIGHTS_FILE
-    if damage == "truncated":
-        os.truncate(weights, os.path.getsize(weights) // 2)
-    else:
-        arrays = io.read_safetensors(weights.read_bytes())
-        io.write_safetensors({**arrays, "fc2.weight": np.zeros((3, 128), np.float32)}, weights)
-    proc = run_job("score", inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
+    uri, folder = pt2_store
+    weights = Path(folder) / "extra_files" / tracking.WEIGHTS_FILE
+    good = weights.read_bytes()
+    try:
+        if damage == "truncated":
+            weights.write_bytes(good[: len(good) // 2])
+        else:
+            io.write_safetensors({**io.read_safetensors(good), "fc2.weight": np.zeros((3, 128), np.float32)}, weights)
+        proc = run_job("score", inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
+    finally:
+        weights.write_bytes(good)  # the module's genuine champion, for the tests that score with it
     line = one_line_failure(proc)
     assert "weights" in line and ("fc2.weight" in line if damage == "another shape" else "outside the file" in line), line
     assert not (tmp_path / "r.csv").exists()
