@@ -17,6 +17,7 @@ def test_weights_come_from_the_installed_wheel_with_the_pinned_hash():
     assert hashlib.sha256(path.read_bytes()).hexdigest() == ENCODER_SHA256 == CFG.encoder_sha256
     enc = embedding.load_encoder(ENCODER_SHA256)
     assert sum(p.numel() for p in enc.parameters()) == 1_423_616  # 3-layer LSTM 40→256 + linear 256→256
+    assert embedding.load_encoder(ENCODER_SHA256) is enc  # read, hashed and built once per process, not per batch
 
 
 def test_another_encoder_is_refused():

@@ -83,19 +83,22 @@ def weights_path() -> Path:
     raise WeightsMissing("the speaker encoder weights are not installed (they come with the resemblyzer==0.1.4 wheel)")
 
 
-@functools.lru_cache(maxsize=2)
+def _pinned_weights(sha256: str) -> bytes:
+    return read_pinned(weights_path(), sha256, EncoderError, "speaker encoder", "install the encoder the model was trained with")
+
+
 def check(sha256: str) -> None:
     """Raise unless the installed encoder weights hash to ``sha256`` (:class:`WeightsMissing` when there are none).
 
     Without torch: a job's parent checks before its workers start, and never runs the encoder itself.
     """
-    read_pinned(weights_path(), sha256, EncoderError, "speaker encoder", "install the encoder the model was trained with")
+    _pinned_weights(sha256)
 
 
+@functools.lru_cache(maxsize=2)
 def load_encoder(sha256: str) -> "SpeakerEncoder":
     """The encoder whose weights hash to ``sha256``, once per process; refuse any other weights."""
-    path = weights_path()
-    data = read_pinned(path, sha256, EncoderError, "speaker encoder", "install the encoder the model was trained with")
+    data = _pinned_weights(sha256)
     import torch
 
     checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
