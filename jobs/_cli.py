@@ -134,7 +134,7 @@ def main_wrapper(job: str, run) -> None:
 def output_lock(target: str | Path, wait: bool = False):
     """:func:`voiceclf.io.lock` on ``target``; a second run on the same output exits with LOCKED."""
     try:
-        with io.lock(target, wait=wait, on_wait=lambda holder: log.info("%s: waiting for it", io.LockedError(target, holder))):
+        with io.lock(target, wait=wait):
             yield
     except io.LockedError as e:
         raise JobError(f"{e}; rerun with --wait to queue behind it", LOCKED) from None

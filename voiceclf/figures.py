@@ -13,7 +13,7 @@ from voiceclf.config import LABELS
 def curves_figure(history: list[dict], title: str, best_epoch: int | None = None):
     """Loss and accuracy per epoch of one grid point (the metrics of ``history`` rows), the kept epoch marked."""
     epochs = np.arange(1, len(history) + 1)
-    from matplotlib.figure import Figure  # not pyplot: no backend or window is ever chosen; here, as score never draws (~0.5 s)
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 3.5))
     a, b = fig.subplots(1, 2)

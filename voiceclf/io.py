@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -119,13 +120,13 @@ def read_csv(path: str | Path) -> pd.DataFrame:
 
 
 @contextlib.contextmanager
-def lock(target: str | Path, wait: bool = False, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+def lock(target: str | Path, wait: bool = False) -> Iterator[None]:
     """An exclusive lock beside ``target`` (a directory or a file) for the duration of the block.
 
     Two scheduled runs on the same output must not interleave their writes: the second raises
-    :class:`LockedError`, or blocks until the first is done with ``wait`` (calling ``on_wait`` with the
-    holder's pid first, so a queued run can say why it is idle). The lock file holds the holder's pid
-    and is removed when the block ends.
+    :class:`LockedError`, or blocks until the first is done with ``wait`` (logging first that it waits, and
+    for which pid, so a queued run says why it is idle). The lock file holds the holder's pid and is removed
+    when the block ends.
     """
     target = Path(target)
     lock_path = target / ".voiceclf.lock" if target.is_dir() else target.with_name(f".{target.name}.lock")
@@ -138,8 +139,7 @@ def lock(target: str | Path, wait: bool = False, on_wait: Callable[[str], None] 
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
                 if not wait:
                     raise LockedError(target, holder) from None
-                if on_wait is not None:
-                    on_wait(holder)
+                logging.getLogger("voiceclf").info("%s: waiting for it", LockedError(target, holder))
                 fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
             os.close(fd)

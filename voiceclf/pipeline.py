@@ -212,7 +212,7 @@ def _hash_for_skipping(items: list[batch.Item], out: Path) -> None:
 def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, variants: int, shard_rows: int, jobs: int,
                    backend: str, scheduler: str | None, wait: bool, on_progress: OnProgress) -> FeaturizeSummary:
     """One feature set of the items into one shard folder: incremental, locked, every file accounted for."""
-    with io.lock(out, wait=wait, on_wait=lambda holder: log.info("%s: waiting for it", io.LockedError(out, holder))):
+    with io.lock(out, wait=wait):
         shards.verify(out)  # a damaged shard's files would count as done, its bad values trained on
         try:
             existing = shards.dir_config(out)

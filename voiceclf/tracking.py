@@ -415,14 +415,15 @@ def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
         except (MlflowException, OSError) as e:
             raise TrackingError(f"cannot load {model_uri} from {mlflow.get_tracking_uri()}: {_one_line(e)}") from None
         _check_pt2(model_uri, local, info.flavors.get("pytorch"))
-        meta = (info.metadata or {}).get("feature_config")
+        metadata = info.metadata or {}
+        meta = metadata.get("feature_config")
         if meta is None:
             raise TrackingError(f"{model_uri} carries no feature_config metadata; it was not logged by voiceclf and cannot be scored")
         try:
             cfg = FeatureConfig.from_dict(meta)
         except ConfigError as e:
             raise TrackingError(f"{model_uri} was trained with a feature config this code cannot reproduce: {e}") from None
-        weights = (info.metadata or {}).get("weights")
+        weights = metadata.get("weights")
         if weights:  # logged by this code: the module rebuilt from voiceclf.model, filled with the state dict
             module = _rebuild(model_uri, local, weights, cfg)
         else:  # a model logged before the state dict was (or by hand): its pt2
@@ -439,8 +440,8 @@ def _rebuild(model_uri: str, local: str, weights: dict, cfg: FeatureConfig):
     from voiceclf import io
     from voiceclf.model import rebuild
 
-    path = os.path.realpath(os.path.join(local, str(weights.get("path", ""))))
-    if os.path.commonpath([path, os.path.realpath(local)]) != os.path.realpath(local) or not os.path.isfile(path):
+    path = _inside(local, weights.get("path"))
+    if path is None or not os.path.isfile(path):
         raise TrackingError(f"{model_uri}: its weights file {weights.get('path')!r} is not in the model; log or register the model again")
     try:
         return rebuild(cfg, weights, io.read_safetensors(Path(path).read_bytes()))
@@ -466,6 +467,13 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
+def _inside(local: str, relative) -> str | None:
+    """The real path of ``relative`` (a path an MLmodel names) within the downloaded model ``local``; None when it leads outside."""
+    root = os.path.realpath(local)
+    path = os.path.realpath(os.path.join(local, str(relative or "")))
+    return path if os.path.commonpath([path, root]) == root else None
+
+
 def _check_pt2(model_uri: str, local: str, flavor: dict | None) -> None:
     """Refuse a model that is not a pytorch-flavour pt2 archive before anything in it is read.
 
@@ -474,8 +482,8 @@ def _check_pt2(model_uri: str, local: str, flavor: dict | None) -> None:
     """
     if not flavor:
         raise TrackingError(f"{model_uri} is not a pytorch model; voiceclf scores only pytorch models in pt2 format")
-    data = os.path.realpath(os.path.join(local, str(flavor.get("model_data") or "")))
-    if os.path.commonpath([data, os.path.realpath(local)]) != os.path.realpath(local):
+    data = _inside(local, flavor.get("model_data"))
+    if data is None:
         raise TrackingError(f"{model_uri}: its MLmodel points outside the model ({flavor.get('model_data')!r}); refused")
     if flavor.get("code") or not os.path.isfile(os.path.join(data, "model.pt2")) or os.path.exists(os.path.join(data, "model.pth")):
         found = ", ".join(sorted(os.listdir(data))) if os.path.isdir(data) else "nothing"
