@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from conftest import run_job
-from voiceclf import audio, batch, synth, vad
+from voiceclf import audio, batch, features, synth, vad
 from voiceclf.config import ConfigError, FeatureConfig
 
 SR = 16000
@@ -116,6 +116,35 @@ def test_many_recordings_at_once_get_the_verdicts_of_one_at_a_time():
     for block in (1, 5, vad.MANY_BLOCK, 200):
         assert vad.why_not_speech_many(ys, cfg, block=block) == one
     assert vad.why_not_speech_many(ys, dataclasses.replace(cfg, vad_min_speech_s=0.0)) == [None] * len(ys)
+    starts = [0, 8000, 0, 30000, 0, 0, int(1.5 * SR)]  # where each one's first loud region begins
+    one = [vad.why_not_speech(y, cfg, st) for y, st in zip(ys, starts)]
+    assert one[0] is None and one[3] is not None and one[6] is None
+    for block in (1, vad.MANY_BLOCK):
+        assert vad.why_not_speech_many(ys, cfg, starts, block=block) == one
+
+
+def test_the_gate_reads_from_the_first_loud_region_and_the_lead_in_only_when_needed(monkeypatch):
+    """Speech after 3 s of silence costs the chunks around the words, not the silence; a recording whose only voice
+    lies before its first loud region (quiet speech, then a loud tone) is still speech: the lead-in is read last."""
+    cfg = FeatureConfig()
+    read = []
+    real = vad._chunks
+    monkeypatch.setattr(vad, "_chunks", lambda y, first=0, count=None: read.append((len(y), first)) or real(y, first, count))
+    speech = audio.clean(np.concatenate([np.zeros(3 * SR, np.float32), _speech(6, "female", 2.0)]), cfg)
+    [start] = [int(iv[0]) for iv in features.voiced_intervals(speech, cfg)[:1]]
+    assert start >= 3 * SR - cfg.n_fft * 2
+    assert vad.why_not_speech(speech, cfg, start) is None
+    assert min(first for _, first in read) == start // vad.CHUNK - vad.LEAD_CHUNKS > 80  # chunk 0 never read
+    read.clear()
+    t = np.arange(SR) / SR
+    tone = (0.9 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    quiet_then_tone = np.concatenate([_level(_speech(7, "male", 2.0), -45), np.zeros(SR // 2, np.float32), tone])
+    y = audio.clean(quiet_then_tone, cfg)
+    [loud] = features.voiced_intervals(y, cfg)  # the tone alone: the speech is more than top_db below it
+    assert loud[0] > 2 * SR
+    assert vad.why_not_speech(y, cfg, int(loud[0])) is None
+    assert 0 in [first for _, first in read]  # found in the lead-in, read after the rest
+    assert vad.why_not_speech(y[int(loud[0]) - 2000 :], cfg) is not None  # the tone alone is not speech
 
 
 @pytest.mark.parametrize("n, first, count", [(100, 0, None), (513, 0, None), (16000, 0, 3), (24321, 2, 16), (24321, 40, 16)])

@@ -124,7 +124,7 @@ def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True) -> tuple[R
     except Exception as e:  # a decoder bug must not stop the batch either; keep the cause
         return Result(item, error="decode_failed", message=f"{item.abspath}: {type(e).__name__}: {e}"), None
     wins = windows_of(decoded.samples, cfg)
-    why = (vad.why_not_speech(decoded.samples, cfg) if gate else None) if len(wins) else NO_VOICED_REGION
+    why = (vad.why_not_speech(decoded.samples, cfg, _first_loud(wins, cfg)) if gate else None) if len(wins) else NO_VOICED_REGION
     result = Result(item, windows=wins, source_sample_rate=decoded.source_sample_rate, duration_s=decoded.duration_s)
     return _no_speech(result, why), decoded.samples
 
@@ -152,6 +152,11 @@ def _featurize_long(item: Item, cfg: FeatureConfig) -> Result:
 
 
 NO_VOICED_REGION = "no voiced region found (silent or too quiet)"
+
+
+def _first_loud(wins: features.Windows, cfg: FeatureConfig) -> int:
+    """Where a recording's first voiced region begins, in samples: its first window's start (the speech gate reads from there)."""
+    return int(round(float(wins.offsets_s[0]) * cfg.sample_rate)) if len(wins) else 0
 
 
 def _no_speech(result: Result, why: str | None) -> Result:
@@ -248,7 +253,8 @@ def _gate(pending: list[tuple[Result, np.ndarray]], cfg: FeatureConfig) -> None:
     """
     if not pending:
         return
-    for (r, _), why in zip(pending, vad.why_not_speech_many([y for _, y in pending], cfg)):
+    starts = [_first_loud(r.windows, cfg) for r, _ in pending]
+    for (r, _), why in zip(pending, vad.why_not_speech_many([y for _, y in pending], cfg, starts)):
         _no_speech(r, why)
     pending.clear()
 
