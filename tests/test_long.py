@@ -62,6 +62,30 @@ def test_streamed_silence_and_a_lone_blip(tmp_path):
     np.testing.assert_allclose(got.features, ref.features, atol=1e-4)
 
 
+@pytest.mark.parametrize("big", [False, True])
+def test_a_long_recording_is_streamed_whatever_its_file_size(long_wav, tmp_path, monkeypatch, big):
+    """A file up to batch.READ_WHOLE_BYTES is read whole and its header is read by the handle that decodes it; a
+    bigger one's header is read first. Either way a recording above STREAM_ABOVE_S goes to the streaming path, and a
+    shorter one does not: 150 s of voice in a FLAC of a few MB, and 10 s of it."""
+    import soundfile as sf
+
+    y, sr = sf.read(long_wav, dtype="float32")
+    sf.write(tmp_path / "long.flac", y, sr, format="FLAC")
+    sf.write(tmp_path / "short.flac", y[: 10 * sr], sr, format="FLAC")
+    assert (tmp_path / "long.flac").stat().st_size < batch.READ_WHOLE_BYTES
+    if big:
+        monkeypatch.setattr(batch, "READ_WHOLE_BYTES", 0)
+    streamed = []
+    real = batch._featurize_long
+    monkeypatch.setattr(batch, "_featurize_long", lambda item, cfg: streamed.append(item.path) or real(item, cfg))
+    items = [batch.Item(path=name, source=str(tmp_path)) for name in ("long.flac", "short.flac")]
+    long, short = batch.featurize_batch(items, FeatureConfig())
+    assert streamed == ["long.flac"]
+    assert long.error is None and long.duration_s == pytest.approx(150.0) and long.n_windows > 100
+    assert short.error is None and short.duration_s == pytest.approx(10.0) and short.n_windows > 5
+    assert long.item.sha256 == batch.sha256_file(str(tmp_path / "long.flac"))
+
+
 def _worker_peak_rss(proc: subprocess.Popen) -> int:
     """Largest RSS any child (a joblib worker) of ``proc`` reached while it ran, in bytes."""
     import psutil

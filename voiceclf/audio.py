@@ -98,6 +98,11 @@ class TooLongError(AudioError):
     code = "too_long"
 
 
+class LongRecording(Exception):
+    """:func:`load` with ``stream_above_s``: the header says the recording is longer; nothing was decoded.
+    Not an error: the caller streams it instead (``voiceclf.longfile``)."""
+
+
 # -- result -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Audio:
@@ -303,6 +308,7 @@ def load(
     cfg: FeatureConfig = FeatureConfig(),
     *,
     data: bytes | None = None,
+    stream_above_s: float | None = None,
 ) -> Audio:
     """Decode an audio file to mono float32 at ``cfg.sample_rate`` and clean it.
 
@@ -319,6 +325,9 @@ def load(
     data : bytes, optional
         The file's contents, when the caller has read them already (e.g. to hash them);
         decoded from memory instead of reading the file again.
+    stream_above_s : float, optional
+        Raise :class:`LongRecording` instead of decoding when the header says the recording is longer
+        (the caller streams it): the header is then read once, by the handle that decodes the rest.
 
     Returns
     -------
@@ -359,6 +368,8 @@ def load(
         raise _sf_error(name, head, e) from None
     with f:
         duration = f.frames / f.samplerate
+        if stream_above_s is not None and duration > stream_above_s:
+            raise LongRecording(name)
         if duration > cfg.max_duration_s:
             raise TooLongError(
                 name,

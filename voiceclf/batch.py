@@ -102,6 +102,11 @@ def featurize_file(item: Item, cfg: FeatureConfig, variants: int = 0) -> list[Re
     return out
 
 
+#: Files up to this size are read whole before their header is looked at: a recording longer than
+#: ``longfile.STREAM_ABOVE_S`` in fewer bytes costs no more memory than these bytes.
+READ_WHOLE_BYTES = 16 << 20
+
+
 def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True) -> tuple[Result, np.ndarray | None]:
     """The file's result and its cleaned waveform (None when it could not be decoded, or was streamed).
 
@@ -109,7 +114,11 @@ def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True) -> tuple[R
     """
     if (kind := not_a_regular_file(item.abspath)) is not None:
         return Result(item, error="not_a_file", message=f"{item.abspath}: {kind}, not a regular file (not read)"), None
-    if longfile.is_long(item.abspath):
+    try:  # a big file's header is read first, so a long recording is never read whole, not even to hash it
+        big = os.path.getsize(item.abspath) > READ_WHOLE_BYTES
+    except OSError:
+        big = False  # reading it says why it cannot be read
+    if big and longfile.is_long(item.abspath):
         return _featurize_long(item, cfg), None
     try:
         with open(item.abspath, "rb") as f:
@@ -117,8 +126,10 @@ def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True) -> tuple[R
     except OSError as e:
         return Result(item, **_unreadable(item.abspath, e)), None
     item.sha256 = item.sha256 or hashlib.sha256(data).hexdigest()
-    try:
-        decoded = audio.load(item.abspath, cfg, data=data)
+    try:  # a small file's header is read by the handle that decodes it: one libsndfile open per file, not two
+        decoded = audio.load(item.abspath, cfg, data=data, stream_above_s=longfile.STREAM_ABOVE_S)
+    except audio.LongRecording:  # a small file can hold a long recording (compressed, or silence in FLAC)
+        return _featurize_long(item, cfg), None
     except audio.AudioError as e:
         return Result(item, error=e.code, message=str(e)), None
     except Exception as e:  # a decoder bug must not stop the batch either; keep the cause
