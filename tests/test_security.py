@@ -1,4 +1,5 @@
 """Issue #13, reliability and security: hostile models, names and permissions; dying parents; clean failures."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -236,6 +237,8 @@ def test_loky_workers_exit_when_their_job_is_killed(tmp_path):
         for p in workers:  # never leave them behind, even when the test fails
             if alive(p):
                 os.kill(p, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the rest of the stopped group (loky's resource trackers) ends too
+            os.killpg(proc.pid, signal.SIGCONT)
 
 
 # ----------------------------------------------------------------------------- CSV cells a spreadsheet would run
