@@ -73,6 +73,8 @@ def _few(names: list[str], limit: int = 3) -> str:
 
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
+    # the first feature set's workers start while this process lists and checks the sources
+    parallel.prestart(args.jobs, parallel.WORKER_PRELOAD[FeatureConfig.for_feature_set(args.feature_set[0]).family], args.backend)
     try:
         with _cli.progress_bars() as on_progress:
             summaries = pipeline.featurize_dir(

@@ -506,3 +506,39 @@ def test_a_worker_imports_its_preload_and_freezes_it_before_its_first_task(tmp_p
 
     got = ast.literal_eval(out.stdout.strip())
     assert len(got) == 2 and all(frozen > 1000 and json for frozen, json in got), got
+
+
+def test_prestarted_workers_serve_the_engine_with_their_preload_and_another_preload_gets_its_own(tmp_path):
+    """parallel.prestart starts the workers while the parent still lists files: the engine with the same preload
+    runs on those very processes (they imported it before the engine began), which live on after prestart returns;
+    an engine with another preload gets workers that imported that one."""
+    (tmp_path / "stamp.py").write_text(f"import os, time\nT = time.time()\nopen(os.path.join({str(tmp_path)!r}, f'up-{{os.getpid()}}'), 'w').close()\n")
+    code = ("import os, sys, time\nfrom voiceclf import parallel\n"
+            "def probe(_):\n    import os, sys\n    return os.getpid(), getattr(sys.modules.get('stamp'), 'T', None), 'csv' in sys.modules\n"
+            "parallel.prestart(2, ('stamp',))\n"
+            f"while len([f for f in os.listdir({str(tmp_path)!r}) if f.startswith('up-')]) < 2:\n    time.sleep(0.05)\n"
+            "t = time.time()\n"
+            "with parallel.engine('loky', preload=('stamp',)):\n"
+            "    print(t, sorted(set(parallel.imap(probe, range(8), n_jobs=2))))\n"
+            "with parallel.engine('loky', preload=('csv',)):\n"
+            "    print(sorted(set(parallel.imap(probe, range(8), n_jobs=2))))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))})
+    assert out.returncode == 0, out.stderr[-2000:]
+    import ast
+
+    lines = out.stdout.splitlines()
+    t, first = lines[0].split(" ", 1)
+    first, second = ast.literal_eval(first), ast.literal_eval(lines[1])
+    assert first and all(stamp is not None and stamp < float(t) for _, stamp, _ in first), (t, first)  # started before the engine
+    assert all(c for _, _, c in second) and not {p for p, _, _ in first} & {p for p, _, _ in second}, (first, second)
+
+
+def test_a_featurize_job_that_fails_before_its_workers_are_used_ends_in_one_line(tmp_path):
+    """Its workers were started at once (parallel.prestart): a job that then finds nothing to do ends them at exit,
+    without joblib's warning about unused results."""
+    (tmp_path / "empty").mkdir()
+    out = run_job("featurize", tmp_path / "empty", "--out", tmp_path / "f", "--allow-unlabelled", "--jobs", "2", process=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "no files found" in lines[0], lines

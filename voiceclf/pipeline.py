@@ -173,7 +173,7 @@ def featurize_dir(
 def _featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backend: str, scheduler: str | None, variants: int = 0):
     """The workers' results for ``items``, a batch at a time, in order: the one loop featurize and score share.
 
-    Speaker-embedding workers start with torch loaded (``parallel.engine``'s ``preload``). Workers get
+    Speaker-embedding workers start with torch loaded (``parallel.WORKER_PRELOAD``). Workers get
     absolute paths: loky reuses them across calls, and a program may have changed its folder since they
     started. The results carry the items as given (a relative source stays relative in shards and reports).
     """
@@ -187,9 +187,7 @@ def _featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backe
         return results
 
     sent = [dataclasses.replace(it, source=os.path.abspath(it.source)) for it in items]
-    # imported as each worker starts, before it freezes what it holds (parallel.start_worker): torch only where the encoder runs
-    preload = ("voiceclf.batch", "torch", "voiceclf.embedding") if cfg.is_embedding else ("voiceclf.batch",)
-    with parallel.engine(backend, scheduler, preload=preload):
+    with parallel.engine(backend, scheduler, preload=parallel.WORKER_PRELOAD[cfg.family]):
         yield (as_given(res) for res in parallel.imap(batch.featurize_batch, batch.batches(sent, jobs), n_jobs=jobs, cfg=cfg, variants=variants))
 
 
