@@ -246,18 +246,18 @@ def clean(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
         amplifying a silent recording would turn its noise floor into "speech" for voice
         activity detection.
     """
-    x = np.asarray(y, dtype=np.float64)  # filter in float64: the poles sit close to 1
+    x = np.array(y, dtype=np.float64)  # this function's own copy; filter in float64: the poles sit close to 1
     if x.ndim != 1:
         raise ValueError(f"clean: expected a 1-D mono waveform, got shape {x.shape}")
     if x.size == 0:
         return x.astype(np.float32)
     # Subtracting the mean first spares the causal filter a large start-up step on DC.
-    x = x - x.mean()
+    x -= x.mean()
     sos, zi = _highpass_sos(cfg.sample_rate, float(cfg.highpass_hz), cfg.highpass_order)
     # Start the filter in the steady state for the first sample, as if the signal had always
     # been there: a zero initial state would add a start-up step that leaves a DC residue.
-    x, _ = _sosfilt(sos, x, zi=zi * x[0], overwrite_x=True)  # x is this function's own copy
-    peak = float(np.max(np.abs(x)))
+    x, _ = _sosfilt(sos, x, zi=zi * x[0], overwrite_x=True)
+    peak = float(max(x.max(), -x.min()))  # max |x| without an array of |x|
     if peak > 0 and 20.0 * np.log10(peak) >= cfg.silence_peak_dbfs:
         x *= cfg.target_peak / peak
     return x.astype(np.float32)
