@@ -67,11 +67,17 @@ def every_nth(srcs: dict[str, Path], n: int, out: Path) -> Path:
     """One manifest of every n-th file of the given sources (for memory: the whole against a part)."""
     parts = []
     for name, src in srcs.items():
-        df = corpus.discover(src)
+        df = corpus.discover(src, allow_outside_paths=True)  # --quick's subset manifests point into the shared data
         df = df.iloc[::n]
         parts.append(pd.DataFrame({"abspath": [os.path.join(s, p) for s, p in zip(df["source"], df["path"])],
                                    "corpus": df["corpus"], "speaker": df["speaker"], "label": df["label"]}))
     return write_manifest(pd.concat(parts, ignore_index=True), out)
+
+
+def score_folders() -> list[Path]:
+    """Every corpus as folders for score (which takes folders, not manifests): the recordings featurize reads
+    through ``sources()``, plus the few non-audio files beside them (error rows)."""
+    return [DATA_ROOT / name for name in CORPORA]
 
 
 def short_clip_set(workdir: Path, quick: bool) -> tuple[list[Path], list[Path]]:

@@ -124,6 +124,7 @@ def run(runner: Runner, workdir: Path, quick: bool) -> dict:
     every = corpora.quick_sources(workdir) if quick else corpora.sources()
     tenth = corpora.every_nth(every, 10, sp / "tenth.csv")
     every = list(every.values())
+    every_dirs = corpora.score_folders()
 
     log("champions for score: synthetic corpus → featurize → jobs.train (1 point, 1 epoch) per family")
     champs = champions(runner, sp)
@@ -133,13 +134,15 @@ def run(runner: Runner, workdir: Path, quick: bool) -> dict:
         runs.setdefault(key, []).append(r)
 
     for i in range(reps):
-        log(f"speed round {i + 1}/{reps}: featurize and score the short clips, the plain loop; featurize every corpus, the plain loop")
+        log(f"speed round {i + 1}/{reps}: featurize and score the short clips, the plain loop; featurize and score every corpus, the plain loop")
         for fs in FEATURE_SETS:
             add(f"featurize.short.{fs}", featurize(runner, short_fz, sp / "featurize", fs, f"featurize_short_{fs}_{i}"))
             add(f"score.{fs}", score(runner, short_dirs, sp / f"report_{fs}.csv", champs[fs]["env"], f"score_{fs}_{i}"))
         add("loop.short", plain_loop(runner, short_fz, sp / "plain_loop.npz", f"plain_loop_short_{i}"))
         for fs in FEATURE_SETS:
             add(f"featurize.all.{fs}", featurize(runner, every, sp / "featurize", fs, f"featurize_all_{fs}_{i}", poll=True))
+            if not quick:  # score takes folders: --quick's subsets of every corpus are manifests
+                add(f"score.all.{fs}", score(runner, every_dirs, sp / f"report_all_{fs}.csv", champs[fs]["env"], f"score_all_{fs}_{i}"))
         add("loop.all", plain_loop(runner, every, sp / "plain_loop.npz", f"plain_loop_all_{i}"))
     variant = variant_cost(sorted(p for d in short_dirs for p in Path(d).rglob("*.wav")))
     log("featurize a tenth of every corpus, for memory")
