@@ -104,23 +104,40 @@ def test_score_reports_non_voice_as_no_speech(champion, tmp_path):
     assert (rejected["label"] == "").all() and (rejected["windows"] == 0).all()
 
 
+def _one_pass_seconds(y: np.ndarray, cfg: FeatureConfig, start: int) -> float:
+    """The gate's count the plain way: the model over every chunk from the first loud region's lead on, in one pass from a
+    fresh state, then (if too little) over the lead-in, again from a fresh state; chunks counted until enough."""
+    model, need = vad.load_vad(), cfg.vad_min_speech_s * SR / vad.CHUNK
+    first = min(max(0, start // vad.CHUNK - vad.LEAD_CHUNKS), vad.n_chunks(len(y)) - 1)
+    found = 0
+    for a, count in ((first, None), (0, first)):
+        if count == 0 or found >= need:
+            break
+        speech = int((model(vad.chunk_spectra(y, a, count))[0] >= cfg.vad_threshold).sum())
+        found += min(speech, int(np.ceil(need - found)))  # the gate stops at the chunk that makes it enough
+    return found * vad.CHUNK / SR
+
+
 def test_many_recordings_at_once_get_the_verdicts_of_one_at_a_time():
-    """The batched gate a worker runs (rounds in lockstep) says what the one-file gate says, message included."""
+    """The batched gate a worker runs (rounds in lockstep, each recording from its first loud region) says what the
+    one-file paths say, message included: the streamed gate from the start, and one plain pass per range otherwise."""
     cfg = FeatureConfig()
     rng = np.random.default_rng(7)
     ys = [audio.clean(_speech(s, g, secs), cfg) for s, g, secs in [(1, "male", 1.2), (2, "female", 3.0), (3, "male", 0.4)]]
     ys += [audio.clean(_level(rng.standard_normal(int(2.2 * SR)), -20), cfg), np.zeros(0, np.float32), np.zeros(700, np.float32)]
     ys += [np.concatenate([np.zeros(int(1.5 * SR), np.float32), ys[1]])]  # speech after 1.5 s of silence: several rounds
-    one = [vad.why_not_speech(y, cfg) for y in ys]
+    one = [vad.why_not_speech_in([y], cfg) for y in ys]  # speech_seconds' blocks, from the first chunk
     assert one[0] is None and one[3] is not None
     for block in (1, 5, vad.MANY_BLOCK, 200):
         assert vad.why_not_speech_many(ys, cfg, block=block) == one
     assert vad.why_not_speech_many(ys, dataclasses.replace(cfg, vad_min_speech_s=0.0)) == [None] * len(ys)
     starts = [0, 8000, 0, 30000, 0, 0, int(1.5 * SR)]  # where each one's first loud region begins
-    one = [vad.why_not_speech(y, cfg, st) for y, st in zip(ys, starts)]
+    seconds = [_one_pass_seconds(y, cfg, st) for y, st in zip(ys, starts)]
+    one = [None if s >= cfg.vad_min_speech_s else vad._not_speech(s, len(y), cfg) for s, y in zip(seconds, ys)]
     assert one[0] is None and one[3] is not None and one[6] is None
-    for block in (1, vad.MANY_BLOCK):
+    for block in (1, 5, vad.MANY_BLOCK, 200):
         assert vad.why_not_speech_many(ys, cfg, starts, block=block) == one
+    assert [vad.why_not_speech(y, cfg, st) for y, st in zip(ys, starts)] == one
 
 
 def test_the_gate_reads_from_the_first_loud_region_and_the_lead_in_only_when_needed(monkeypatch):
