@@ -73,7 +73,7 @@ def _local_workers(backend: str, preload: tuple[str, ...]) -> dict:
     return {"initializer": start_worker, "initargs": (os.getpid(), tuple(preload))} if backend == "loky" else {}
 
 
-_prestarted: list = []  # the warm-up call of prestart(), until an engine takes its workers over
+_prestarted: list = []  # prestart()'s warm-up call (one at most), until an engine takes its workers over
 
 
 def prestart(n_jobs: int = -1, preload: tuple[str, ...] = (), backend: str = "loky") -> None:
@@ -86,11 +86,11 @@ def prestart(n_jobs: int = -1, preload: tuple[str, ...] = (), backend: str = "lo
     ``PR_SET_PDEATHSIG``); an engine with the same ``preload`` keeps them (loky reuses an executor whose
     arguments are the same), an engine with another preload replaces them. Nothing for other backends or one job.
     """
-    if backend != "loky" or _prestarted or joblib.effective_n_jobs(n_jobs) <= 1:
+    n = joblib.effective_n_jobs(n_jobs)
+    if backend != "loky" or _prestarted or n <= 1:
         return
     warm_jit_cache()  # before any worker starts (see below)
     with joblib.parallel_config(backend="loky", **_local_workers(backend, preload)):
-        n = joblib.effective_n_jobs(n_jobs)
         _prestarted.append(joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(joblib.delayed(os.getpid)() for _ in range(n)))
     atexit.unregister(_drop_prestart)  # once, however many jobs this process runs
     atexit.register(_drop_prestart)
@@ -99,7 +99,7 @@ def prestart(n_jobs: int = -1, preload: tuple[str, ...] = (), backend: str = "lo
 def _drop_prestart() -> None:
     """At exit (a job that failed before its engine): end the workers now, without joblib's warning that the
     no-op tasks' results were not used."""
-    while _prestarted:
+    if _prestarted:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _prestarted.pop().close()
@@ -108,7 +108,7 @@ def _drop_prestart() -> None:
 def _join_prestart() -> None:
     """Wait for :func:`prestart`'s no-op tasks: a joblib generator dropped unfinished would terminate its workers.
     A worker that failed to start is the engine's to report: its own call starts workers again."""
-    while _prestarted:
+    if _prestarted:
         try:
             collections.deque(_prestarted.pop(), maxlen=0)
         except Exception:
