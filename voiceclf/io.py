@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import struct
-import tempfile
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -30,31 +30,20 @@ class LockedError(RuntimeError):
         self.target, self.holder = target, holder
 
 
-def umask() -> int:
-    """The process umask, read without setting it (os.umask would change it for other threads meanwhile)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        mask = os.umask(0o022)
-        os.umask(mask)
-        return mask
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temp path beside ``path`` to write to; renamed onto ``path`` when the block ends without error.
 
     On an error (or a kill) the temp file is removed or left under a hidden ``.<name>.*.tmp`` name,
-    never under the final one. The file gets the mode a plain ``open`` would give (umask applied),
-    not mkstemp's 0600.
+    never under the final one. The file gets the mode a plain ``open`` would give (umask applied).
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
+    # The random name is chosen before the file exists (not by tempfile.mkstemp), so the finally removes it
+    # whenever an exception lands, a SIGTERM turned into Interrupted included: one that landed inside
+    # mkstemp after it had created the file left it behind. 96 random bits: O_EXCL never meets another's.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(12)}.tmp")
     try:
-        os.fchmod(fd, 0o666 & ~umask())
-        os.close(fd)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the kernel applies the umask
         yield tmp
         os.replace(tmp, path)
     finally:
