@@ -473,9 +473,10 @@ def winner_reason(winner: tr.PointResult, results: Sequence[tr.PointResult | Non
 
 
 def grid_run_name(corpora: Sequence[str], n_points: int, label: str = "", when: float | None = None) -> str:
-    """The parent run's name: ``[label ]YYYY-MM-DD HH:MM corpus+corpus · N pts`` (local time), so two grids,
-    and the demo's synthetic one, are told apart in the run table."""
-    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
+    """The parent run's name: ``[label ]MM-DD HH:MM corpus+corpus · N pts`` (local time), so two grids, and the
+    demo's synthetic one, are told apart in the run table, which shows its first ~16 characters (the year is in
+    the Created column's tooltip)."""
+    stamp = time.strftime("%m-%d %H:%M", time.localtime(when))
     return f"{label + ' ' if label else ''}{stamp} {'+'.join(corpora)} · {n_points} pt{'s' if n_points != 1 else ''}"
 
 

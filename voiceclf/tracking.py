@@ -102,6 +102,11 @@ EXPERIMENT_DESCRIPTION = """Adult female vs male voices. One parent run per `tra
 - The winner becomes `models:/voiceclf@champion` only if its `test_score` is at least the current champion's on the same held-out speakers."""
 
 
+#: MLflow 3's UI opens an experiment in its GenAI view unless this tag names another kind; this one opens
+#: "Model training", where the runs are.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(name: str = EXPERIMENT) -> str:
     client = MlflowClient()
     try:
@@ -109,9 +114,12 @@ def experiment_id(name: str = EXPERIMENT) -> str:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
+            if EXPERIMENT_KIND[0] not in exp.tags:  # made before the tag was set, or by hand: a user's choice is kept
+                client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
             return exp.experiment_id
         exp_id = client.create_experiment(name, artifact_location=_artifact_root(mlflow.get_tracking_uri()))
         client.set_experiment_tag(exp_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION)
+        client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
         return exp_id
     except MlflowException as e:
         raise TrackingError(f"tracking store {mlflow.get_tracking_uri()}: {e.message}") from None
