@@ -52,8 +52,8 @@ def test_run_names_tell_points_and_grids_apart_at_table_width(champion):
 def test_the_winner_and_the_champion_are_tagged_and_the_champion_tag_moves(champion, tmp_path):
     parent, children = grid_of(champion)
     (winner,) = children
-    assert winner.data.tags["winner"].startswith("val_score ") and "best of 1" in winner.data.tags["winner"]
-    assert winner.data.tags["champion"] == "voiceclf version 1"
+    assert winner.data.tags["winner"].startswith("★ val_score ") and "best of 1" in winner.data.tags["winner"]
+    assert winner.data.tags["champion"] == "version 1 (voiceclf)"
     assert parent.data.tags["winner"] == winner.info.run_name
     assert parent.data.tags["voiceclf.winner_run_id"] == winner.info.run_id
 
@@ -66,13 +66,13 @@ def test_the_winner_and_the_champion_are_tagged_and_the_champion_tag_moves(champ
     first, second = runs.child("a", {}), runs.child("b", {})
     name = "voiceclf-tagcheck"
     assert tracking.register_version(model_uri, first, {}, cfg, model_name=name) == 1
-    assert client.get_run(first).data.tags["champion"] == f"{name} version 1"
+    assert client.get_run(first).data.tags["champion"] == f"version 1 ({name})"
     tracking.register_version(model_uri, second, {}, cfg, promote=False, model_name=name)  # not promoted: nothing moves
     assert "champion" in client.get_run(first).data.tags and "champion" not in client.get_run(second).data.tags
     tracking.register_version(model_uri, second, {}, cfg, model_name=name)
     assert "champion" not in client.get_run(first).data.tags
-    assert client.get_run(second).data.tags["champion"] == f"{name} version 3"
-    assert client.get_run(winner.info.run_id).data.tags["champion"] == "voiceclf version 1"  # another model's champion keeps its tag
+    assert client.get_run(second).data.tags["champion"] == f"version 3 ({name})"
+    assert client.get_run(winner.info.run_id).data.tags["champion"] == "version 1 (voiceclf)"  # another model's champion keeps its tag
 
 
 def test_a_points_run_lasts_as_long_as_its_own_training(champion):
@@ -178,7 +178,7 @@ def test_figures_zoom_the_accuracy_axis_and_keep_titles_inside(tmp_path):
     acc = fig.axes[1]
     lo, hi = acc.get_ylim()
     assert 0.85 < lo < 0.91 and 0.98 <= hi <= 1.01  # zoomed to 0.91..0.98, not 0..1
-    conf = figures.confusion_figure(np.array([[12, 1], [2, 14]]), "test (held-out speakers), files\nspeaker_embedding lr=0.001 ep=30")
+    conf = figures.confusion_figure(np.array([[12, 1], [2, 14]]), "test (held-out speakers), files\nspeaker_embedding lr=0.001 ep=30 bs=128 hidden=64 wd=0.01")
     for f in (fig, conf):
         FigureCanvasAgg(f).draw()
         renderer = f.canvas.get_renderer()

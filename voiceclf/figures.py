@@ -64,5 +64,14 @@ def confusion_figure(cm: np.ndarray, title: str):
         ax.text(j, i, str(n), ha="center", va="center", color="white" if n < cm.max() / 2 else "black")
     ticks = range(len(LABELS))
     ax.set(xticks=ticks, yticks=ticks, xticklabels=list(LABELS), yticklabels=list(LABELS), xlabel="predicted label", ylabel="true label")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(wrap(title, width_in=fig.get_figwidth(), fontsize_pt=9), fontsize=9)
     return fig
+
+
+def wrap(text: str, width_in: float, fontsize_pt: float = 9.0) -> str:
+    """``text`` broken at spaces into lines that fit ``width_in`` inches at ``fontsize_pt`` points: matplotlib
+    neither wraps a title nor shrinks it, and constrained layout cannot make a figure wider than it is."""
+    import textwrap
+
+    chars = max(10, int(width_in * 72 / (0.62 * fontsize_pt)))  # DejaVu Sans averages ~0.6 em per character
+    return "\n".join(textwrap.fill(line, chars) for line in text.splitlines())

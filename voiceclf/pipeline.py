@@ -465,11 +465,12 @@ def run_names(points: Sequence[tr.GridPoint]) -> list[str]:
 
 
 def winner_reason(winner: tr.PointResult, results: Sequence[tr.PointResult | None]) -> str:
-    """The winning run's ``winner`` tag: what ranked it and by how much, e.g. ``xval_score 0.9812 (best of 3; next 0.9755)``."""
+    """The winning run's ``winner`` tag: a star (what the narrow tag column shows first), then what ranked it and by
+    how much, e.g. ``★ xval_score 0.9812 (best of 3; next 0.9755)``."""
     key = "xval_score" if "xval_score" in winner.xval else "val_score"
     others = sorted((r.selection_score for r in results if r is not None and r is not winner and r.error is None and r.history), reverse=True)
     ok = 1 + len(others)
-    return f"{key} {winner.selection_score:.4f} (best of {ok}" + (f"; next {others[0]:.4f})" if others else ")")
+    return f"★ {key} {winner.selection_score:.4f} (best of {ok}" + (f"; next {others[0]:.4f})" if others else ")")
 
 
 def grid_run_name(corpora: Sequence[str], n_points: int, label: str = "", when: float | None = None) -> str:

@@ -433,7 +433,7 @@ def register_version(model_uri: str, run_id: str, metrics: dict, cfg: FeatureCon
     """Register a new version of ``model_name`` from ``model_uri``; give it the ``champion`` alias if ``promote``.
 
     The version's tags say what it is (run, feature config, metrics) and why it was or was not promoted. The run
-    of the version holding the alias carries the run tag ``champion`` (``<model> version N``), which moves with
+    of the version holding the alias carries the run tag ``champion`` (``version N (<model>)``), which moves with
     the alias, so the experiment's run table shows which run scoring uses.
     """
     client = MlflowClient()
@@ -458,7 +458,7 @@ def register_version(model_uri: str, run_id: str, metrics: dict, cfg: FeatureCon
                 client.delete_tag(previous, ALIAS)
             except MlflowException:  # that run was deleted, or never had the tag (registered before it existed)
                 pass
-        client.set_tag(run_id, ALIAS, f"{model_name} version {mv.version}")
+        client.set_tag(run_id, ALIAS, f"version {mv.version} ({model_name})")  # the version first: the tag column is narrow
     return int(mv.version)
 
 
