@@ -32,7 +32,7 @@ log = logging.getLogger("voiceclf")
 #: targets and flags are the jobs' words: the library's messages stop at the fact.
 NEXT_STEP = {
     "features": "run `make features` first",
-    "model": "run `make train` (or `make demo`) first",
+    "model": "run `make train` first (`make demo` registers voiceclf-demo instead: --model-uri models:/voiceclf-demo@champion)",
     "server": "start it (`make server`) or unset MLFLOW_TRACKING_URI to use the local store",
     "weights": "`make setup` installs them",
 }

@@ -4,7 +4,10 @@ Generates a synthetic corpus of training speakers and a separate folder of recor
 speakers (plus one planted bad file), featurizes, trains a small grid into the embedded MLflow
 store, registers the champion, scores the recordings and reports how accurate it was.
 
-    python -m jobs.demo [--workdir demo] [--speakers 24] [--clips 20]
+    python -m jobs.demo [--workdir demo] [--speakers 24] [--clips 20] [--experiment voiceclf-demo] [--model-name voiceclf-demo]
+
+The demo's runs and model versions go to their own experiment and registered model (``voiceclf-demo``), so a
+synthetic version never sits beside real ones in ``voiceclf``; ``--experiment``/``--model-name`` change that.
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=20, help="clips per training speaker (default %(default)s)")
     p.add_argument("--epochs", type=int, default=8, help="epochs of every point of the demo grid (default %(default)s; the best epoch is kept)")
     p.add_argument("--jobs", type=int, default=-1, help="parallel workers (default all cores)")
+    p.add_argument("--experiment", default=tracking.DEMO_NAME, help="MLflow experiment of the demo's runs (default %(default)s)")
+    p.add_argument("--model-name", default=tracking.DEMO_NAME,
+                   help=f"registered model the demo's champion goes to (default %(default)s; {tracking.MODEL_NAME} is what `make score` uses)")
     return p.parse_args(argv)
 
 
@@ -60,13 +66,16 @@ def run(args: argparse.Namespace) -> int:
     step("3/5 train the grid of jobs/grid.toml over both families and register the champion")
     grids = pipeline.read_grid(train.DEFAULT_GRID, {"epochs": [args.epochs]})
     with _cli.progress_bars() as on_progress:
-        trained = pipeline.train_grid([work / "features"], grids, jobs=args.jobs, on_progress=on_progress)
+        trained = pipeline.train_grid([work / "features"], grids, experiment=args.experiment, model_name=args.model_name, run_label="demo",
+                                      jobs=args.jobs, on_progress=on_progress)
     train.show_table(trained.table)
-    _cli.console.print(f"registered version {trained.version} ({trained.winner.point.name}); champion: {trained.promoted} ({trained.reason})", highlight=False)
+    model_uri = tracking.champion_uri(args.model_name)
+    _cli.console.print(f"registered {args.model_name} version {trained.version} ({trained.winner.point.name}); champion: {trained.promoted} "
+                       f"({trained.reason}); experiment {args.experiment}", highlight=False)
     step("4/5 score the recordings of unseen speakers")
     report_path = work / "report.csv"
     with _cli.progress_bars() as on_progress:
-        scored = pipeline.score_dirs([work / "recordings"], jobs=args.jobs, on_progress=on_progress)
+        scored = pipeline.score_dirs([work / "recordings"], model_uri=model_uri, jobs=args.jobs, on_progress=on_progress)
     io.write_csv(scored.report, report_path, float_format="%.6g")
 
     step("5/5 check the report against the synthetic labels")
@@ -80,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
         "accuracy_on_unseen_speakers": round(accuracy, 4), "error_rows": errors["path"].tolist(),
         "seconds": round(time.perf_counter() - t0, 1),
     }, indent=2), highlight=False)
-    _cli.console.print("next: `make ui` to compare the runs, `make score DIR=<your recordings>` to label your own files", highlight=False)
+    _cli.console.print(f"next: `make ui` to compare the runs (experiment {args.experiment}); `make score DIR=<your recordings>` labels your own "
+                       f"files with {tracking.MODEL_NAME}@{tracking.ALIAS} once `make train` made one (the demo's model: --model-uri {model_uri})",
+                       highlight=False)
     if accuracy < 0.9:
         raise JobError(f"demo accuracy {accuracy:.3f} on unseen synthetic speakers is below 0.9", _cli.FAILURE)
     return _cli.OK

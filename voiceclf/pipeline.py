@@ -339,20 +339,29 @@ def load_data(dirs: Sequence[str | os.PathLike]) -> tuple[dict[str, tr.Data], di
     return by_set, dirs_of
 
 
-def dataset_profiles(data: tr.Data, split: dict) -> dict[str, dict[str, int]]:
-    """Per split (as MLflow dataset contexts): speakers and recordings per corpus and sex."""
+def dataset_profiles(data: tr.Data, split: dict) -> dict[str, dict]:
+    """Per split (as MLflow dataset contexts): ``profile`` (what the UI's Dataset drawer shows: speakers, recordings
+    and hours of speech in all and per corpus and sex) and ``tags`` (the same counts as numbers, one tag each)."""
     from voiceclf import train as tr
 
     out = {}
     for s, ctx in (("train", "training"), ("val", "validation"), ("test", "test")):
         part = tr.parts_of(data, split)[s]
-        files = pd.DataFrame({"file": part.file, "speaker": part.speaker, "corpus": part.corpus, "sex": [LABELS[v] for v in part.y]})
-        files = files[part.variant == 0].drop_duplicates("file")
+        real = part.variant == 0
+        windows = pd.DataFrame({"file": part.file, "speaker": part.speaker, "corpus": part.corpus, "sex": [LABELS[v] for v in part.y],
+                                "speech_s": part.speech_s if part.speech_s is not None else np.nan})[real]
         tags = {"windows": int(len(part.y)), "speakers_digest": hashlib.sha256("\n".join(split[s]).encode()).hexdigest()[:16]}
-        for (c, sex), g in files.groupby(["corpus", "sex"]):
-            tags[f"{c}.{sex}.speakers"] = int(g["speaker"].nunique())
-            tags[f"{c}.{sex}.recordings"] = int(len(g))
-        out[ctx] = tags
+
+        def counts(g: pd.DataFrame) -> dict:
+            return {"speakers": int(g["speaker"].nunique()), "recordings": int(g["file"].nunique()),
+                    **({} if part.speech_s is None else {"hours": round(float(g["speech_s"].sum()) / 3600, 3)})}
+
+        profile = {**counts(windows), "windows": int(len(part.y)), "augmented_windows": int((~real).sum())}
+        for (c, sex), g in windows.groupby(["corpus", "sex"]):
+            n = counts(g)
+            tags.update({f"{c}.{sex}.{k}": v for k, v in n.items()})
+            profile[f"{c} {sex}"] = " · ".join(f"{v} {'h' if k == 'hours' else k}" for k, v in n.items())
+        out[ctx] = {"profile": profile, "tags": tags}
     return out
 
 
@@ -401,13 +410,13 @@ def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data],
     return tr.evaluate(tr.file_level(p_male(current.module, te.x), te), "test")["test_score"]
 
 
-def decide_promotion(winner: tr.PointResult, data: dict, split: dict, force: bool) -> tuple[bool, str]:
-    """Promote only a winner at least as good as the current champion on the same held-out speakers."""
+def decide_promotion(winner: tr.PointResult, data: dict, split: dict, force: bool, model_name: str = "voiceclf") -> tuple[bool, str]:
+    """Promote only a winner at least as good as the current champion of ``model_name`` on the same held-out speakers."""
     from voiceclf import tracking
 
     new = winner.test["test_score"]
     try:
-        current = tracking.load()
+        current = tracking.load(tracking.champion_uri(model_name))
     except tracking.NoChampion:
         return True, "first champion"
     except tracking.TrackingError as e:
@@ -424,6 +433,54 @@ def decide_promotion(winner: tr.PointResult, data: dict, split: dict, force: boo
     return False, verdict + "; not promoted"
 
 
+def point_metrics(res: tr.PointResult) -> dict[str, float]:
+    """A grid point's summary metrics, one value each: what its run logs at step 0, and its parent when it wins."""
+    # the per-epoch val_* curves end at the last epoch; best_val_* are the kept epoch's, the figures the grid compares
+    return {**res.test, **res.xval, **{f"best_{k}": v for k, v in res.val.items()}, "best_epoch": res.best_epoch, "train_seconds": res.seconds}
+
+
+#: Short family names for run names: the UI's run table cuts names at ~16 characters.
+FAMILY_SHORT = {"cnn": "cnn", "embedding_head": "head"}
+
+
+def run_names(points: Sequence[tr.GridPoint]) -> list[str]:
+    """Names for the grid points' runs that tell them apart at the width of the UI's run table: the family first,
+    then only what varies within it (the feature set if it has several, then each hyperparameter whose values
+    differ), e.g. ``cnn``, ``head hidden=0``, ``head hidden=64``. Names that would still be equal get ``#2``..."""
+    fields = [f.name for f in dataclasses.fields(points[0])] if points else []
+    names = []
+    for pt in points:
+        kin = [q for q in points if q.family == pt.family]
+        varied = [k for k in fields if len({getattr(q, k) for q in kin}) > 1]
+        parts = [FAMILY_SHORT.get(pt.family, pt.family)]
+        parts += [f"{getattr(pt, k)}" if k == "feature_set" else f"{k}={getattr(pt, k):g}" if isinstance(getattr(pt, k), float)
+                  else f"{k}={getattr(pt, k)}" for k in varied]
+        names.append(" ".join(parts))
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[i] = f"{n} #{seen[n]}"
+    return names
+
+
+def winner_reason(winner: tr.PointResult, results: Sequence[tr.PointResult | None]) -> str:
+    """The winning run's ``winner`` tag: a star (what the narrow tag column shows first), then what ranked it and by
+    how much, e.g. ``★ xval_score 0.9812 (best of 3; next 0.9755)``."""
+    key = "xval_score" if "xval_score" in winner.xval else "val_score"
+    others = sorted((r.selection_score for r in results if r is not None and r is not winner and r.error is None and r.history), reverse=True)
+    ok = 1 + len(others)
+    return f"★ {key} {winner.selection_score:.4f} (best of {ok}" + (f"; next {others[0]:.4f})" if others else ")")
+
+
+def grid_run_name(corpora: Sequence[str], n_points: int, label: str = "", when: float | None = None) -> str:
+    """The parent run's name: ``[label ]MM-DD HH:MM corpus+corpus · N pts`` (local time), so two grids, and the
+    demo's synthetic one, are told apart in the run table, which shows its first ~16 characters (the year is in
+    the Created column's tooltip)."""
+    stamp = time.strftime("%m-%d %H:%M", time.localtime(when))
+    return f"{label + ' ' if label else ''}{stamp} {'+'.join(corpora)} · {n_points} pt{'s' if n_points != 1 else ''}"
+
+
 def log_point(runs: tracking.GridRuns, run_id: str, res: tr.PointResult, data: tr.Data, split: dict) -> str:
     from voiceclf import figures
 
@@ -433,8 +490,7 @@ def log_point(runs: tracking.GridRuns, run_id: str, res: tr.PointResult, data: t
         "split.json": split,
         "per_speaker.csv": res.per_speaker,
     }
-    # the per-epoch val_* curves end at the last epoch; best_val_* are the kept epoch's, the figures the grid compares
-    final = {**res.test, **res.xval, **{f"best_{k}": v for k, v in res.val.items()}, "best_epoch": res.best_epoch, "train_seconds": res.seconds}
+    final = point_metrics(res)
     return runs.log_point(run_id, res.history, final, artifacts=artifacts, model=res.model, cfg=data.cfg, input_example=np.array(data.x[:2]))
 
 
@@ -483,6 +539,8 @@ def train_grid(
     *,
     holdout_corpus: str | None = None,
     experiment: str = "voiceclf",
+    model_name: str = "voiceclf",
+    run_label: str = "",
     tracking_uri: str | None = None,
     seed: int = 0,
     jobs: int = -1,
@@ -499,8 +557,9 @@ def train_grid(
     The split is by speaker (stratified by corpus and sex; ``holdout_corpus`` tests on one corpus and
     trains on the others). With two or more training corpora every point is trained again without each
     of them in turn and scored on it; the mean (``xval_score``) ranks the points, else ``val_score`` does.
-    The winner is registered and becomes the champion only if it is at least as good as the current one
-    on the same held-out speakers (or ``force_promote``). Raises :class:`GridError`, ``config.DataError``,
+    The winner is registered (as ``model_name``) and becomes the champion only if it is at least as good as the
+    current one on the same held-out speakers (or ``force_promote``). ``run_label`` starts the parent run's name
+    (the demo's ``demo``); the rest of it is the date, the corpora and the number of points. Raises :class:`GridError`, ``config.DataError``,
     ``shards.ShardError``, ``tracking.TrackingError`` (the store is unreachable or fails mid-run) and
     :class:`TrainError` (every point failed).
     """
@@ -541,13 +600,24 @@ def train_grid(
     point_tags = {"voiceclf.system_metrics": "this run" if per_point else "parent run (points trained in parallel share the machine)"} if system_metrics else {}
     runs = None
     try:
-        runs = tracking.GridRuns.start(experiment, f"grid-{len(points)}pts", {
+        runs = tracking.GridRuns.start(experiment, grid_run_name(corpora, len(points), run_label), {
             **common, "grid_points": len(points), "features": ",".join(map(str, features)),
             **{f"grid.{fam}.{k}": v for fam, g in grids.items() for k, v in g.items()}}, system_metrics=system_metrics)
         if system_metrics and device != "cpu" and not runs.gpu_metrics:
             log.warning("system metrics: no GPU figures (install nvidia-ml-py for NVIDIA GPUs: pip install nvidia-ml-py); CPU and memory only")
-        child_ids = [runs.child(pt.name, {**tr.point_params(pt), **common, "data_fingerprint": data[pt.feature_set].fingerprint(),
-                                          **{f"feature.{k}": v for k, v in data[pt.feature_set].cfg.to_dict().items()}}, tags=point_tags) for pt in points]
+        names = run_names(points)
+        # A point's run opens when its first training starts (in a worker, it says when) and ends when its last one
+        # ended, so the UI's duration is the point's own training, not the grid's.
+        child_ids: list[str | None] = [None] * len(points)
+        ended_s = [0.0] * len(points)
+
+        def open_child(i: int, start_s: float) -> str:
+            if child_ids[i] is None:
+                pt = points[i]
+                child_ids[i] = runs.child(names[i], {**tr.point_params(pt), **common, "data_fingerprint": data[pt.feature_set].fingerprint(),
+                                                     **{f"feature.{k}": v for k, v in data[pt.feature_set].cfg.to_dict().items()}},
+                                          tags={**point_tags, "voiceclf.point": pt.name}, start_time_s=start_s)
+            return child_ids[i]
         # each point trains once on the split, and once per training corpus left out (the cross-corpus validation)
         tasks = [(i, left_out, sub) for i in range(len(points)) for left_out, sub in [(None, split), *xsplits.items()]]
         results: list[tr.PointResult | None] = [None] * len(points)
@@ -559,6 +629,7 @@ def train_grid(
             if n_jobs == 1:  # in-process: per-epoch progress
                 def in_process():
                     for i, c, sub in tasks:
+                        open_child(i, time.time())
                         if per_point:  # a point's trainings are consecutive, the one on the split first; finish() stops it
                             runs.watch(child_ids[i])
 
@@ -571,6 +642,8 @@ def train_grid(
                 stream = parallel.imap(run_task, tasks, n_jobs=n_jobs, points=points, data=data, seed=seed, threads=threads, device=device)
             for (i, left_out, _), res in zip(tasks, stream):
                 pt = points[i]
+                open_child(i, res.started_s)
+                ended_s[i] = max(ended_s[i], res.started_s + res.seconds)
                 if left_out is None:
                     results[i] = res
                 else:
@@ -587,13 +660,14 @@ def train_grid(
                     if failed:
                         main.error = main.error or f"a cross-corpus validation training failed:\n{failed}"
                         log.error("grid point %s failed:\n%s", pt.name, main.error)
-                        runs.finish(child_ids[i], ok=False, error=main.error)
+                        runs.finish(child_ids[i], ok=False, error=main.error, end_time_s=ended_s[i])
                     else:
                         main.xval = tr.cross_corpus_score(xres[i])
                         model_uris[child_ids[i]] = log_point(runs, child_ids[i], main, data[pt.feature_set], split)
                         d = data[pt.feature_set]
-                        runs.log_datasets(child_ids[i], pt.feature_set, sorted({str(p) for p in dirs_of[pt.feature_set]}), d.fingerprint(), dataset_profiles(d, split))
-                        runs.finish(child_ids[i])
+                        runs.log_datasets(child_ids[i], pt.feature_set, sorted({str(p) for p in dirs_of[pt.feature_set]}), d.fingerprint(),
+                                          dataset_profiles(d, split), columns=shards.schema(d.cfg))
+                        runs.finish(child_ids[i], end_time_s=ended_s[i])
         winner = tr.best(results)
         table = summary(points, child_ids, results, winner, corpora)
         if winner is None:
@@ -603,12 +677,14 @@ def train_grid(
         win_id = child_ids[results.index(winner)]
         out = TrainSummary(table, winner, win_id, uri)
         win_metrics = {**winner.val, **winner.xval, **winner.test, "best_epoch": winner.best_epoch}
-        runs.log_summary(table, win_id, win_metrics)
+        runs.log_summary(table, win_id, point_metrics(winner), {"winner": names[results.index(winner)]})
+        runs.tag(win_id, {"winner": winner_reason(winner, results)})
         runs.describe(runs.parent_id, grid_markdown(table, corpora, holdout_corpus, bool(xsplits)))
         if register:
-            out.promoted, out.reason = decide_promotion(winner, data, split, force_promote)
+            out.promoted, out.reason = decide_promotion(winner, data, split, force_promote, model_name)
             out.version = tracking.register_version(model_uris[win_id], win_id, win_metrics, data[winner.point.feature_set].cfg, promote=out.promoted,
-                                                    reason=out.reason, description=version_markdown(winner, corpora, out.reason, bool(xsplits)))
+                                                    reason=out.reason, description=version_markdown(winner, corpora, out.reason, bool(xsplits)),
+                                                    model_name=model_name)
             runs.tag(runs.parent_id, {"voiceclf.promoted": str(out.promoted).lower(), "voiceclf.promotion": out.reason})
         runs.finish(runs.parent_id, ok=True)
         return out

@@ -7,6 +7,7 @@ children in any order and mark a crashed one FAILED. The one exception is :func:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -20,15 +21,18 @@ from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
-from voiceclf.config import LABELS, ConfigError, FeatureConfig, default_tracking_uri
+from voiceclf.config import LABELS, REPO_ROOT, ConfigError, FeatureConfig, default_tracking_uri
 
 EXPERIMENT = "voiceclf"
 MODEL_NAME = "voiceclf"
+#: ``make demo``'s experiment and registered model: synthetic versions stay out of the real registry.
+DEMO_NAME = "voiceclf-demo"
 ALIAS = "champion"
 DEFAULT_MODEL_URI = f"models:/{MODEL_NAME}@{ALIAS}"
 
@@ -98,6 +102,11 @@ EXPERIMENT_DESCRIPTION = """Adult female vs male voices. One parent run per `tra
 - The winner becomes `models:/voiceclf@champion` only if its `test_score` is at least the current champion's on the same held-out speakers."""
 
 
+#: MLflow 3's UI opens an experiment in its GenAI view unless this tag names another kind; this one opens
+#: "Model training", where the runs are.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(name: str = EXPERIMENT) -> str:
     client = MlflowClient()
     try:
@@ -105,12 +114,41 @@ def experiment_id(name: str = EXPERIMENT) -> str:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
+            if EXPERIMENT_KIND[0] not in exp.tags:  # made before the tag was set, or by hand: a user's choice is kept
+                client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
             return exp.experiment_id
         exp_id = client.create_experiment(name, artifact_location=_artifact_root(mlflow.get_tracking_uri()))
         client.set_experiment_tag(exp_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION)
+        client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
         return exp_id
     except MlflowException as e:
         raise TrackingError(f"tracking store {mlflow.get_tracking_uri()}: {e.message}") from None
+
+
+def run_context_tags() -> dict[str, str]:
+    """Who ran which code: ``mlflow.user``, ``mlflow.source.name``/``type`` (what MLflow's fluent ``start_run`` adds,
+    from its own context providers) and the git commit, branch and remote of the voiceclf checkout, for the UI's
+    User and Source columns. ``MlflowClient.create_run`` adds none of them by itself.
+
+    The git tags are of the code that trains (this package's checkout), not of whatever script called it; MLflow
+    reads them with GitPython (fixed arguments; credentials stripped from the remote). None outside a checkout.
+    """
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils import git_utils
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL
+
+    tags = resolve_tags()
+    for key, read in ((MLFLOW_GIT_COMMIT, git_utils.get_git_commit), (MLFLOW_GIT_BRANCH, git_utils.get_git_branch),
+                      (MLFLOW_GIT_REPO_URL, git_utils.get_git_repo_url)):
+        value = read(str(REPO_ROOT))
+        if value:
+            tags[key] = value
+    return tags
+
+
+def _ms(seconds: float | None) -> int | None:
+    """Wall-clock seconds (``time.time()``) as MLflow's epoch milliseconds."""
+    return None if seconds is None else int(round(seconds * 1000))
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, str]:
@@ -187,15 +225,17 @@ class GridRuns:
     experiment_id: str
     parent_id: str
     system_metrics: bool = False
+    context: dict = field(default_factory=dict, repr=False)  # run_context_tags(), on every run
     _monitors: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def start(cls, experiment: str, run_name: str, params: dict, tags: dict | None = None, system_metrics: bool = False) -> "GridRuns":
         exp = experiment_id(experiment)
         client = MlflowClient()
-        run = client.create_run(exp, run_name=run_name, tags={"voiceclf.role": "grid", **(tags or {})})
+        context = run_context_tags()
+        run = client.create_run(exp, run_name=run_name, tags={**context, "voiceclf.role": "grid", **(tags or {})})
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat(params).items()])
-        runs = cls(exp, run.info.run_id, system_metrics)
+        runs = cls(exp, run.info.run_id, system_metrics, context)
         runs.watch(runs.parent_id)
         return runs
 
@@ -220,18 +260,24 @@ class GridRuns:
         for monitor in monitors:
             monitor.finish(max(0.0, deadline - time.monotonic()))
 
-    def child(self, name: str, params: dict, tags: dict | None = None) -> str:
+    def child(self, name: str, params: dict, tags: dict | None = None, start_time_s: float | None = None) -> str:
+        """A nested run for one grid point, started at ``start_time_s`` (wall clock; default now): when its
+        training began, which may be in a worker process some time before the parent hears of it."""
         client = MlflowClient()
-        run = client.create_run(self.experiment_id, run_name=name, tags={"mlflow.parentRunId": self.parent_id, "voiceclf.role": "grid_point", **(tags or {})})
+        run = client.create_run(self.experiment_id, run_name=name, start_time=_ms(start_time_s),
+                                tags={**self.context, "mlflow.parentRunId": self.parent_id, "voiceclf.role": "grid_point", **(tags or {})})
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat(params).items()])
         return run.info.run_id
 
     def log_point(self, run_id: str, history: list[dict], final: dict, *, artifacts: dict, model=None, cfg: FeatureConfig | None = None, input_example: np.ndarray | None = None) -> str | None:
-        """Per-epoch metrics (step = epoch), final metrics, JSON/figure artifacts and the model; returns the model URI."""
+        """Per-epoch metrics (step = epoch), final metrics, JSON/figure artifacts and the model; returns the model URI.
+
+        Final metrics are logged once, at step 0: one value per run, which the UI's chart view compares as bars
+        across runs (at step = epochs they were lone dots on a step axis)."""
         client = MlflowClient()
         now = int(time.time() * 1000)
         ms = [Metric(k, float(v), now, epoch) for epoch, row in enumerate(history, start=1) for k, v in row.items()]
-        ms += [Metric(k, float(v), now, len(history)) for k, v in final.items()]
+        ms += [Metric(k, float(v), now, 0) for k, v in final.items()]
         for i in range(0, len(ms), 1000):  # MLflow caps a batch at 1000 metrics
             client.log_batch(run_id, metrics=ms[i : i + 1000])
         for name, obj in artifacts.items():
@@ -245,24 +291,26 @@ class GridRuns:
             return None
         return log_model(run_id, model, cfg, input_example)
 
-    def log_datasets(self, run_id: str, name: str, sources: list[str], digest: str, contexts: dict[str, dict[str, str]]) -> None:
+    def log_datasets(self, run_id: str, name: str, sources: list[str], digest: str, contexts: dict[str, dict], columns: list | None = None) -> None:
         """The feature shards a run learned from, as MLflow datasets: one input per context
-        (``training``/``validation``/``test``) whose digest is the data fingerprint and whose tags
-        count speakers and files per corpus and sex; the UI's Dataset column shows them."""
+        (``training``/``validation``/``test``, each ``{"profile": {...}, "tags": {...}}``) whose digest is the data
+        fingerprint, whose profile (speakers, recordings, hours per corpus and sex) the UI's Dataset drawer shows,
+        whose schema is the shards' columns (``columns``: a pyarrow schema) and whose tags repeat the counts."""
         import warnings
 
         from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
         with warnings.catch_warnings():  # "can be interpreted in multiple ways": all of them local folders
             warnings.simplefilter("ignore")
             source = resolve_dataset_source(",".join(sources))
+        schema = _mlflow_schema(columns) if columns is not None else None
         # one dataset per context (MLflow keeps one input per dataset and run): the split's speakers are part of its digest
         inputs = []
-        for ctx, tags in contexts.items():
+        for ctx, about in contexts.items():
+            tags = about.get("tags", {})
             split_digest = hashlib.sha256(f"{digest}\t{ctx}\t{tags.get('speakers_digest', '')}".encode()).hexdigest()[:16]
-            entity = MetaDataset(source, name=f"{name} {ctx}", digest=split_digest)._to_mlflow_entity()
+            entity = ShardDataset(source, name=f"{name} {ctx}", digest=split_digest, schema=schema, profile=about.get("profile"))._to_mlflow_entity()
             inputs.append(DatasetInput(entity, [InputTag("mlflow.data.context", ctx), InputTag("data_fingerprint", digest),
                                                 *(InputTag(k, str(v)) for k, v in tags.items())]))
         MlflowClient().log_inputs(run_id, datasets=inputs)
@@ -274,20 +322,74 @@ class GridRuns:
     def tag(self, run_id: str, tags: dict[str, str]) -> None:
         MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def finish(self, run_id: str, ok: bool = True, error: str | None = None) -> None:
+    def finish(self, run_id: str, ok: bool = True, error: str | None = None, end_time_s: float | None = None) -> None:
+        """End the run ``run_id`` (FAILED with ``error``), at ``end_time_s`` (wall clock; default now): a grid
+        point ends when its training did, not when the parent got round to logging it."""
         self.stop_system_metrics(run_id)  # its last sample lands before the run's end time
         client = MlflowClient()
         if error:
             client.log_text(run_id, error, "error.txt")
             client.set_tag(run_id, "voiceclf.error", error.strip().splitlines()[-1][:500])
-        client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+        client.set_terminated(run_id, "FINISHED" if ok else "FAILED", end_time=_ms(end_time_s))
 
-    def log_summary(self, table, winner_run_id: str | None, winner_metrics: dict) -> None:
+    def log_summary(self, table, winner_run_id: str | None, winner_metrics: dict, winner_tags: dict | None = None) -> None:
+        """The grid table as artifacts; the winner's summary metrics on the parent under the names its children
+        use (so the ``xval_score`` column reads the same on a parent and its points), at step 0; ``winner_tags``
+        on the parent (e.g. ``winner``: the winning point's name)."""
         client = MlflowClient()
         client.log_text(self.parent_id, table.to_csv(index=False), "grid_summary.csv")
         client.log_text(self.parent_id, table.to_string(index=False), "grid_summary.txt")
         if winner_run_id:
-            client.log_batch(self.parent_id, metrics=[Metric(f"best_{k}", float(v), int(time.time() * 1000), 0) for k, v in winner_metrics.items()], tags=[RunTag("voiceclf.winner_run_id", winner_run_id)])
+            tags = {"voiceclf.winner_run_id": winner_run_id, **(winner_tags or {})}
+            client.log_batch(self.parent_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in winner_metrics.items()],
+                             tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+class ShardDataset(MetaDataset):
+    """Feature shards as an MLflow dataset: metadata only (the shards stay where they are), plus a profile.
+
+    MLflow's ``MetaDataset`` has no profile, so the UI's Dataset drawer said "No profile available"; MLflow's
+    own datasets (numpy, pandas) put theirs as JSON under ``profile`` in ``to_dict``, as this one does.
+    """
+
+    def __init__(self, source, name: str, digest: str, schema=None, profile: dict | None = None):
+        self._profile = profile
+        super().__init__(source, name=name, digest=digest, schema=schema)
+
+    @property
+    def profile(self) -> dict | None:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        config = super().to_dict()
+        if self._profile is not None:
+            config["profile"] = json.dumps(self._profile)
+        return config
+
+
+def _mlflow_schema(columns):
+    """A pyarrow schema (the shards') as an MLflow column schema, which the Dataset drawer lists; a fixed-size
+    list (the features) becomes an array of its item type. Hand-written: MLflow infers schemas from pandas or
+    numpy data, not from a pyarrow schema, and the shards need not be read for it."""
+    import pyarrow as pa
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    def dtype(t):
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
+            return DataType.string
+        if pa.types.is_boolean(t):
+            return DataType.boolean
+        if pa.types.is_integer(t):
+            return DataType.long if t.bit_width > 32 else DataType.integer
+        if pa.types.is_float32(t) or pa.types.is_float16(t):
+            return DataType.float
+        if pa.types.is_floating(t):
+            return DataType.double
+        if pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t):
+            return Array(dtype(t.value_type))
+        return DataType.string
+
+    return Schema([ColSpec(dtype(f.type), f.name, required=not f.nullable) for f in columns])
 
 
 #: The model's state dict beside its pt2 archive, in the model's ``extra_files``: what score loads.
@@ -326,30 +428,48 @@ def log_model(run_id: str, model, cfg: FeatureConfig, input_example: np.ndarray)
 
 
 # ----------------------------------------------------------------------------- registry
-def register_version(model_uri: str, run_id: str, metrics: dict, cfg: FeatureConfig, *, promote: bool = True, reason: str = "", description: str = "") -> int:
-    """Register a new version of ``voiceclf`` from ``model_uri``; give it the ``champion`` alias if ``promote``.
+def register_version(model_uri: str, run_id: str, metrics: dict, cfg: FeatureConfig, *, promote: bool = True, reason: str = "",
+                     description: str = "", model_name: str = MODEL_NAME) -> int:
+    """Register a new version of ``model_name`` from ``model_uri``; give it the ``champion`` alias if ``promote``.
 
-    The version's tags say what it is (run, feature config, metrics) and why it was or was not promoted.
+    The version's tags say what it is (run, feature config, metrics) and why it was or was not promoted. The run
+    of the version holding the alias carries the run tag ``champion`` (``version N (<model>)``), which moves with
+    the alias, so the experiment's run table shows which run scoring uses.
     """
     client = MlflowClient()
     tags = {"run_id": run_id, "feature_config": cfg.to_json(), "feature_set": cfg.feature_set, "family": cfg.family,
             "promoted": str(promote).lower(), "promotion": reason,
             **{k: f"{v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float))}}
     # register_model links the version to the logged model (a server insists on it) and waits until READY
-    mv = mlflow.register_model(model_uri, MODEL_NAME, tags=tags)
+    mv = mlflow.register_model(model_uri, model_name, tags=tags)
     if description:
-        client.update_model_version(MODEL_NAME, mv.version, description=description)
-    if not client.get_registered_model(MODEL_NAME).description:
-        client.update_registered_model(MODEL_NAME, description="Adult female (0) vs male (1) voice classifier. Families: the model-card CNN on "
+        client.update_model_version(model_name, mv.version, description=description)
+    if not client.get_registered_model(model_name).description:
+        client.update_registered_model(model_name, description="Adult female (0) vs male (1) voice classifier. Families: the model-card CNN on "
                                        "1-s MFC windows, or a head on 1.6-s pretrained speaker embeddings; the alias champion marks the one scoring uses.")
     if promote:
-        client.set_registered_model_alias(MODEL_NAME, ALIAS, mv.version)
+        try:
+            previous = client.get_model_version_by_alias(model_name, ALIAS).tags.get("run_id")
+        except MlflowException:
+            previous = None
+        client.set_registered_model_alias(model_name, ALIAS, mv.version)
+        if previous and previous != run_id:
+            try:
+                client.delete_tag(previous, ALIAS)
+            except MlflowException:  # that run was deleted, or never had the tag (registered before it existed)
+                pass
+        client.set_tag(run_id, ALIAS, f"version {mv.version} ({model_name})")  # the version first: the tag column is narrow
     return int(mv.version)
 
 
-def register_champion(model_uri: str, run_id: str, metrics: dict, cfg: FeatureConfig) -> int:
+def register_champion(model_uri: str, run_id: str, metrics: dict, cfg: FeatureConfig, model_name: str = MODEL_NAME) -> int:
     """Register a new version and make it the champion unconditionally."""
-    return register_version(model_uri, run_id, metrics, cfg, promote=True, reason="registered as champion")
+    return register_version(model_uri, run_id, metrics, cfg, promote=True, reason="registered as champion", model_name=model_name)
+
+
+def champion_uri(model_name: str = MODEL_NAME) -> str:
+    """``models:/<model_name>@champion``: what scoring uses."""
+    return f"models:/{model_name}@{ALIAS}"
 
 
 @dataclass

@@ -42,6 +42,8 @@ class Data:
     file : (N,) one id per source file (windows are pooled per file when scoring).
     variant : (N,) 0 for a recording's own windows, k > 0 for its k-th augmented variant
         (training only: validation and test see real recordings).
+    speech_s : (N,) seconds of its recording's speech each window adds to the windows before it (overlapping
+        windows count their shared speech once), so a sum over windows is seconds of speech; None when unknown.
     """
 
     x: np.ndarray
@@ -52,6 +54,7 @@ class Data:
     variant: np.ndarray
     cfg: FeatureConfig
     speaker_level: bool = True  # False: no speaker ids, the split falls back to files (optimistic)
+    speech_s: np.ndarray | None = None
 
     @classmethod
     def from_shards(cls, rows: pd.DataFrame, x: np.ndarray, cfg: FeatureConfig) -> "Data":
@@ -72,10 +75,13 @@ class Data:
         else:
             speaker = file
         y = rows["label"].map({lab: i for i, lab in enumerate(LABELS)}).to_numpy(np.int64)
-        return cls(x, y, speaker, corpus.to_numpy(), file, rows["variant"].to_numpy(np.int8), cfg, speaker_level)
+        variant = rows["variant"].to_numpy(np.int8)
+        speech = new_speech_s(file, variant, rows["offset_s"].to_numpy(), rows["speech_s"].to_numpy()) if {"offset_s", "speech_s"} <= set(rows) else None
+        return cls(x, y, speaker, corpus.to_numpy(), file, variant, cfg, speaker_level, speech)
 
     def subset(self, mask: np.ndarray) -> "Data":
-        return Data(self.x[mask], self.y[mask], self.speaker[mask], self.corpus[mask], self.file[mask], self.variant[mask], self.cfg, self.speaker_level)
+        return Data(self.x[mask], self.y[mask], self.speaker[mask], self.corpus[mask], self.file[mask], self.variant[mask], self.cfg,
+                    self.speaker_level, None if self.speech_s is None else self.speech_s[mask])
 
     def speakers(self) -> pd.DataFrame:
         """One row per speaker: speaker, label (int), corpus."""
@@ -87,6 +93,23 @@ class Data:
         for f, lab in sorted(set(zip(self.file.tolist(), self.y.tolist()))):
             h.update(f"{f}\t{lab}\n".encode())
         return h.hexdigest()[:16]
+
+
+def new_speech_s(file: np.ndarray, variant: np.ndarray, offset_s: np.ndarray, speech_s: np.ndarray) -> np.ndarray:
+    """Per window, the seconds of speech ``[offset_s, offset_s + speech_s]`` adds to the earlier windows of the same
+    recording (``file``, ``variant``): windows overlap by half, so summing ``speech_s`` would count speech twice.
+
+    Returns (N,) float64 seconds; its sum over a recording's windows is the length of the union of their speech.
+    """
+    df = pd.DataFrame({"key": pd.Series(file).astype(str) + "\x00" + pd.Series(variant).astype(str),
+                       "start": np.asarray(offset_s, dtype=np.float64)})
+    df["end"] = df["start"] + np.asarray(speech_s, dtype=np.float64)
+    df = df.sort_values(["key", "start"], kind="stable")
+    reached = df.groupby("key", sort=False)["end"].cummax().groupby(df["key"], sort=False).shift()  # furthest end so far
+    added = (df["end"] - np.maximum(df["start"], reached.fillna(-np.inf))).clip(lower=0.0)
+    out = np.zeros(len(df))
+    out[df.index.to_numpy()] = added.to_numpy()
+    return out
 
 
 def split_speakers(speakers: pd.DataFrame, fractions=(0.7, 0.15, 0.15), seed: int = 0, holdout_corpus: str | None = None) -> dict[str, list]:
@@ -332,6 +355,7 @@ class PointResult:
     confusion: np.ndarray | None = None
     model: torch.nn.Module | None = None
     seconds: float = 0.0
+    started_s: float = 0.0  # wall clock (time.time()) when the training began, in whichever process it ran
     error: str | None = None
 
     @property
@@ -359,7 +383,7 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
     to ``device``; the returned model is on the CPU.
     """
     t0 = time.perf_counter()
-    result = PointResult(point)
+    result = PointResult(point, started_s=time.time())
     try:
         if threads:
             torch.set_num_threads(threads)
