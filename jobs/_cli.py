@@ -138,6 +138,8 @@ def output_lock(target: str | Path, wait: bool = False):
             yield
     except io.LockedError as e:
         raise JobError(f"{e}; rerun with --wait to queue behind it", LOCKED) from None
+    except io.UnsafeOutputError as e:
+        raise JobError(str(e), USAGE) from None
 
 
 class Reporter:

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         raise JobError.of(e, _cli.FAILURE) from None
     except corpus.CorpusError as e:
         raise JobError(f"{e} (--allow-outside-paths accepts them)" if e.outside_paths else str(e), _cli.USAGE) from None
-    except (shards.ShardError, ConfigError, parallel.EngineError, pipeline.OutputError) as e:
+    except (shards.ShardError, ConfigError, parallel.EngineError, pipeline.OutputError, io.UnsafeOutputError) as e:
         raise JobError.of(e, _cli.USAGE) from None
     errors = 0
     for s in summaries:
