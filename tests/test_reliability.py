@@ -73,3 +73,60 @@ def test_temp_files_are_written_through_their_own_descriptor(tmp_path):
             name.symlink_to(victim)
             f.write("report\n")
     assert victim.read_text() == "precious\n" and not (tmp_path / "r.csv").exists()
+
+
+# ----------------------------------------------------------------------------- 2. names that are not UTF-8
+@pytest.mark.parametrize("raw", [b"plain.wav", b"bad\xffname.wav", b"caf\xe9/\xe9t\xe9.wav", "café.wav".encode(),
+                                 b"lit\\xff.wav", b"lit\\x5c\xff.wav", b"back\\slash.wav"])
+def test_a_name_is_written_as_text_and_read_back_to_the_same_bytes(raw):
+    name = os.fsdecode(raw)  # as os.walk lists it: surrogate escapes for bytes that are not UTF-8
+    text = io.name_as_text(name)
+    text.encode("utf-8")  # any writer takes it
+    back = io.name_on_disk(text)
+    assert (back if isinstance(back, bytes) else os.fsencode(back)) == raw
+    if raw.decode("utf-8", "replace") == raw.decode("utf-8", "ignore") and b"\\x" not in raw:
+        assert text == name  # a UTF-8 name without "\x" is unchanged
+
+
+def non_utf8_inbox(folder: Path) -> dict[str, str]:
+    """Good and bad files whose names are not UTF-8; returns the text each should be reported under → its status."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sf.write(folder / "good.wav", voice_clip(1.5), 16000, subtype="PCM_16")
+    b = os.fsencode(folder)
+    sf.write(folder / "tmp.wav", voice_clip(1.2, f0=220), 16000, subtype="PCM_16")
+    os.rename(folder / "tmp.wav", b + b"/bad\xffname.wav")
+    os.mkdir(b + b"/caf\xe9")
+    with open(b + b"/caf\xe9/notes\xe9.wav", "w") as f:
+        f.write("not audio\n")
+    os.symlink(b"/nowhere/\xfe.wav", b + b"/link\xfe.wav")
+    return {"good.wav": "ok", "bad\\xffname.wav": "ok", "caf\\xe9/notes\\xe9.wav": "not_audio", "link\\xfe.wav": "broken_link"}
+
+
+def test_score_reports_files_whose_names_are_not_utf8(pt2_store, tmp_path):
+    expected = non_utf8_inbox(tmp_path / "in")
+    proc = run_job("score", tmp_path / "in", "--out", tmp_path / "r.csv", "--jobs", "1", env={"MLFLOW_TRACKING_URI": pt2_store})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = io.read_csv(tmp_path / "r.csv")
+    got = {os.path.relpath(p, tmp_path / "in"): (s, e.split(":")[0]) for p, s, e in zip(report["path"], report["status"], report["error"])}
+    assert set(got) == set(expected), got
+    for name, want in expected.items():
+        assert got[name][0] == want if want == "ok" else got[name] == ("error", want), (name, got[name])
+    for p in report["path"]:  # every reported path names its file
+        assert os.path.lexists(io.name_on_disk(p)), p
+
+
+def test_featurize_accounts_for_files_whose_names_are_not_utf8(tmp_path):
+    from voiceclf import shards
+
+    expected = non_utf8_inbox(tmp_path / "in")
+    out = tmp_path / "f"
+    proc = run_job("featurize", tmp_path / "in", "--allow-unlabelled", "--variants", "0", "--out", out, "--jobs", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows, _, _ = shards.read(out, with_features=False)
+    errors = shards.read_errors(out)
+    assert set(rows["path"]) == {n for n, s in expected.items() if s == "ok"}
+    assert dict(zip(errors["path"], errors["error"])) == {n: s for n, s in expected.items() if s != "ok"}
+    again = run_job("featurize", tmp_path / "in", "--allow-unlabelled", "--variants", "0", "--out", out, "--jobs", "1")
+    # the broken link has no content to hash: it alone is tried again (as for any name)
+    assert again.returncode == 0 and "4 files, 3 already in" in again.stderr, again.stderr[-3000:]
+    assert "reconciled" not in again.stderr

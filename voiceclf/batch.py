@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from voiceclf import audio, features, longfile, vad
+from voiceclf import audio, features, io, longfile, vad
 from voiceclf.config import FeatureConfig
 
 
@@ -36,6 +36,11 @@ class Item:
     @property
     def abspath(self) -> str:
         return os.path.join(self.source, self.path)
+
+    @property
+    def on_disk(self) -> str | bytes:
+        """The name to open: ``abspath`` with the bytes that are not UTF-8 restored (see io.name_as_text)."""
+        return io.name_on_disk(self.abspath)
 
 
 @dataclass
@@ -112,19 +117,19 @@ def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True) -> tuple[R
 
     ``gate=False`` leaves the speech gate to the caller (:func:`_gate`, several files at once) for a result with windows.
     """
-    if (kind := not_a_regular_file(item.abspath)) is not None:
+    if (kind := not_a_regular_file(item.on_disk)) is not None:
         return Result(item, error="not_a_file", message=f"{item.abspath}: {kind}, not a regular file (not read)"), None
     try:  # a big file's header is read first, so a long recording is never read whole, not even to hash it
-        big = os.path.getsize(item.abspath) > READ_WHOLE_BYTES
+        big = os.path.getsize(item.on_disk) > READ_WHOLE_BYTES
     except OSError:
         big = False  # reading it says why it cannot be read
-    if big and longfile.is_long(item.abspath):
+    if big and longfile.is_long(item.on_disk):
         return _featurize_long(item, cfg), None
     try:
-        with open(item.abspath, "rb") as f:
+        with open(item.on_disk, "rb") as f:
             data = f.read()
     except OSError as e:
-        return Result(item, **_unreadable(item.abspath, e)), None
+        return Result(item, **_unreadable(item.on_disk, e, item.abspath)), None
     item.sha256 = item.sha256 or hashlib.sha256(data).hexdigest()
     try:  # a small file's header is read by the handle that decodes it: one libsndfile open per file, not two
         decoded = audio.load(item.abspath, cfg, data=data, stream_above_s=longfile.STREAM_ABOVE_S)
@@ -144,10 +149,10 @@ def _featurize_long(item: Item, cfg: FeatureConfig) -> Result:
     """A recording longer than longfile.STREAM_ABOVE_S: streamed, never read whole (not even to hash it), at
     most longfile.MAX_WINDOWS windows evenly spread over its speech."""
     try:
-        item.sha256 = item.sha256 or sha256_file(item.abspath)
-        wins, survey = longfile.windows(item.abspath, cfg)
+        item.sha256 = item.sha256 or sha256_file(item.on_disk)
+        wins, survey = longfile.windows(item.on_disk, cfg)
     except OSError as e:
-        return Result(item, **_unreadable(item.abspath, e))
+        return Result(item, **_unreadable(item.on_disk, e, item.abspath))
     except audio.AudioError as e:
         return Result(item, error=e.code, message=str(e))
     except Exception as e:  # as in _featurize_one: one file never stops the batch
@@ -155,7 +160,7 @@ def _featurize_long(item: Item, cfg: FeatureConfig) -> Result:
     why = NO_VOICED_REGION
     if len(wins):
         try:  # the blocks again, scaled as the windows' were; read only until enough speech is found
-            blocks = (x * np.float32(survey.gain) for x in audio.cleaned_blocks(item.abspath, cfg))
+            blocks = (x * np.float32(survey.gain) for x in audio.cleaned_blocks(item.on_disk, cfg))
             why = vad.why_not_speech_in(blocks, cfg)
         except (OSError, audio.AudioError) as e:  # changed or removed since the windows were read
             return Result(item, error="decode_failed", message=f"{item.abspath}: {e}")
@@ -186,8 +191,16 @@ def windows_of(y: np.ndarray, cfg: FeatureConfig) -> features.Windows:
     return features.extract(y, cfg)
 
 
-def _unreadable(path: str, e: OSError) -> dict:
-    """The error code and message of an entry that cannot be opened as a file."""
+def _unreadable(path: str | bytes, e: OSError, shown: str | None = None) -> dict:
+    """The error code and message of an entry that cannot be opened as a file (named ``shown`` in the message)."""
+    out = _unreadable_why(path, e)
+    if shown is not None and path != shown:
+        out["message"] = out["message"].replace(os.fsdecode(path), shown, 1)
+    return out
+
+
+def _unreadable_why(path: str | bytes, e: OSError) -> dict:
+    path = os.fsdecode(path)
     if os.path.islink(path):
         target = os.readlink(path)
         if e.errno == errno.ELOOP:
@@ -243,6 +256,8 @@ def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0) ->
                 _embed(waiting, cfg)
         _gate(ungated, cfg)
         _embed(waiting, cfg)
+        for r in results:  # a link target or OS error inside a message may hold a name that is not UTF-8
+            r.message = io.as_text(r.message)
         return results
 
 

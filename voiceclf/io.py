@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import stat
 import struct
@@ -126,6 +127,45 @@ def read_pinned(path: Path, sha256: str, error: type[Exception], what: str, hint
     if found != sha256:
         raise error(f"{path}: the {what} weights have sha256 {found[:12]}…, but the features were defined with {sha256[:12]}…; {hint}")
     return data
+
+
+# ----------------------------------------------------------------------------- file names that are not UTF-8
+# A Samba or Latin-1 share holds names whose bytes are not UTF-8; Python lists them with surrogate escapes
+# ('bad\udcffname.wav'), which no UTF-8 writer (CSV, Parquet, pandas' Arrow strings) accepts. Names are
+# therefore carried as text in a documented, lossless form (README "Accepted layouts"): a byte that is not
+# UTF-8 is written \xNN, and a backslash that would read as such an escape is written \x5c. Every other name
+# is unchanged. Hand-written: Python's "backslashreplace" error handler escapes, but nothing reads it back.
+_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+_LOOKS_ESCAPED = re.compile(r"\\(?=x[0-9a-fA-F]{2})")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def name_as_text(name: str) -> str:
+    """A file name as listed by ``os`` (surrogate escapes for bytes that are not UTF-8) → text any writer takes, losslessly."""
+    if _is_utf8(name) and "\\x" not in name:
+        return name
+    name = _LOOKS_ESCAPED.sub(r"\\x5c", name)
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff" else c for c in name)
+
+
+def name_on_disk(text: str) -> str | bytes:
+    """The inverse of :func:`name_as_text`: the name to open; bytes when it is not UTF-8 (libsndfile takes bytes, not surrogates)."""
+    if "\\x" not in text:
+        return text
+    name = _ESCAPE.sub(lambda m: chr(b if (b := int(m[1], 16)) < 0x80 else 0xDC00 + b), text)
+    return name if _is_utf8(name) else os.fsencode(name)
+
+
+def as_text(value: str) -> str:
+    """Any message as text a UTF-8 writer takes: surrogate escapes (a name inside an OS error) become \\xNN."""
+    return value if _is_utf8(value) else value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # A text cell starting with one of these is a formula when the CSV is opened in a spreadsheet (a

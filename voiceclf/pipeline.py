@@ -202,7 +202,7 @@ def _hash_for_skipping(items: list[batch.Item], out: Path) -> None:
     for it in items:
         if it.sha256 is None:
             try:
-                it.sha256 = batch.sha256_file(it.abspath)
+                it.sha256 = batch.sha256_file(it.on_disk)
             except OSError:
                 pass  # unreadable, a broken link, a folder: the worker makes it an errors.csv row; a rerun tries again
 
@@ -641,7 +641,7 @@ def collect(dirs: Sequence[str | os.PathLike]) -> tuple[list[batch.Item], list[b
         if not d.is_dir():
             raise corpus.CorpusError(f"{d}: no such directory")
         for rel in corpus.list_files(d):
-            it = batch.Item(path=rel, source=str(d))
+            it = batch.Item(path=io.name_as_text(rel), source=io.name_as_text(str(d)))  # a name that is not UTF-8 as lossless text
             if any(part.startswith(".") for part in Path(rel).parts):
                 hidden.append(batch.Result(it, error="hidden", message=f"{it.abspath}: hidden file, not scored (rename it to score it)"))
             else:
