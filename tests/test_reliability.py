@@ -130,3 +130,107 @@ def test_featurize_accounts_for_files_whose_names_are_not_utf8(tmp_path):
     # the broken link has no content to hash: it alone is tried again (as for any name)
     assert again.returncode == 0 and "4 files, 3 already in" in again.stderr, again.stderr[-3000:]
     assert "reconciled" not in again.stderr
+
+
+# ----------------------------------------------------------------------------- 3. one content under two paths
+def accounted_paths(out: Path) -> dict[str, str]:
+    """path → "rows" or its errors.csv code; a path in both, or twice, fails."""
+    from voiceclf import shards
+
+    rows, _, _ = shards.read(out, with_features=False)
+    errors = shards.read_errors(out)
+    assert not errors.duplicated(["source", "path"]).any(), errors
+    found = {p: "rows" for p in rows.loc[rows["variant"] == 0, "path"].unique()}
+    assert not set(found) & set(errors["path"]), (found, errors)
+    return found | dict(zip(errors["path"], errors["error"]))
+
+
+def labelled_copies(root: Path) -> None:
+    """A label-folder corpus with a copy under another name, a copy under the other label and two empty files."""
+    for label, f0 in (("female", 220.0), ("male", 110.0)):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            sf.write(root / label / f"{label}{i}.wav", voice_clip(1.5, f0=f0 + 7 * i), 16000, subtype="PCM_16")
+    (root / "female" / "female0_copy.wav").write_bytes((root / "female" / "female0.wav").read_bytes())
+    (root / "male" / "a_female1.wav").write_bytes((root / "female" / "female1.wav").read_bytes())  # sorts first: male/ after female/
+    (root / "male" / "empty1.wav").write_bytes(b"")
+    (root / "male" / "empty2.wav").write_bytes(b"")
+
+
+EXPECTED = {"female/female0.wav": "rows", "female/female0_copy.wav": "duplicate", "female/female1.wav": "rows",
+            "male/a_female1.wav": "duplicate", "male/male0.wav": "rows", "male/male1.wav": "rows",
+            "male/empty1.wav": "empty", "male/empty2.wav": "duplicate"}
+
+
+def test_every_path_of_one_content_is_accounted_for_once_and_a_label_conflict_is_reported(tmp_path):
+    from voiceclf import shards
+
+    labelled_copies(tmp_path / "c")
+    out = tmp_path / "f"
+    proc = run_job("featurize", tmp_path / "c", "--variants", "1", "--out", out, "--jobs", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert accounted_paths(out) == EXPECTED
+    errors = shards.read_errors(out).set_index("path")
+    assert errors.loc["female/female0_copy.wav", "message"].startswith("duplicate of female/female0.wav")
+    assert "labelled male here but female there" in errors.loc["male/a_female1.wav", "message"]
+    assert "label conflict: male/a_female1.wav" in proc.stderr
+    again = run_job("featurize", tmp_path / "c", "--variants", "1", "--out", out, "--jobs", "1")
+    assert "nothing new: all 8 files are already in" in again.stderr, again.stderr[-3000:]
+    # a copy added later, and the original deleted: the copy takes its rows, its duplicate row goes
+    (tmp_path / "c" / "male" / "male1_copy.wav").write_bytes((tmp_path / "c" / "male" / "male1.wav").read_bytes())
+    (tmp_path / "c" / "female" / "female0.wav").unlink()
+    third = run_job("featurize", tmp_path / "c", "--variants", "1", "--out", out, "--jobs", "1")
+    assert third.returncode == 0 and "nothing new" not in third.stderr, third.stderr[-3000:]
+    want = {**{k: v for k, v in EXPECTED.items() if k != "female/female0.wav"}, "female/female0_copy.wav": "rows", "male/male1_copy.wav": "duplicate"}
+    assert accounted_paths(out) == want
+
+
+def test_a_run_resumed_after_a_kill_equals_a_clean_run_with_copies(tmp_path):
+    """What a kill leaves (whole shards only): the original of a copy in a shard, the copy in none. The rerun gives
+    the copy its duplicate row, and every row equals a clean run's."""
+    import shutil
+
+    from voiceclf import shards
+
+    labelled_copies(tmp_path / "c")
+    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
+    assert run_job("featurize", tmp_path / "c", "--variants", "0", "--shard-rows", "1", "--out", clean, "--jobs", "1").returncode == 0
+    shutil.copytree(clean, resumed)
+    (first, *rest) = shards.part_paths(resumed)
+    assert set(pd_read(first)["path"]) == {"female/female0.wav"}
+    for p in rest:
+        p.unlink()
+    (resumed / shards.ERRORS).unlink()
+    proc = run_job("featurize", tmp_path / "c", "--variants", "0", "--shard-rows", "1", "--out", resumed, "--jobs", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert accounted_paths(resumed) == accounted_paths(clean) == {k: v for k, v in EXPECTED.items()}
+    key = ["path", "window"]
+    a, fa, _ = shards.read(clean)
+    b, fb, _ = shards.read(resumed)
+    order_a, order_b = a.sort_values(key).index, b.sort_values(key).index
+    assert a.loc[order_a, key + ["label", "sha256"]].values.tolist() == b.loc[order_b, key + ["label", "sha256"]].values.tolist()
+    assert np.array_equal(fa[order_a], fb[order_b])
+    ea, eb = (shards.read_errors(d).sort_values("path", ignore_index=True) for d in (clean, resumed))
+    assert ea.equals(eb)
+
+
+def pd_read(path: Path):
+    import pandas as pd
+
+    return pd.read_parquet(path)
+
+
+# ----------------------------------------------------------------------------- 5. messages are not markup
+@pytest.mark.parametrize("name", ["in[/]box", "Interviews [final]", "[bold]x[/bold]"])
+def test_a_path_with_brackets_is_shown_as_typed_in_one_line(name, tmp_path):
+    missing = tmp_path / name
+    proc = run_job("score", missing, "--out", tmp_path / "r.csv")
+    line = one_line_failure(proc, 2)
+    assert f"{missing}: no such directory" in line, line
+
+
+def test_a_manifest_label_that_looks_like_markup_is_a_one_line_usage_error(tmp_path):
+    sf.write(tmp_path / "a.wav", voice_clip(1.0), 16000, subtype="PCM_16")
+    (m := tmp_path / "list.csv").write_text("path,label\na.wav,[/]\n")
+    line = one_line_failure(run_job("featurize", m, "--out", tmp_path / "f", "--jobs", "1"), 2)
+    assert "'[/]'" in line, line

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -72,6 +72,8 @@ class FeaturizeSummary:
     todo: int  # not in ``out`` before this call
     windows: int = 0
     errors: int = 0  # files (not variants) that gave no windows; their rows are in errors.csv
+    duplicates: int = 0  # files whose content another listed path holds: a ``duplicate`` row each in errors.csv (not in ``errors``)
+    label_conflicts: list[str] = field(default_factory=list)  # duplicates labelled otherwise than the path holding their content
     shards_written: int = 0
     seconds: float = 0.0
     reconciled: shards.Reconciled | None = None
@@ -207,6 +209,66 @@ def _hash_for_skipping(items: list[batch.Item], out: Path) -> None:
                 pass  # unreadable, a broken link, a folder: the worker makes it an errors.csv row; a rerun tries again
 
 
+#: errors.csv code of a path whose content another listed path holds (same sha256): its windows would train
+#: twice, and under two labels when the copies disagree. The message names the path holding the rows.
+DUPLICATE = "duplicate"
+LABEL_CONFLICT = "one of the two labels is wrong"
+
+
+class _Owners:
+    """Which path holds the rows of each content (sha256): the shards' and errors.csv's first, then the first
+    listed path met in this run, in item order. A resumed run thus makes the same choice as a clean one: shards
+    hold files in item order."""
+
+    def __init__(self, have: dict[tuple[str, str, str], str | None]) -> None:
+        self.by_hash: dict[str, tuple[tuple[str, str, str], str | None]] = {}
+        for key, label in have.items():
+            if key[2]:
+                self.by_hash.setdefault(key[2], (key, label))
+
+    def twin(self, it: batch.Item) -> batch.Result | None:
+        """A ``duplicate`` result for ``it`` when another path holds its content, else None (and ``it`` owns it)."""
+        if not it.sha256:
+            return None  # not read yet, or unreadable: nothing to compare
+        key = (it.source, it.path, it.sha256)
+        (osrc, opath, _), olabel = self.by_hash.setdefault(it.sha256, (key, it.label))
+        if (osrc, opath) == key[:2]:
+            return None
+        other = opath if osrc == it.source else os.path.join(osrc, opath)
+        msg = f"duplicate of {other} (same sha256 {it.sha256[:12]}…); its rows stand for both"
+        if olabel is not None and it.label is not None and olabel != it.label:
+            msg += f"; labelled {it.label} here but {olabel} there: {LABEL_CONFLICT}"
+        return batch.Result(it, error=DUPLICATE, message=msg)
+
+    def keep_first(self, results: list[batch.Result]) -> list[batch.Result]:
+        """Results in item order, a later path of an earlier content (and its variants) turned into its duplicate row."""
+        out, dropped = [], None
+        for r in results:
+            if r.item.variant:
+                if (r.item.source, r.item.path) != dropped:
+                    out.append(r)
+                continue
+            twin = self.twin(r.item)
+            dropped = (r.item.source, r.item.path) if twin else None
+            out.append(twin or r)
+        return out
+
+
+def _count_duplicates(results: list[batch.Result], summary: "FeaturizeSummary") -> None:
+    for r in results:
+        if r.error == DUPLICATE:
+            summary.duplicates += 1
+            if LABEL_CONFLICT in r.message:
+                summary.label_conflicts.append(f"{r.item.path}: {r.message}")
+
+
+def _add_duplicates(out: Path, twins: list[batch.Result], summary: "FeaturizeSummary") -> None:
+    """errors.csv rows for paths whose content is in ``out`` already under another path."""
+    shards.append_errors(out, [dict(path=r.item.path, error=r.error, message=r.message, source=r.item.source, sha256=r.item.sha256)
+                               for r in twins])
+    _count_duplicates(twins, summary)
+
+
 def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, variants: int, shard_rows: int, jobs: int,
                    backend: str, scheduler: str | None, wait: bool, on_progress: OnProgress) -> FeaturizeSummary:
     """One feature set of the items into one shard folder: incremental, locked, every file accounted for."""
@@ -220,10 +282,20 @@ def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, va
             raise OutputError(f"{out} holds features made with another config ({existing.feature_set}); use another output folder")
         _hash_for_skipping(items, out)
         changed = shards.reconcile(out, items)
-        done = shards.done_hashes(out)
-        todo = [it for it in items if it.sha256 not in done]
+        have = shards.accounted(out)
+        owners = _Owners(have)
+        todo, twins = [], []
+        for it in items:
+            if it.sha256 is not None and (it.source, it.path, it.sha256) in have:
+                continue  # this path with this content is in the shards or errors.csv
+            if (twin := owners.twin(it)) is not None:
+                twins.append(twin)  # content featurized already under another path: a row naming it, no work
+            else:
+                todo.append(it)
         summary = FeaturizeSummary(cfg.feature_set, out, len(items), len(todo), reconciled=changed or None)
-        log.info("featurize %s: %d files, %d already in %s, %d to do", cfg.feature_set, len(items), len(items) - len(todo), out, len(todo))
+        log.info("featurize %s: %d files, %d already in %s, %d to do", cfg.feature_set, len(items), len(items) - len(todo) - len(twins), out, len(todo))
+        if twins:
+            _add_duplicates(out, twins, summary)
         if not todo:
             return summary
         stage = f"featurize {cfg.feature_set}"
@@ -233,14 +305,16 @@ def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, va
         try:
             with _featurized(todo, cfg, jobs=jobs, backend=backend, scheduler=scheduler, variants=variants) as stream:
                 for results in stream:
+                    results = owners.keep_first(results)  # two listed paths of one content: the first in order gets the rows
                     for r in results:
                         writer.add(r)
                         summary.windows += r.n_windows
-                    originals = [r for r in results if r.item.variant == 0]
+                    _count_duplicates(results, summary)
+                    originals = [r for r in results if r.item.variant == 0 and r.error != DUPLICATE]
                     for r in originals:
                         if r.error:
                             log.warning("%s: %s", r.error, r.message)
-                    n += len(originals)
+                    n += sum(r.item.variant == 0 for r in results)
                     summary.errors += sum(r.error is not None for r in originals)
                     on_progress(Progress(stage, n, len(todo), summary.errors))
             finished = True

@@ -225,6 +225,22 @@ def done_hashes(out_dir: str | Path) -> set[str]:
     return hashes
 
 
+def accounted(out_dir: str | Path) -> dict[tuple[str, str, str], str | None]:
+    """Every file the folder accounts for: (source, path, sha256) → its label, shard files first, then errors.csv
+    rows (label None). Featurize matches files by this key: a path whose content another path holds already is
+    not "done", it gets its own ``duplicate`` row."""
+    out: dict[tuple[str, str, str], str | None] = {}
+    for p in part_paths(out_dir):
+        t = _read_table(p, columns=["source", "path", "sha256", "label"])
+        for row in zip(*(t.column(c).to_pylist() for c in ("source", "path", "sha256", "label"))):
+            out.setdefault(row[:3], row[3])
+    errors = read_errors(out_dir)
+    if {"source", "sha256"} <= set(errors.columns):
+        for key in zip(errors["source"], errors["path"], errors["sha256"]):
+            out.setdefault(key, None)
+    return out
+
+
 # What discovery says about a file, as the shard rows store it
 _ABOUT = ("path", "source", "corpus", "speaker", "label")
 
@@ -306,7 +322,9 @@ def reconcile(out_dir: str | Path, items: list[Item]) -> Reconciled:
     errors = read_errors(out_dir)
     if len(errors) and {"source", "sha256"} <= set(errors.columns):  # an errors.csv from before those columns: left alone
         now_keys = {(it.source, it.path, it.sha256 or "") for it in items}
-        stale = errors["source"].isin(sources) & ~pd.Series([k in now_keys for k in zip(errors["source"], errors["path"], errors["sha256"])], index=errors.index)
+        # a listed file whose content now has rows under its own path (its twin was deleted or changed) loses its duplicate row
+        stale = errors["source"].isin(sources) & ~pd.Series([k in now_keys and k not in taken for k in zip(errors["source"], errors["path"], errors["sha256"])],
+                                                            index=errors.index)
         if stale.any():
             out.errors_dropped = errors.loc[stale, "path"].tolist()
             io.write_csv(errors[~stale], out_dir / ERRORS)
