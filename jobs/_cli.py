@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from voiceclf import io
@@ -36,6 +37,11 @@ NEXT_STEP = {
     "server": "start it (`make server`) or unset MLFLOW_TRACKING_URI to use the local store",
     "weights": "`make setup` installs them",
 }
+
+
+def one_line(e: Exception | str) -> str:
+    """A message as one log line: a name with a newline in it (or a library's multi-line error) stays on one line."""
+    return " ".join(str(e).splitlines()) if "\n" in str(e) or "\r" in str(e) else str(e)
 
 
 class JobError(Exception):
@@ -108,16 +114,16 @@ def main_wrapper(job: str, run) -> None:
     try:
         code = run()
     except JobError as e:
-        console.print(f"[bold red]voiceclf {job}: error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]voiceclf {job}: error:[/] {escape(one_line(e))}", highlight=False, soft_wrap=True)
         code = e.code
     except (KeyboardInterrupt, Interrupted) as e:
-        console.print(f"voiceclf {job}: interrupted ({e or 'SIGINT'}); no partial output was kept, rerun to finish", highlight=False)
+        console.print(f"voiceclf {job}: interrupted ({escape(str(e) or 'SIGINT')}); no partial output was kept, rerun to finish", highlight=False, soft_wrap=True)
         code = INTERRUPTED
     except Exception as e:  # a bug: still one line for cron and Airflow, the traceback only where asked for
         if os.environ.get("VOICECLF_TRACEBACK"):
             console.print_exception()
         where = traceback.extract_tb(e.__traceback__)[-1]
-        console.print(f"[bold red]voiceclf {job}: internal error:[/] {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+        console.print(f"[bold red]voiceclf {job}: internal error:[/] {type(e).__name__}: {escape(str(e).splitlines()[0]) if str(e) else ''} "
                       f"(at {Path(where.filename).name}:{where.lineno}; VOICECLF_TRACEBACK=1 shows the traceback)", highlight=False, soft_wrap=True)
         code = FAILURE
     main = sys.modules.get("__main__")
@@ -162,7 +168,7 @@ class Reporter:
         log.info("%s: %d %s to do", self.description, self.total, self.unit)
         if self._bar:
             self._bar.start()
-            self._task = self._bar.add_task(self.description, total=self.total, rate="", errors="")
+            self._task = self._bar.add_task(escape(self.description), total=self.total, rate="", errors="")
         return self
 
     def advance(self, n: int = 1, errors: int = 0, note: str = "") -> None:
@@ -173,7 +179,7 @@ class Reporter:
         if self._bar:
             self._bar.update(
                 self._task, completed=self.done, rate=f"{self.rate:.1f} {self.unit}/s",
-                errors=f"{self.errors} errors" if self.errors else "", description=f"{self.description} {note}".strip(),
+                errors=f"{self.errors} errors" if self.errors else "", description=escape(f"{self.description} {note}".strip()),
             )
         elif self.done // self.every != before // self.every or self.done == self.total:
             log.info("%s: %d/%d %s, %d errors, %.1f %s/s %s", self.description, self.done, self.total, self.unit, self.errors, self.rate, self.unit, note)
@@ -218,9 +224,9 @@ def summary_table(title: str, rows: dict) -> None:
     if interactive():
         from rich.table import Table
 
-        t = Table(title=title, show_header=False)
-        for k, v in rows.items():
-            t.add_row(k, str(v))
+        t = Table(title=escape(title), show_header=False)
+        for k, v in rows.items():  # values hold paths: a folder named "in[/]box" is text, not markup
+            t.add_row(escape(k), escape(str(v)))
         console.print(t)
     else:
         log.info("%s: %s", title, ", ".join(f"{k}={v}" for k, v in rows.items()))

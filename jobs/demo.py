@@ -14,6 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
+from rich.markup import escape
+
 from jobs import _cli, featurize, train
 from jobs._cli import JobError
 from voiceclf import io, pipeline, synth, tracking
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     with _cli.progress_bars() as on_progress:
         trained = pipeline.train_grid([work / "features"], grids, jobs=args.jobs, on_progress=on_progress)
     train.show_table(trained.table)
-    _cli.console.print(f"registered version {trained.version} ({trained.winner.point.name}); champion: {trained.promoted} ({trained.reason})", highlight=False)
+    _cli.console.print(escape(f"registered version {trained.version} ({trained.winner.point.name}); champion: {trained.promoted} ({trained.reason})"), highlight=False, soft_wrap=True)
     step("4/5 score the recordings of unseen speakers")
     report_path = work / "report.csv"
     with _cli.progress_bars() as on_progress:
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         "report": str(report_path), "files": len(report), "scored": len(ok),
         "accuracy_on_unseen_speakers": round(accuracy, 4), "error_rows": errors["path"].tolist(),
         "seconds": round(time.perf_counter() - t0, 1),
-    }, indent=2), highlight=False)
+    }, indent=2), highlight=False, markup=False)
     _cli.console.print("next: `make ui` to compare the runs, `make score DIR=<your recordings>` to label your own files", highlight=False)
     if accuracy < 0.9:
         raise JobError(f"demo accuracy {accuracy:.3f} on unseen synthetic speakers is below 0.9", _cli.FAILURE)
