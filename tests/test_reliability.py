@@ -234,3 +234,59 @@ def test_a_manifest_label_that_looks_like_markup_is_a_one_line_usage_error(tmp_p
     (m := tmp_path / "list.csv").write_text("path,label\na.wav,[/]\n")
     line = one_line_failure(run_job("featurize", m, "--out", tmp_path / "f", "--jobs", "1"), 2)
     assert "'[/]'" in line, line
+
+
+# ----------------------------------------------------------------------------- 6. crafted headers
+def wav_declaring(path: Path, rate: int) -> Path:
+    """A real 2.25-s voice WAV whose header then declares ``rate`` Hz (36,000 frames at 1 Hz read as 10 hours)."""
+    import struct
+
+    sf.write(path, np.tile(voice_clip(0.75), 3), 16000, subtype="PCM_16")
+    b = bytearray(path.read_bytes())
+    b[24:28] = struct.pack("<I", rate)  # the fmt chunk's sample rate, then its byte rate (16-bit mono)
+    b[28:32] = struct.pack("<I", rate * 2)
+    path.write_bytes(bytes(b))
+    return path
+
+
+def test_a_header_declaring_1_hz_is_an_error_row_not_hours_of_work(pt2_store, inbox):
+    wav_declaring(inbox / "onehz.wav", 1)
+    assert sf.info(inbox / "onehz.wav").duration == 36000.0  # what libsndfile believes: 10 hours
+    proc = run_job("score", inbox, "--out", inbox.parent / "r.csv", "--jobs", "1", env={"MLFLOW_TRACKING_URI": pt2_store}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = io.read_csv(inbox.parent / "r.csv").set_index("path")
+    row = report.loc[str(inbox / "onehz.wav")]
+    assert row["status"] == "error" and row["error"].startswith("corrupt:") and "1 Hz" in row["error"], row["error"]
+    assert report.loc[str(inbox / "a.wav"), "status"] == "ok"
+
+
+@pytest.mark.parametrize("limit, value, expected", [("VOICECLF_MAX_HOLD_SAMPLES", "20000", None),
+                                                    ("VOICECLF_MAX_DECODE_SAMPLES", "20000", "too_big"),
+                                                    ("VOICECLF_MAX_STREAM_S", "1", "too_long")])
+def test_file_limits_are_checked_on_the_header(limit, value, expected, tmp_path, monkeypatch):
+    """Above the samples one worker may hold, a file is streamed in blocks of that size; above the samples a file may
+    decode, or the streamed length, it is an error row naming the limit."""
+    from voiceclf import audio, batch
+    from voiceclf.config import FeatureConfig
+
+    y = np.stack([voice_clip(2.0), voice_clip(2.0)], axis=1)  # 2 s x 2 channels: 64,000 samples
+    sf.write(tmp_path / "st.wav", y, 16000, subtype="PCM_16")
+    monkeypatch.setenv(limit, value)
+    monkeypatch.setenv("VOICECLF_MAX_HOLD_SAMPLES", "20000")  # streamed: the stream limit applies to it
+    (r,) = batch.featurize_batch([batch.Item(path="st.wav", source=str(tmp_path))], FeatureConfig())
+    if expected is None:
+        assert r.error is None and r.n_windows > 0, r.message
+        with pytest.raises(audio.TooBigError, match="VOICECLF_MAX_HOLD_SAMPLES"):
+            audio.load(tmp_path / "st.wav")
+        blocks = list(audio.cleaned_blocks(tmp_path / "st.wav", block_s=30.0))
+        assert len(blocks) > 1  # 30-s blocks would be one: the hold limit cut them
+    else:
+        assert r.error == expected and limit in r.message, r.message
+
+
+def test_a_bad_limit_setting_names_its_variable(monkeypatch):
+    from voiceclf.config import ConfigError, FileLimits
+
+    monkeypatch.setenv("VOICECLF_MAX_STREAM_S", "lots")
+    with pytest.raises(ConfigError, match="VOICECLF_MAX_STREAM_S"):
+        FileLimits.from_env()

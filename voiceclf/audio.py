@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from voiceclf.config import FeatureConfig
+from voiceclf.config import FeatureConfig, FileLimits
 
 __all__ = [
     "Audio",
@@ -29,6 +29,7 @@ __all__ = [
     "CorruptAudioError",
     "EmptyAudioError",
     "NotAudioError",
+    "TooBigError",
     "TooLongError",
     "clean",
     "cleaned_blocks",
@@ -96,6 +97,29 @@ class TooLongError(AudioError):
     """
 
     code = "too_long"
+
+
+class TooBigError(AudioError):
+    """The header declares more samples (frames x channels) than one file may decode (``FileLimits.decode_samples``)."""
+
+    code = "too_big"
+
+
+def check_header(name: str, f: sf.SoundFile, limits: FileLimits, streamed: bool) -> None:
+    """Refuse a header that declares what no recording needs, before a sample is decoded (see FileLimits).
+
+    ``streamed``: the recording will be read in blocks, so its length is capped by ``limits.stream_s``.
+    """
+    sr, frames, channels = f.samplerate, max(f.frames, 0), f.channels
+    if sr < limits.min_sample_rate:
+        raise CorruptAudioError(name, f"the header declares {sr} Hz, below {limits.min_sample_rate} Hz: no voice fits in it, the header "
+                                      "is damaged or crafted (VOICECLF_MIN_SAMPLE_RATE)")
+    if frames * channels > limits.decode_samples:
+        raise TooBigError(name, f"the header declares {frames} frames x {channels} channels ({frames / sr:.0f} s at {sr} Hz), above the "
+                                f"limit of {limits.decode_samples} decoded samples per file (VOICECLF_MAX_DECODE_SAMPLES)")
+    if streamed and frames / sr > limits.stream_s:
+        raise TooLongError(name, f"the header declares {frames / sr:.0f} s, above the limit of {limits.stream_s:g} s "
+                                 "(VOICECLF_MAX_STREAM_S)")
 
 
 class LongRecording(Exception):
@@ -344,6 +368,9 @@ def load(
     TooLongError
         Header duration above ``cfg.max_duration_s`` (code ``"too_long"``); checked before
         decoding so a huge file costs no memory.
+    TooBigError
+        The header declares more samples than ``FileLimits`` allow (code ``"too_big"``); past
+        ``FileLimits.hold_samples`` only when ``stream_above_s`` is None (else LongRecording: stream it).
     OSError
         ``data`` is None and the file cannot be read (missing, a folder, no permission).
     """
@@ -367,9 +394,16 @@ def load(
     except _SF_ERRORS as e:
         raise _sf_error(name, head, e) from None
     with f:
+        limits = FileLimits.from_env()
+        check_header(name, f, limits, streamed=False)
         duration = f.frames / f.samplerate
-        if stream_above_s is not None and duration > stream_above_s:
+        # more samples than one worker should hold (many channels at a high rate): streamed in bounded blocks instead
+        too_many = f.frames * f.channels > limits.hold_samples
+        if stream_above_s is not None and (duration > stream_above_s or too_many):
             raise LongRecording(name)
+        if too_many:
+            raise TooBigError(name, f"{f.frames} frames x {f.channels} channels are more than {limits.hold_samples} samples to hold "
+                                    "at once (VOICECLF_MAX_HOLD_SAMPLES); stream it (audio.cleaned_blocks)")
         if duration > cfg.max_duration_s:
             raise TooLongError(
                 name,
@@ -431,9 +465,13 @@ def cleaned_blocks(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig()
     sos, zi = _highpass_sos(cfg.sample_rate, float(cfg.highpass_hz), cfg.highpass_order)
     state, dc, frames = None, 0.0, 0
     with sound:
+        limits = FileLimits.from_env()
+        check_header(name, sound, limits, streamed=True)
         sr = sound.samplerate
         resampler = soxr.ResampleStream(sr, cfg.sample_rate, 1, dtype="float32", quality="HQ") if sr != cfg.sample_rate else None
-        blocks = sound.blocks(blocksize=max(1, int(block_s * sr)), dtype="float32", always_2d=True)
+        # a block holds at most limits.hold_samples: many channels at a high rate get shorter blocks
+        blocksize = max(1, min(int(block_s * sr), limits.hold_samples // max(sound.channels, 1)))
+        blocks = sound.blocks(blocksize=blocksize, dtype="float32", always_2d=True)
         while True:
             try:
                 block = next(blocks, None)
