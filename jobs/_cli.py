@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -81,6 +82,8 @@ def setup_logging(verbose: bool = False) -> None:
                             force=True)
     for noisy in ("mlflow", "alembic", "urllib3", "distributed", "numba", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # MLflow logs a database error with its traceback, then raises it; the job reports it in one line (tracking.store_error)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 _terminated: str | None = None
@@ -122,9 +125,12 @@ def main_wrapper(job: str, run) -> None:
     except Exception as e:  # a bug: still one line for cron and Airflow, the traceback only where asked for
         if os.environ.get("VOICECLF_TRACEBACK"):
             console.print_exception()
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        console.print(f"[bold red]voiceclf {job}: internal error:[/] {type(e).__name__}: {escape(str(e).splitlines()[0]) if str(e) else ''} "
-                      f"(at {Path(where.filename).name}:{where.lineno}; VOICECLF_TRACEBACK=1 shows the traceback)", highlight=False, soft_wrap=True)
+        if (line := store_failure(e)) is not None:  # not a bug: the tracking store's database is locked, damaged or full
+            console.print(f"[bold red]voiceclf {job}: error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        else:
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            console.print(f"[bold red]voiceclf {job}: internal error:[/] {type(e).__name__}: {escape(str(e).splitlines()[0]) if str(e) else ''} "
+                          f"(at {Path(where.filename).name}:{where.lineno}; VOICECLF_TRACEBACK=1 shows the traceback)", highlight=False, soft_wrap=True)
         code = FAILURE
     main = sys.modules.get("__main__")
     if OWNS_PROCESS or getattr(getattr(main, "__spec__", None), "name", None) == f"jobs.{job}":
@@ -134,6 +140,20 @@ def main_wrapper(job: str, run) -> None:
         # writers. Not when a job's main is called inside another program (or the tests), whose objects it would pin.
         gc.freeze()
     sys.exit(code)
+
+
+#: errno values of a full disk or quota (EFBIG: a file-size limit): the output's folder cannot take the write.
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def store_failure(e: BaseException) -> str | None:
+    """One line for an error of the tracking store's database that reached the job raw (locked, damaged, full), else None."""
+    if "mlflow" not in sys.modules:  # no store was opened
+        return None
+    from voiceclf.tracking import store_error
+
+    found = store_error(e)
+    return None if found is None else str(found)
 
 
 @contextlib.contextmanager

@@ -91,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
         raise JobError(f"{e} (--allow-outside-paths accepts them)" if e.outside_paths else str(e), _cli.USAGE) from None
     except (shards.ShardError, ConfigError, parallel.EngineError, pipeline.OutputError, io.UnsafeOutputError) as e:
         raise JobError.of(e, _cli.USAGE) from None
+    except OSError as e:
+        if e.errno not in _cli.DISK_FULL:
+            raise
+        raise JobError(f"cannot write {args.out}: {e.strerror}; the whole shards written so far are kept: free space and rerun to "
+                       "resume", _cli.FAILURE) from None
     errors = 0
     for s in summaries:
         report(s)

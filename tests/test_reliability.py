@@ -290,3 +290,76 @@ def test_a_bad_limit_setting_names_its_variable(monkeypatch):
     monkeypatch.setenv("VOICECLF_MAX_STREAM_S", "lots")
     with pytest.raises(ConfigError, match="VOICECLF_MAX_STREAM_S"):
         FileLimits.from_env()
+
+
+# ----------------------------------------------------------------------------- 7. full disks, locked and damaged stores
+@pytest.fixture()
+def tiny_fs(tmp_path):
+    """A real filesystem that fills up: a tmpfs mounted on tmp_path/fs (root only); mount options from the test."""
+    mounted = []
+
+    def mount(options: str) -> Path:
+        where = tmp_path / f"fs{len(mounted)}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_score_keeps_a_finished_report_its_full_disk_cannot_take(tiny_fs, pt2_store, inbox, tmp_path):
+    disk = tiny_fs("size=4m,nr_inodes=2")  # room for the lock file and nothing else: the report's write fails, ENOSPC
+    (rescue := tmp_path / "tmp").mkdir()
+    out = disk / "report.csv"
+    proc = run_job("score", inbox, "--out", out, "--jobs", "1", env={"MLFLOW_TRACKING_URI": pt2_store, "TMPDIR": rescue}, process=True)
+    line = one_line_failure(proc, 1)
+    assert f"cannot write {out}: No space left on device" in line and "internal error" not in line, line
+    (kept,) = rescue.glob("voiceclf-report-*.csv")
+    assert str(kept) in line
+    report = io.read_csv(kept)
+    assert report["path"].tolist() == [str(inbox / "a.wav")] and report["status"].tolist() == ["ok"]
+    assert sorted(p.name for p in disk.iterdir()) == []  # neither a partial report nor the lock is left
+
+
+def test_score_refuses_a_full_disk_before_any_work(tiny_fs, inbox):
+    disk = tiny_fs("size=256k")
+    (disk / "filler").write_bytes(b"\0" * (200 << 10))
+    line = one_line_failure(run_job("score", inbox, "--out", disk / "r.csv", "--jobs", "1"), 2)
+    assert f"cannot write {disk / 'r.csv'}" in line and "KB free" in line, line
+
+
+def test_featurize_on_a_full_disk_is_one_line_naming_its_output(tiny_fs, inbox):
+    disk = tiny_fs("size=4m,nr_inodes=2")
+    line = one_line_failure(run_job("featurize", inbox, "--allow-unlabelled", "--variants", "0", "--out", disk, "--jobs", "1"), 1)
+    assert f"cannot write {disk}: No space left on device" in line and "rerun to resume" in line, line
+
+
+def test_a_locked_store_is_one_line_naming_it(pt2_store, inbox, tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(pt2_store.removeprefix("sqlite:///"), isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        proc = run_job("score", inbox, "--out", tmp_path / "r.csv", "--jobs", "1", env={"MLFLOW_TRACKING_URI": pt2_store})
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    line = one_line_failure(proc, 1)
+    assert f"tracking store {pt2_store}: database is locked" in line and "internal error" not in line, line
+
+
+def test_a_damaged_store_is_one_line_naming_it(pt2_store, inbox, tmp_path):
+    import shutil
+
+    shutil.copy(pt2_store.removeprefix("sqlite:///"), damaged := tmp_path / "mlflow.db")
+    data = bytearray(damaged.read_bytes())
+    data[100:8192] = b"\x13" * (8192 - 100)  # the schema page and the next: what a torn write or a bad sector leaves
+    damaged.write_bytes(bytes(data))
+    uri = f"sqlite:///{damaged}"
+    line = one_line_failure(run_job("score", inbox, "--out", tmp_path / "r.csv", "--jobs", "1", env={"MLFLOW_TRACKING_URI": uri}), 1)
+    assert f"tracking store {uri}: " in line and "malformed" in line and "internal error" not in line, line

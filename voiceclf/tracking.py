@@ -49,6 +49,37 @@ class ServerUnreachable(TrackingError):
     missing = "server"
 
 
+class StoreError(TrackingError):
+    """The tracking store's database cannot be used: locked by another process, damaged, or its disk full."""
+
+
+def store_error(e: BaseException) -> StoreError | None:
+    """A StoreError naming the store when ``e`` (or what it wraps) is an error of the store's database, else None.
+
+    MLflow wraps SQLAlchemy's errors (themselves wrapping sqlite3's) in an MlflowException, or lets them through
+    raw: found by the exception chain, so that a locked store is never reported as "no model registered".
+    """
+    import sqlite3
+
+    chain, seen = [], e
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    db = next((x for x in chain if isinstance(x, sqlite3.Error) or type(x).__module__.startswith("sqlalchemy.")), None)
+    if db is None:
+        return None
+    reason = (str(getattr(db, "orig", None) or db).strip().splitlines() or [type(db).__name__])[0]
+    if "locked" in reason:
+        step = "another process holds it (a run writing, an `mlflow ui` on it): retry when it is done, or share a tracking server (`make server`)"
+    elif "malformed" in reason or "not a database" in reason:
+        step = "the database file is damaged: restore it from a backup, or point MLFLOW_TRACKING_URI at another store"
+    elif "full" in reason or "disk I/O" in reason:
+        step = "its disk is full or failing: free space and rerun"
+    else:
+        step = "check the store (VOICECLF_TRACEBACK=1 shows the traceback)"
+    return StoreError(f"tracking store {mlflow.get_tracking_uri()}: {reason}; {step}")
+
+
 def store_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the tracking store failed mid-run (e.g. the server died)."""
     import requests
@@ -110,7 +141,7 @@ def experiment_id(name: str = EXPERIMENT) -> str:
         client.set_experiment_tag(exp_id, "mlflow.note.content", EXPERIMENT_DESCRIPTION)
         return exp_id
     except MlflowException as e:
-        raise TrackingError(f"tracking store {mlflow.get_tracking_uri()}: {e.message}") from None
+        raise (store_error(e) or TrackingError(f"tracking store {mlflow.get_tracking_uri()}: {e.message}")) from None
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, str]:
@@ -376,7 +407,9 @@ def _model_version(model_uri: str):
         if "/" in ref and ref.split("/", 1)[1].isdigit():
             return client.get_model_version(*ref.split("/", 1))
         return None
-    except MlflowException:
+    except MlflowException as e:
+        if (broken := store_error(e)) is not None:
+            raise broken from None
         if not alias and "/" in ref and _registered(name := ref.split("/", 1)[0]):
             raise TrackingError(f"version {ref.split('/', 1)[1]} of model {name} does not exist in {mlflow.get_tracking_uri()} (versions: {_versions(name)})") from None
         raise NoChampion(f"no model registered as {name}{'@' + alias if alias else ''} in {mlflow.get_tracking_uri()}") from None
@@ -391,6 +424,8 @@ def registered_config(model_uri: str) -> tuple[str, str, FeatureConfig] | None:
     try:
         mv = _model_version(model_uri)
         return None if mv is None else (mv.name, str(mv.version), FeatureConfig.from_json(mv.tags["feature_config"]))
+    except StoreError:
+        raise
     except (TrackingError, MlflowException, KeyError, ConfigError, ValueError):
         return None
 
