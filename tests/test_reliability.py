@@ -363,3 +363,19 @@ def test_a_damaged_store_is_one_line_naming_it(pt2_store, inbox, tmp_path):
     uri = f"sqlite:///{damaged}"
     line = one_line_failure(run_job("score", inbox, "--out", tmp_path / "r.csv", "--jobs", "1", env={"MLFLOW_TRACKING_URI": uri}), 1)
     assert f"tracking store {uri}: " in line and "malformed" in line and "internal error" not in line, line
+
+
+# ----------------------------------------------------------------------------- 15. no advice to allow pickles
+@pytest.mark.parametrize("state_dict", [False, True])
+def test_the_refusal_of_a_pickle_does_not_advise_allowing_pickles(state_dict, monkeypatch):
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+
+    from voiceclf import tracking
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    with pytest.raises(MlflowException) as ei:  # MLflow's own refusal, as a tampered archive gets it
+        mlflow.pytorch._load_by_pickle_check(state_dict)
+    assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" in str(ei.value.message)
+    line = tracking._one_line(ei.value)
+    assert "MLFLOW_ALLOW_PICKLE" not in line and "pickle" in line and "never loads pickles" in line, line

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import threading
 import time
@@ -498,8 +499,16 @@ def _versions(name: str) -> str:
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(getattr(e, "message", None) or e).strip()
+    text = _without_pickle_advice(str(getattr(e, "message", None) or e).strip())
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _without_pickle_advice(text: str) -> str:
+    """MLflow's refusal of a pickle, without its advice to allow pickles: voiceclf never does (a pickle can run code)."""
+    if "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" not in text:
+        return text
+    kept = [s for s in re.split(r"(?<=\.)\s+", text) if "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" not in s]
+    return " ".join(kept + ["voiceclf never loads pickles, which can run code when loaded."])
 
 
 def _inside(local: str, relative) -> str | None:
