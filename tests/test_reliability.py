@@ -379,3 +379,25 @@ def test_the_refusal_of_a_pickle_does_not_advise_allowing_pickles(state_dict, mo
     assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" in str(ei.value.message)
     line = tracking._one_line(ei.value)
     assert "MLFLOW_ALLOW_PICKLE" not in line and "pickle" in line and "never loads pickles" in line, line
+
+
+# ----------------------------------------------------------------------------- 11. outside paths, resolved
+@pytest.mark.parametrize("link", ["folder", "file"])
+def test_a_manifest_path_through_a_link_that_leads_outside_is_refused(link, tmp_path):
+    from voiceclf import corpus
+
+    (elsewhere := tmp_path / "elsewhere").mkdir()
+    sf.write(elsewhere / "x.wav", voice_clip(1.0), 16000, subtype="PCM_16")
+    (m := tmp_path / "m").mkdir()
+    sf.write(m / "in.wav", voice_clip(1.1), 16000, subtype="PCM_16")
+    if link == "folder":
+        (m / "sub").symlink_to(elsewhere)
+        cell = "sub/x.wav"
+    else:
+        (m / "x.wav").symlink_to(elsewhere / "x.wav")
+        cell = "x.wav"
+    (m / "list.csv").write_text(f"path,label\nin.wav,female\n{cell},male\n")
+    with pytest.raises(corpus.CorpusError, match="outside") as ei:
+        corpus.discover(m / "list.csv")
+    assert f"'{cell}'" in str(ei.value)
+    assert sorted(corpus.discover(m / "list.csv", allow_outside_paths=True)["path"]) == sorted(["in.wav", cell])

@@ -247,6 +247,7 @@ def _manifest(csv_path: Path, require_labels: bool, allow_outside_paths: bool = 
         raise CorpusError(f"{csv_path}: cannot read the manifest ({e})") from None
 
     rows, bad_label, bad_path, outside, twice = [], [], [], [], []
+    real_folder = os.path.realpath(folder)
     seen: dict[str, tuple[int, str | None]] = {}  # path relative to the folder → (first line, its label)
     for line, rec in records:
         cell = (rec.get("path") or "").strip()
@@ -256,8 +257,11 @@ def _manifest(csv_path: Path, require_labels: bool, allow_outside_paths: bool = 
             bad_label.append(f"line {line}: {raw_label!r}")
         full = Path(cell) if Path(cell).is_absolute() else folder / cell
         rel = Path(os.path.relpath(full, folder)).as_posix()  # "./a.wav", "sub/../a.wav" and "a.wav" are one file
-        # a manifest names files of its own folder: one elsewhere is more often a mistake (or another corpus) than meant
-        if cell and not allow_outside_paths and (Path(cell).is_absolute() or rel == ".." or rel.startswith("../")):
+        # a manifest names files of its own folder: one elsewhere is more often a mistake (or another corpus) than meant.
+        # Checked on the resolved path too: a symbolic link inside the folder (to a folder or a file) can lead out of it.
+        real = os.path.relpath(os.path.realpath(full), real_folder)
+        leaves = rel == ".." or rel.startswith("../") or real == ".." or real.startswith("../")
+        if cell and not allow_outside_paths and (Path(cell).is_absolute() or leaves):
             outside.append(f"line {line}: {cell!r}")
             continue
         if not cell or not full.is_file():
