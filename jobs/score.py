@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -92,6 +93,23 @@ def check_outputs(out: Path, segments: Path | None) -> None:
         raise JobError(f"--out and --segments are the same file ({out}); the segments would overwrite the report", _cli.USAGE)
 
 
+def own_outputs(report, outputs: list[Path]):
+    """``report`` without the rows of the job's own files: an output inside a scored folder (``--out inbox/report.csv``),
+    its lock and its temp files would be rows, and the next night last night's report a ``not_audio`` one."""
+    own, beside = set(), {}
+    for path in outputs:
+        real = os.path.realpath(path)
+        own.add(real)
+        beside.setdefault(os.path.dirname(real), []).append(re.compile(rf"^\.{re.escape(os.path.basename(real))}\.(lock|[0-9a-f]{{24}}\.tmp)$"))
+
+    def is_own(p: str) -> bool:
+        real = os.path.realpath(os.fsdecode(io.name_on_disk(p)))
+        return real in own or any(rx.match(os.path.basename(real)) for rx in beside.get(os.path.dirname(real), []))
+
+    mine = report["path"].map(is_own)
+    return report[~mine].reset_index(drop=True) if mine.any() else report
+
+
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
     check_outputs(args.out, args.segments)
@@ -102,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             res = pipeline.score_dirs(args.dirs, model_uri=args.model_uri, tracking_uri=args.tracking_uri, threshold=args.threshold,
                                       jobs=args.jobs, device=args.device, backend=args.backend, scheduler=args.scheduler,
                                       on_progress=on_progress)
+            res.report = own_outputs(res.report, [p for p in (args.out, args.segments) if p is not None])
             write_or_rescue(res.report, args.out, "report")
             if args.segments:
                 write_or_rescue(res.segments, args.segments, "segments")

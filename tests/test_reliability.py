@@ -401,3 +401,31 @@ def test_a_manifest_path_through_a_link_that_leads_outside_is_refused(link, tmp_
         corpus.discover(m / "list.csv")
     assert f"'{cell}'" in str(ei.value)
     assert sorted(corpus.discover(m / "list.csv", allow_outside_paths=True)["path"]) == sorted(["in.wav", cell])
+
+
+# ----------------------------------------------------------------------------- 9, 10. one folder twice; the job's own outputs
+def test_a_folder_given_twice_is_scored_once_and_the_jobs_own_outputs_are_no_rows(pt2_store, inbox, tmp_path):
+    sf.write(inbox / "b.wav", voice_clip(1.2, f0=220), 16000, subtype="PCM_16")
+    other = tmp_path / "x"
+    other.mkdir()
+    spellings = [inbox, f"{inbox}/", other / ".." / inbox.name]
+    for night in (1, 2):  # the second night finds the first night's report in the folder
+        proc = run_job("score", *spellings, "--out", inbox / "report.csv", "--segments", inbox / "seg.csv", "--jobs", "1",
+                       env={"MLFLOW_TRACKING_URI": pt2_store})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = io.read_csv(inbox / "report.csv")
+        assert sorted(os.path.basename(p) for p in report["path"]) == ["a.wav", "b.wav"], (night, report["path"].tolist())
+    assert "given twice" in proc.stderr
+
+
+def test_featurize_lists_a_folder_given_twice_once_and_skips_its_own_output_inside_it(inbox, tmp_path):
+    from voiceclf import shards
+
+    out = inbox / "features"
+    for night in (1, 2):
+        proc = run_job("featurize", inbox, f"{inbox}/", "--allow-unlabelled", "--variants", "0", "--out", out, "--jobs", "1")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    rows, _, _ = shards.read(out, with_features=False)
+    assert rows["path"].unique().tolist() == ["a.wav"] and not rows.duplicated(["path", "window"]).any()
+    assert not (out / shards.ERRORS).exists()
+    assert "nothing new: all 1 files" in proc.stderr, proc.stderr[-2000:]

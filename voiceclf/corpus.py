@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -17,6 +18,8 @@ import pandas as pd
 
 from voiceclf import audio, io
 from voiceclf.config import LABELS
+
+log = logging.getLogger("voiceclf")
 
 __all__ = ["CorpusError", "discover", "list_files", "normalise_label", "AUDIOMNIST_META"]
 
@@ -135,6 +138,19 @@ def list_files(root: str | os.PathLike) -> list[str]:
         for fn in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             out.append(Path(dirpath, fn).relative_to(base).as_posix())  # FIFOs, sockets and devices too: reported, not read
     return sorted(out)
+
+
+def unique_sources(sources) -> list:
+    """``sources`` without the ones that are the same folder or file as an earlier one (``base``, ``base/``,
+    ``../x/base``, a link to it): each would list every file again. The first spelling given is kept."""
+    seen: dict[str, object] = {}
+    for src in sources:
+        real = os.path.realpath(src)
+        if real in seen:
+            log.warning("%s is %s again (given twice): listed once", src, seen[real])
+            continue
+        seen[real] = src
+    return list(seen.values())
 
 
 def _subdirs(root: Path) -> list[Path]:

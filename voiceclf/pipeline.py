@@ -86,7 +86,7 @@ class FeaturizeSummary:
 def discover(sources: Sequence[str | os.PathLike], allow_unlabelled: bool = False, allow_outside_paths: bool = False) -> list[batch.Item]:
     """Every file of every source as an Item; speaker ids are made unique across corpora."""
     items: list[batch.Item] = []
-    for src in sources:
+    for src in corpus.unique_sources(sources):
         df = corpus.discover(src, require_labels=not allow_unlabelled, allow_outside_paths=allow_outside_paths)
         for row in df.itertuples(index=False):
             # two corpora's "01" are two people
@@ -156,7 +156,7 @@ def featurize_dir(
     sets, only when a folder holds something to skip or reconcile; otherwise each worker hashes the bytes
     it decodes. Every file is accounted for: a row in the shards or in ``errors.csv``.
     """
-    items = discover(sources, allow_unlabelled, allow_outside_paths)
+    items = _not_inside(discover(sources, allow_unlabelled, allow_outside_paths), Path(out))
     cfgs = [FeatureConfig.for_feature_set(fs) for fs in feature_sets]
     for cfg in cfgs:  # the speech detector and encoder these features name, checked before any work
         _check_weights(cfg)
@@ -169,6 +169,16 @@ def featurize_dir(
                        scheduler=scheduler, wait=wait, on_progress=on_progress)
         for cfg, o in zip(cfgs, outs)
     ]
+
+
+def _not_inside(items: list[batch.Item], out: Path) -> list[batch.Item]:
+    """The items that are not in the output folder: shards, errors.csv and the lock of an output inside a source are
+    the job's own files, not recordings (a rerun would list them as not_audio rows)."""
+    real_out = os.path.realpath(out)
+    keep = [it for it in items if os.path.commonpath([real_out, os.path.realpath(os.fsdecode(it.on_disk))]) != real_out]
+    if len(keep) < len(items):
+        log.info("featurize: %d file(s) in the output folder %s itself are not featurized", len(items) - len(keep), out)
+    return keep
 
 
 @contextlib.contextmanager
@@ -711,7 +721,7 @@ class ScoreResult:
 def collect(dirs: Sequence[str | os.PathLike]) -> tuple[list[batch.Item], list[batch.Result]]:
     """Every file under the folders: items to featurize, and hidden files reported (never skipped silently)."""
     items, hidden = [], []
-    for d in map(Path, dirs):
+    for d in map(Path, corpus.unique_sources(dirs)):  # a folder given twice is scored once
         if not d.is_dir():
             raise corpus.CorpusError(f"{d}: no such directory")
         for rel in corpus.list_files(d):
