@@ -26,7 +26,8 @@ LOCKED = 3  # another run holds the lock on the same output
 FILE_ERRORS = 4  # --fail-on-error and at least one file failed
 INTERRUPTED = 130  # SIGINT/SIGTERM: nothing partial was left under a final name; rerun to finish
 
-console = Console(stderr=True)
+# soft_wrap: a message is one line whatever the width; without a terminal rich would wrap it at 80 columns
+console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("voiceclf")
 
 
@@ -67,6 +68,14 @@ def interactive() -> bool:
     return console.is_terminal and not os.environ.get("CI")
 
 
+class OneLineFormatter(logging.Formatter):
+    """Each record is one line of a cron or Airflow log: a newline inside it (a file named with one, a library's
+    multi-line message or traceback) is written as \\n, so a log reader never takes its second half for another record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Timestamped plain lines for cron and Airflow logs; on a terminal, rich lines that print above the progress bars.
 
@@ -78,8 +87,9 @@ def setup_logging(verbose: bool = False) -> None:
 
         logging.basicConfig(level=level, format="%(message)s", datefmt="%X", handlers=[RichHandler(console=console, show_path=False)], force=True)
     else:
-        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr,
-                            force=True)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(OneLineFormatter("%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"))
+        logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("mlflow", "alembic", "urllib3", "distributed", "numba", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # MLflow logs a database error with its traceback, then raises it; the job reports it in one line (tracking.store_error)

@@ -429,3 +429,34 @@ def test_featurize_lists_a_folder_given_twice_once_and_skips_its_own_output_insi
     assert rows["path"].unique().tolist() == ["a.wav"] and not rows.duplicated(["path", "window"]).any()
     assert not (out / shards.ERRORS).exists()
     assert "nothing new: all 1 files" in proc.stderr, proc.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- 13. one line per log line
+def test_without_a_terminal_every_message_is_one_line_naming_its_file(tmp_path):
+    import re
+
+    (inbox := tmp_path / "in").mkdir()
+    sf.write(inbox / "a.wav", voice_clip(1.2), 16000, subtype="PCM_16")
+    (inbox / "two\nlines.wav").write_text("not audio\n")
+    out = tmp_path / ("a-long-output-folder-name-" * 4)
+    proc = run_job("featurize", inbox, "--allow-unlabelled", "--variants", "0", "--out", out, "--jobs", "1", process=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    stamped = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d voiceclf ")
+    assert all(stamped.match(line) for line in lines), lines  # no record spills onto a line of its own
+    assert any("two\\nlines.wav" in line and "not_audio" in line for line in lines), lines
+    missing = tmp_path / ("a-folder-whose-name-is-longer-than-eighty-columns-" * 3)
+    proc = run_job("score", missing, "--out", tmp_path / "r.csv", process=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and str(missing) in proc.stderr, proc.stderr
+
+
+def test_a_warning_raised_while_a_file_is_decoded_names_the_file(tmp_path, caplog):
+    import warnings
+
+    from voiceclf import batch
+
+    with caplog.at_level("WARNING", logger="voiceclf"):
+        with batch.warnings_naming(str(tmp_path / "x.mp3")):
+            warnings.warn("overflow encountered\nin square", RuntimeWarning)
+    (record,) = caplog.records
+    assert record.getMessage().startswith(f"{tmp_path / 'x.mp3'}: RuntimeWarning: overflow encountered in square")

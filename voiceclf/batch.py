@@ -6,11 +6,14 @@ file never stops a batch.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
+import logging
 import os
 import stat
+import warnings
 import dataclasses
 from dataclasses import dataclass
 
@@ -19,6 +22,8 @@ from threadpoolctl import ThreadpoolController
 
 from voiceclf import audio, features, io, longfile, vad
 from voiceclf.config import FeatureConfig
+
+_log = logging.getLogger("voiceclf")
 
 
 @dataclass
@@ -222,6 +227,18 @@ def _unreadable_why(path: str | bytes, e: OSError) -> dict:
     return dict(error="unreadable", message=f"{path}: {e.strerror or e}")
 
 
+@contextlib.contextmanager
+def warnings_naming(path: str):
+    """Python warnings raised while ``path`` is decoded (numpy overflow on extreme samples, a decoder's note) as one
+    log line each that names the file: printed by a worker as they are, they named no file and took two lines."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        _log.warning("%s: %s: %s (at %s:%d)", io.as_text(path).replace("\n", "\\n"), w.category.__name__, text, os.path.basename(w.filename), w.lineno)
+
+
 def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0) -> list[Result]:
     """Worker entry point: the results of every item, in order (variants follow their original).
 
@@ -238,13 +255,14 @@ def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0) ->
             torch.set_num_threads(1)
         results, waiting, ungated = [], [], []
         for it in items:
-            if variants > 0 and it.label is not None:  # its variants wait for the gate's verdict on the recording
-                out = featurize_file(it, cfg, variants)
-            else:
-                r, samples = _featurize_one(it, cfg, gate=False)
-                out = [r]
-                if r.n_windows and samples is not None:
-                    ungated.append((r, samples))
+            with warnings_naming(it.abspath):
+                if variants > 0 and it.label is not None:  # its variants wait for the gate's verdict on the recording
+                    out = featurize_file(it, cfg, variants)
+                else:
+                    r, samples = _featurize_one(it, cfg, gate=False)
+                    out = [r]
+                    if r.n_windows and samples is not None:
+                        ungated.append((r, samples))
             for r in out:
                 results.append(r)
                 if cfg.is_embedding and r.n_windows:
