@@ -262,7 +262,7 @@ def test_errors_csv_cells_cannot_be_formulas_and_a_rerun_still_skips_them(tmp_pa
     src.mkdir()
     sf.write(src / "good.wav", voice_clip(1.5), 16000, subtype="PCM_16")
     for name in FORMULA_NAMES[:3]:
-        (src / name).write_text("not audio\n")
+        (src / name).write_text(f"not audio: {name}\n")  # each its own content (equal ones would be duplicate rows)
     run_job("featurize", src, "--allow-unlabelled", "--variants", "0", "--out", out, check=True)
     assert sorted(raw_cells(out / "errors.csv", "path")) == sorted("'" + n for n in FORMULA_NAMES[:3])
     assert sorted(shards.read_errors(out)["path"]) == sorted(FORMULA_NAMES[:3])
