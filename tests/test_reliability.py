@@ -460,3 +460,32 @@ def test_a_warning_raised_while_a_file_is_decoded_names_the_file(tmp_path, caplo
             warnings.warn("overflow encountered\nin square", RuntimeWarning)
     (record,) = caplog.records
     assert record.getMessage().startswith(f"{tmp_path / 'x.mp3'}: RuntimeWarning: overflow encountered in square")
+
+
+# ----------------------------------------------------------------------------- 14. reasons that say what happened
+def test_misleading_reasons_say_what_happened(tmp_path):
+    import io as stdio
+
+    from voiceclf import batch
+    from voiceclf.config import FeatureConfig
+
+    clip = voice_clip(1.5)
+    sf.write(tmp_path / "inverted.wav", np.stack([clip, -clip], axis=1), 16000, subtype="PCM_16")
+    y = voice_clip(1.5, sr=44100).astype(np.float64)
+    sf.write(tmp_path / "huge_float.wav", (y / np.abs(y).max() * 3e38).astype(np.float32), 44100, subtype="FLOAT")
+    buf = stdio.BytesIO()
+    sf.write(buf, clip, 16000, format="WAV", subtype="PCM_16")
+    wav = bytearray(buf.getvalue())
+    at = wav.index(b"data")
+    wav[at + 4 : at + 8] = b"\0\0\0\0"  # a recorder that never wrote the data size
+    (tmp_path / "no_size.wav").write_bytes(bytes(wav))
+    buf = stdio.BytesIO()
+    sf.write(buf, clip, 16000, format="MP3")
+    (tmp_path / "tiny.mp3").write_bytes(buf.getvalue()[:60])
+    names = ["inverted.wav", "huge_float.wav", "no_size.wav", "tiny.mp3"]
+    results = {r.item.path: r for r in batch.featurize_batch([batch.Item(path=n, source=str(tmp_path)) for n in names], FeatureConfig())}
+    assert results["inverted.wav"].error == "channels_cancel" and "phase-inverted" in results["inverted.wav"].message
+    assert results["huge_float.wav"].error is None and results["huge_float.wav"].n_windows > 0, results["huge_float.wav"].message
+    assert results["no_size.wav"].error == "corrupt" and "declares no audio frames" in results["no_size.wav"].message
+    assert results["tiny.mp3"].error == "corrupt" and "does not exist" not in results["tiny.mp3"].message
+    assert "truncated" in results["tiny.mp3"].message

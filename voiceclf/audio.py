@@ -26,6 +26,7 @@ from voiceclf.config import FeatureConfig, FileLimits
 __all__ = [
     "Audio",
     "AudioError",
+    "ChannelsCancelError",
     "CorruptAudioError",
     "EmptyAudioError",
     "NotAudioError",
@@ -97,6 +98,12 @@ class TooLongError(AudioError):
     """
 
     code = "too_long"
+
+
+class ChannelsCancelError(AudioError):
+    """The channels are (nearly) opposite: their mean, the mono downmix, is silence although each channel is not."""
+
+    code = "channels_cancel"
 
 
 class TooBigError(AudioError):
@@ -174,6 +181,10 @@ def _sf_error(path: str, head: bytes, err: Exception) -> AudioError:
     """Map a soundfile/libsndfile failure to the typed error, by the file's magic bytes."""
     # soundfile's message starts with "Error opening <BytesIO ...>:"; keep libsndfile's reason.
     reason = str(err).rsplit(": ", 1)[-1] if "Error opening" in str(err) else str(err)
+    if "does not exist or is not a regular file" in reason:
+        # libsndfile's words when its MP3 decoder finds no whole frame in what it was given (a truncated or
+        # 60-byte MP3): the file exists, it is only too short or damaged to hold a frame
+        reason = "no complete audio frame in it: the file is truncated or damaged"
     if _looks_like_audio_container(head):
         return CorruptAudioError(path, f"looks like audio but cannot be decoded ({reason})")
     return NotAudioError(
@@ -415,12 +426,23 @@ def load(
         except _SF_ERRORS as e:
             raise _sf_error(name, head, e) from None
         if y.shape[0] == 0:
+            if size > 1024:  # a header that says no frames, with data after it: the recorder never wrote the size
+                raise CorruptAudioError(name, f"the header declares no audio frames, but the file holds {size} bytes: its size "
+                                              f"field was never written (a recording cut off?); header {f.format}/{f.subtype}")
             raise EmptyAudioError(name, f"no audio frames (header: {f.format}/{f.subtype})")
     if not np.all(np.isfinite(y)):
         raise CorruptAudioError(name, "decoded samples contain NaN or infinity")
 
     duration_s = y.shape[0] / sr
+    peak = float(np.max(np.abs(y))) if y.size else 0.0
+    if peak > 1.0:
+        # float audio far outside [-1, 1] (up to ±3e38) overflows the resampler and the filters; clean() normalises
+        # the peak anyway, so scaling first changes nothing else
+        y = y / np.float32(peak)
     mono = y.mean(axis=1, dtype=np.float32)
+    if y.shape[1] > 1 and peak > 0 and float(np.max(np.abs(mono))) < 1e-3 * float(np.max(np.abs(y))):
+        raise ChannelsCancelError(name, "its channels cancel out when mixed to mono (one of them is phase-inverted): nothing is left "
+                               "to hear; fix the polarity of one channel")
     if sr != cfg.sample_rate:
         mono = resample(mono, sr, cfg.sample_rate)
     return Audio(
