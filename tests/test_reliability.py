@@ -179,10 +179,18 @@ def test_every_path_of_one_content_is_accounted_for_once_and_a_label_conflict_is
     # a copy added later, and the original deleted: the copy takes its rows, its duplicate row goes
     (tmp_path / "c" / "male" / "male1_copy.wav").write_bytes((tmp_path / "c" / "male" / "male1.wav").read_bytes())
     (tmp_path / "c" / "female" / "female0.wav").unlink()
+    (tmp_path / "c" / "male" / "empty1.wav").unlink()  # the other empty file is now the one: its own reason
     third = run_job("featurize", tmp_path / "c", "--variants", "1", "--out", out, "--jobs", "1")
     assert third.returncode == 0 and "nothing new" not in third.stderr, third.stderr[-3000:]
-    want = {**{k: v for k, v in EXPECTED.items() if k != "female/female0.wav"}, "female/female0_copy.wav": "rows", "male/male1_copy.wav": "duplicate"}
+    gone = ("female/female0.wav", "male/empty1.wav")
+    want = {**{k: v for k, v in EXPECTED.items() if k not in gone}, "female/female0_copy.wav": "rows", "male/male1_copy.wav": "duplicate",
+            "male/empty2.wav": "empty"}
     assert accounted_paths(out) == want
+    fresh = tmp_path / "fresh"  # and all of it as a clean run has it
+    assert run_job("featurize", tmp_path / "c", "--variants", "1", "--out", fresh, "--jobs", "1").returncode == 0
+    assert accounted_paths(fresh) == want
+    fourth = run_job("featurize", tmp_path / "c", "--variants", "1", "--out", out, "--jobs", "1")
+    assert "nothing new: all 7 files are already in" in fourth.stderr, fourth.stderr[-3000:]
 
 
 def test_a_run_resumed_after_a_kill_equals_a_clean_run_with_copies(tmp_path):

@@ -272,11 +272,11 @@ def _count_duplicates(results: list[batch.Result], summary: "FeaturizeSummary") 
                 summary.label_conflicts.append(f"{r.item.path}: {r.message}")
 
 
-def _add_duplicates(out: Path, twins: list[batch.Result], summary: "FeaturizeSummary") -> None:
-    """errors.csv rows for paths whose content is in ``out`` already under another path."""
+def _add_duplicates(out: Path, twins: list[batch.Result], summary: "FeaturizeSummary", known: set[tuple[str, str, str]]) -> None:
+    """errors.csv rows for paths whose content is in ``out`` already under another path; the summary counts the new ones."""
     shards.append_errors(out, [dict(path=r.item.path, error=r.error, message=r.message, source=r.item.source, sha256=r.item.sha256)
                                for r in twins])
-    _count_duplicates(twins, summary)
+    _count_duplicates([r for r in twins if (r.item.source, r.item.path, r.item.sha256) not in known], summary)
 
 
 def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, variants: int, shard_rows: int, jobs: int,
@@ -292,6 +292,7 @@ def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, va
             raise OutputError(f"{out} holds features made with another config ({existing.feature_set}); use another output folder")
         _hash_for_skipping(items, out)
         changed = shards.reconcile(out, items)
+        known_twins = shards.pop_errors(out, DUPLICATE, {it.source for it in items})  # derived again below
         have = shards.accounted(out)
         owners = _Owners(have)
         todo, twins = [], []
@@ -303,9 +304,10 @@ def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, va
             else:
                 todo.append(it)
         summary = FeaturizeSummary(cfg.feature_set, out, len(items), len(todo), reconciled=changed or None)
-        log.info("featurize %s: %d files, %d already in %s, %d to do", cfg.feature_set, len(items), len(items) - len(todo) - len(twins), out, len(todo))
+        new_twins = sum((r.item.source, r.item.path, r.item.sha256) not in known_twins for r in twins)
+        log.info("featurize %s: %d files, %d already in %s, %d to do", cfg.feature_set, len(items), len(items) - len(todo) - new_twins, out, len(todo))
         if twins:
-            _add_duplicates(out, twins, summary)
+            _add_duplicates(out, twins, summary, known_twins)
         if not todo:
             return summary
         stage = f"featurize {cfg.feature_set}"

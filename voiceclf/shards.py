@@ -225,6 +225,22 @@ def done_hashes(out_dir: str | Path) -> set[str]:
     return hashes
 
 
+def pop_errors(out_dir: str | Path, code: str, sources: set[str]) -> set[tuple[str, str, str]]:
+    """Remove the errors.csv rows with error ``code`` of ``sources``; returns their (source, path, sha256) keys.
+
+    Featurize derives its ``duplicate`` rows anew on every run: one whose twin was deleted or changed since
+    must not stay, or a resumed folder would differ from a clean run's."""
+    errors = read_errors(out_dir)
+    if not len(errors) or not {"source", "sha256"} <= set(errors.columns):
+        return set()
+    drop = (errors["error"] == code) & errors["source"].isin(sources)
+    if not drop.any():
+        return set()
+    keys = set(zip(errors.loc[drop, "source"], errors.loc[drop, "path"], errors.loc[drop, "sha256"]))
+    io.write_csv(errors[~drop], Path(out_dir) / ERRORS)
+    return keys
+
+
 def accounted(out_dir: str | Path) -> dict[tuple[str, str, str], str | None]:
     """Every file the folder accounts for: (source, path, sha256) → its label, shard files first, then errors.csv
     rows (label None). Featurize matches files by this key: a path whose content another path holds already is
