@@ -3,19 +3,28 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STAMP := .venv/.voiceclf-installed
 
-DATA ?= $(error set DATA=<corpus folder or manifest.csv>)
+DATA ?=
 OUT ?=
 FEATURES ?= features
-DIR ?= $(error set DIR=<folder of recordings>)
+DIR ?=
 JOBS ?= -1
 HOST ?= 127.0.0.1
 PORT ?= 5000
+FEATURE_SETS ?= mfcc_pitch,speaker_embedding
+VARIANTS ?=
+AUGMENT ?=
 
 .PHONY: setup test demo features train score ui server bench airflow-check clean
 
-# A value as one shell word, whatever it holds (spaces, quotes, $(...)): make DIR="my inbox" works, and
-# a value is never run as shell code.
-q = '$(subst ','\'',$(1))'
+# A value is data, never make code nor shell code: `make score DIR='x$$(shell ...)'` or DIR='rec$$2024' arrive
+# as typed. A value given on the command line or in the environment is taken unexpanded ($(value ...)) into
+# a simple variable, which make never expands again; the recipes read it from the environment, quoted
+# ("$$DIR"), so the shell does not run it either. (Quoting for the shell inside make's text was not enough:
+# make itself expanded $(...) in a value before any shell saw it, even under `make -n`.)
+USER_VARS := DATA OUT FEATURES DIR JOBS HOST PORT FEATURE_SETS VARIANTS AUGMENT
+$(foreach v,$(USER_VARS),$(if $(filter command line environment environment override,$(origin $(v))),$(eval override $(v) := $$(value $(v)))))
+override VARIANTS := $(or $(VARIANTS),$(AUGMENT))
+export $(USER_VARS)
 
 setup: $(STAMP)
 
@@ -42,26 +51,28 @@ demo: setup
 	$(PY) -m jobs.demo
 
 # One shard folder per feature set under OUT (default features/): both model families train from them.
-# DATA is a list of corpora (folders or manifest .csv files), separated by spaces: all of them in one call.
-FEATURE_SETS ?= mfcc_pitch,speaker_embedding
+# DATA is a list of corpora (folders or manifest .csv files), separated by spaces: all of them in one call
+# (split into words by the shell, with globbing off: set -f).
 features: setup
-	$(PY) -m jobs.featurize $(foreach d,$(DATA),$(call q,$(d))) --out $(call q,$(or $(OUT),features)) --feature-set $(call q,$(FEATURE_SETS)) --jobs $(call q,$(JOBS))$(if $(or $(VARIANTS),$(AUGMENT)), --variants $(call q,$(or $(VARIANTS),$(AUGMENT))))
+	@test -n "$$DATA" || { echo 'make features: set DATA=<corpus folder or manifest.csv>' >&2; exit 2; }
+	set -f; $(PY) -m jobs.featurize $$DATA --out "$${OUT:-features}" --feature-set "$$FEATURE_SETS" --jobs "$$JOBS" $${VARIANTS:+--variants "$$VARIANTS"}
 
 train: setup
-	$(PY) -m jobs.train --features $(call q,$(FEATURES)) --jobs $(call q,$(JOBS))
+	$(PY) -m jobs.train --features "$$FEATURES" --jobs "$$JOBS"
 
 score: setup
-	$(PY) -m jobs.score $(call q,$(DIR)) --out $(call q,$(or $(OUT),report.csv)) --jobs $(call q,$(JOBS))
+	@test -n "$$DIR" || { echo 'make score: set DIR=<folder of recordings>' >&2; exit 2; }
+	$(PY) -m jobs.score "$$DIR" --out "$${OUT:-report.csv}" --jobs "$$JOBS"
 
 # The MLflow UI on the embedded store, on loopback: compare the grid's runs side by side.
 ui: setup
-	mkdir -p mlruns && .venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host $(HOST) --port $(PORT)
+	mkdir -p mlruns && .venv/bin/mlflow ui --backend-store-uri "sqlite:///$$PWD/mlruns/mlflow.db" --host "$$HOST" --port "$$PORT"
 
 # A tracking server for a team: SQLite backend in mlruns/server.db, artifacts stored and served by the
 # server. Point the jobs at it with MLFLOW_TRACKING_URI=http://$(HOST):$(PORT).
 server: setup
-	mkdir -p mlruns && .venv/bin/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlruns/server.db \
-		--artifacts-destination $(CURDIR)/mlruns/server-artifacts --host $(HOST) --port $(PORT)
+	mkdir -p mlruns && .venv/bin/mlflow server --backend-store-uri "sqlite:///$$PWD/mlruns/server.db" \
+		--artifacts-destination "$$PWD/mlruns/server-artifacts" --host "$$HOST" --port "$$PORT"
 
 bench: setup
 	$(PY) -m bench.run

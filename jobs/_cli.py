@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -12,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from voiceclf import io
@@ -24,7 +26,8 @@ LOCKED = 3  # another run holds the lock on the same output
 FILE_ERRORS = 4  # --fail-on-error and at least one file failed
 INTERRUPTED = 130  # SIGINT/SIGTERM: nothing partial was left under a final name; rerun to finish
 
-console = Console(stderr=True)
+# soft_wrap: a message is one line whatever the width; without a terminal rich would wrap it at 80 columns
+console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("voiceclf")
 
 
@@ -36,6 +39,11 @@ NEXT_STEP = {
     "server": "start it (`make server`) or unset MLFLOW_TRACKING_URI to use the local store",
     "weights": "`make setup` installs them",
 }
+
+
+def one_line(e: Exception | str) -> str:
+    """A message as one log line: a name with a newline in it (or a library's multi-line error) stays on one line."""
+    return " ".join(str(e).splitlines()) if "\n" in str(e) or "\r" in str(e) else str(e)
 
 
 class JobError(Exception):
@@ -60,6 +68,14 @@ def interactive() -> bool:
     return console.is_terminal and not os.environ.get("CI")
 
 
+class OneLineFormatter(logging.Formatter):
+    """Each record is one line of a cron or Airflow log: a newline inside it (a file named with one, a library's
+    multi-line message or traceback) is written as \\n, so a log reader never takes its second half for another record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Timestamped plain lines for cron and Airflow logs; on a terminal, rich lines that print above the progress bars.
 
@@ -71,10 +87,13 @@ def setup_logging(verbose: bool = False) -> None:
 
         logging.basicConfig(level=level, format="%(message)s", datefmt="%X", handlers=[RichHandler(console=console, show_path=False)], force=True)
     else:
-        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr,
-                            force=True)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(OneLineFormatter("%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"))
+        logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("mlflow", "alembic", "urllib3", "distributed", "numba", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # MLflow logs a database error with its traceback, then raises it; the job reports it in one line (tracking.store_error)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 _terminated: str | None = None
@@ -108,17 +127,20 @@ def main_wrapper(job: str, run) -> None:
     try:
         code = run()
     except JobError as e:
-        console.print(f"[bold red]voiceclf {job}: error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]voiceclf {job}: error:[/] {escape(one_line(e))}", highlight=False, soft_wrap=True)
         code = e.code
     except (KeyboardInterrupt, Interrupted) as e:
-        console.print(f"voiceclf {job}: interrupted ({e or 'SIGINT'}); no partial output was kept, rerun to finish", highlight=False)
+        console.print(f"voiceclf {job}: interrupted ({escape(str(e) or 'SIGINT')}); no partial output was kept, rerun to finish", highlight=False, soft_wrap=True)
         code = INTERRUPTED
     except Exception as e:  # a bug: still one line for cron and Airflow, the traceback only where asked for
         if os.environ.get("VOICECLF_TRACEBACK"):
             console.print_exception()
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        console.print(f"[bold red]voiceclf {job}: internal error:[/] {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                      f"(at {Path(where.filename).name}:{where.lineno}; VOICECLF_TRACEBACK=1 shows the traceback)", highlight=False, soft_wrap=True)
+        if (line := store_failure(e)) is not None:  # not a bug: the tracking store's database is locked, damaged or full
+            console.print(f"[bold red]voiceclf {job}: error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        else:
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            console.print(f"[bold red]voiceclf {job}: internal error:[/] {type(e).__name__}: {escape(str(e).splitlines()[0]) if str(e) else ''} "
+                          f"(at {Path(where.filename).name}:{where.lineno}; VOICECLF_TRACEBACK=1 shows the traceback)", highlight=False, soft_wrap=True)
         code = FAILURE
     main = sys.modules.get("__main__")
     if OWNS_PROCESS or getattr(getattr(main, "__spec__", None), "name", None) == f"jobs.{job}":
@@ -130,6 +152,20 @@ def main_wrapper(job: str, run) -> None:
     sys.exit(code)
 
 
+#: errno values of a full disk or quota (EFBIG: a file-size limit): the output's folder cannot take the write.
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def store_failure(e: BaseException) -> str | None:
+    """One line for an error of the tracking store's database that reached the job raw (locked, damaged, full), else None."""
+    if "mlflow" not in sys.modules:  # no store was opened
+        return None
+    from voiceclf.tracking import store_error
+
+    found = store_error(e)
+    return None if found is None else str(found)
+
+
 @contextlib.contextmanager
 def output_lock(target: str | Path, wait: bool = False):
     """:func:`voiceclf.io.lock` on ``target``; a second run on the same output exits with LOCKED."""
@@ -138,6 +174,8 @@ def output_lock(target: str | Path, wait: bool = False):
             yield
     except io.LockedError as e:
         raise JobError(f"{e}; rerun with --wait to queue behind it", LOCKED) from None
+    except io.UnsafeOutputError as e:
+        raise JobError(str(e), USAGE) from None
 
 
 class Reporter:
@@ -160,7 +198,7 @@ class Reporter:
         log.info("%s: %d %s to do", self.description, self.total, self.unit)
         if self._bar:
             self._bar.start()
-            self._task = self._bar.add_task(self.description, total=self.total, rate="", errors="")
+            self._task = self._bar.add_task(escape(self.description), total=self.total, rate="", errors="")
         return self
 
     def advance(self, n: int = 1, errors: int = 0, note: str = "") -> None:
@@ -171,7 +209,7 @@ class Reporter:
         if self._bar:
             self._bar.update(
                 self._task, completed=self.done, rate=f"{self.rate:.1f} {self.unit}/s",
-                errors=f"{self.errors} errors" if self.errors else "", description=f"{self.description} {note}".strip(),
+                errors=f"{self.errors} errors" if self.errors else "", description=escape(f"{self.description} {note}".strip()),
             )
         elif self.done // self.every != before // self.every or self.done == self.total:
             log.info("%s: %d/%d %s, %d errors, %.1f %s/s %s", self.description, self.done, self.total, self.unit, self.errors, self.rate, self.unit, note)
@@ -216,9 +254,9 @@ def summary_table(title: str, rows: dict) -> None:
     if interactive():
         from rich.table import Table
 
-        t = Table(title=title, show_header=False)
-        for k, v in rows.items():
-            t.add_row(k, str(v))
+        t = Table(title=escape(title), show_header=False)
+        for k, v in rows.items():  # values hold paths: a folder named "in[/]box" is text, not markup
+            t.add_row(escape(k), escape(str(v)))
         console.print(t)
     else:
         log.info("%s: %s", title, ", ".join(f"{k}={v}" for k, v in rows.items()))

@@ -17,6 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
+from rich.markup import escape
+
 from jobs import _cli, featurize, train
 from jobs._cli import JobError
 from voiceclf import io, pipeline, synth, tracking
@@ -70,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
                                       jobs=args.jobs, on_progress=on_progress)
     train.show_table(trained.table)
     model_uri = tracking.champion_uri(args.model_name)
-    _cli.console.print(f"registered {args.model_name} version {trained.version} ({trained.winner.point.name}); champion: {trained.promoted} "
-                       f"({trained.reason}); experiment {args.experiment}", highlight=False)
+    _cli.console.print(escape(f"registered {args.model_name} version {trained.version} ({trained.winner.point.name}); champion: {trained.promoted} "
+                              f"({trained.reason}); experiment {args.experiment}"), highlight=False, soft_wrap=True)
     step("4/5 score the recordings of unseen speakers")
     report_path = work / "report.csv"
     with _cli.progress_bars() as on_progress:
@@ -88,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
         "report": str(report_path), "files": len(report), "scored": len(ok),
         "accuracy_on_unseen_speakers": round(accuracy, 4), "error_rows": errors["path"].tolist(),
         "seconds": round(time.perf_counter() - t0, 1),
-    }, indent=2), highlight=False)
-    _cli.console.print(f"next: `make ui` to compare the runs (experiment {args.experiment}); `make score DIR=<your recordings>` labels your own "
-                       f"files with {tracking.MODEL_NAME}@{tracking.ALIAS} once `make train` made one (the demo's model: --model-uri {model_uri})",
-                       highlight=False)
+    }, indent=2), highlight=False, markup=False)
+    _cli.console.print(escape(f"next: `make ui` to compare the runs (experiment {args.experiment}); `make score DIR=<your recordings>` labels your own "
+                              f"files with {tracking.MODEL_NAME}@{tracking.ALIAS} once `make train` made one (the demo's model: --model-uri {model_uri})"),
+                       highlight=False, soft_wrap=True)
     if accuracy < 0.9:
         raise JobError(f"demo accuracy {accuracy:.3f} on unseen synthetic speakers is below 0.9", _cli.FAILURE)
     return _cli.OK

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.markup import escape
+
 from jobs import _cli
 from jobs._cli import JobError, log
 from voiceclf import corpus, io, parallel, pipeline, shards
@@ -87,8 +89,13 @@ def run(args: argparse.Namespace) -> int:
         raise JobError.of(e, _cli.FAILURE) from None
     except corpus.CorpusError as e:
         raise JobError(f"{e} (--allow-outside-paths accepts them)" if e.outside_paths else str(e), _cli.USAGE) from None
-    except (shards.ShardError, ConfigError, parallel.EngineError, pipeline.OutputError) as e:
+    except (shards.ShardError, ConfigError, parallel.EngineError, pipeline.OutputError, io.UnsafeOutputError) as e:
         raise JobError.of(e, _cli.USAGE) from None
+    except OSError as e:
+        if e.errno not in _cli.DISK_FULL:
+            raise
+        raise JobError(f"cannot write {args.out}: {e.strerror}; the whole shards written so far are kept: free space and rerun to "
+                       "resume", _cli.FAILURE) from None
     errors = 0
     for s in summaries:
         report(s)
@@ -105,11 +112,16 @@ def report(s: pipeline.FeaturizeSummary) -> None:
                     len(changed.relabelled), _few(changed.relabelled), len(changed.updated), _few(changed.updated),
                     len(changed.removed), _few(changed.removed), len(changed.errors_dropped), _few(changed.errors_dropped),
                     changed.shards_rewritten)
-    if not s.todo:
-        _cli.console.print(f"nothing new: all {s.files} files are already in {s.out}", highlight=False)
+    if s.duplicates:
+        log.warning("%d file(s) have the content of another listed file: a `duplicate` row each in %s names it",
+                    s.duplicates, s.out / shards.ERRORS)
+    for conflict in s.label_conflicts:
+        log.warning("label conflict: %s", conflict)
+    if not s.todo and not s.duplicates:
+        _cli.console.print(f"nothing new: all {s.files} files are already in {escape(str(s.out))}", highlight=False, soft_wrap=True)
         return
     _cli.summary_table(f"featurize summary ({s.feature_set})", {
-        "files": s.todo, "windows": s.windows, "errors": s.errors, "shards written": s.shards_written,
+        "files": s.todo, "windows": s.windows, "errors": s.errors, "duplicates": s.duplicates, "shards written": s.shards_written,
         "seconds": f"{s.seconds:.1f}", "files/s": f"{s.files_per_s:.1f}", "output": str(s.out),
     })
     if s.errors:

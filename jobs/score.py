@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 from jobs import _cli
@@ -47,12 +51,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+#: Free bytes an output's disk must have before any work: a disk already full is found before a long batch, not after.
+MIN_FREE_BYTES = 1 << 20
+
+
 def check_writable(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise JobError(f"cannot write {path}: folder {parent} does not exist", _cli.USAGE)
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise JobError(f"cannot write {path}: permission denied", _cli.USAGE)
+    free = shutil.disk_usage(parent).free
+    if free < MIN_FREE_BYTES:
+        raise JobError(f"cannot write {path}: its disk has {free // 1024} KB free; free some space first", _cli.USAGE)
+
+
+def write_or_rescue(table, path: Path, what: str) -> None:
+    """Write a finished table to ``path``; if its disk cannot take it, keep it in the temp folder and say where.
+
+    The work of a long batch is in this table: a full disk at the last step must not lose it."""
+    try:
+        io.write_csv(table, path, float_format="%.6g")
+        return
+    except OSError as e:
+        reason = f"cannot write {path}: {e.strerror or e}"
+    rescue = Path(tempfile.gettempdir()) / f"voiceclf-{what}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.csv"
+    try:
+        io.write_csv(table, rescue, float_format="%.6g")
+    except OSError as e:
+        raise JobError(f"{reason}; keeping it in {rescue.parent} failed too ({e.strerror or e}): the {what} of {len(table)} rows is lost, "
+                       "free space and rerun", _cli.FAILURE) from None
+    raise JobError(f"{reason}; the {what} ({len(table)} rows) was kept in {rescue}: move it into place once there is room", _cli.FAILURE)
 
 
 def check_outputs(out: Path, segments: Path | None) -> None:
@@ -62,6 +91,23 @@ def check_outputs(out: Path, segments: Path | None) -> None:
             raise JobError(f"{flag} {path} is a folder; give a file name (e.g. {path / 'report.csv'})", _cli.USAGE)
     if segments is not None and segments.resolve() == out.resolve():
         raise JobError(f"--out and --segments are the same file ({out}); the segments would overwrite the report", _cli.USAGE)
+
+
+def own_outputs(report, outputs: list[Path]):
+    """``report`` without the rows of the job's own files: an output inside a scored folder (``--out inbox/report.csv``),
+    its lock and its temp files would be rows, and the next night last night's report a ``not_audio`` one."""
+    own, beside = set(), {}
+    for path in outputs:
+        real = os.path.realpath(path)
+        own.add(real)
+        beside.setdefault(os.path.dirname(real), []).append(re.compile(rf"^\.{re.escape(os.path.basename(real))}\.(lock|[0-9a-f]{{24}}\.tmp)$"))
+
+    def is_own(p: str) -> bool:
+        real = os.path.realpath(os.fsdecode(io.name_on_disk(p)))
+        return real in own or any(rx.match(os.path.basename(real)) for rx in beside.get(os.path.dirname(real), []))
+
+    mine = report["path"].map(is_own)
+    return report[~mine].reset_index(drop=True) if mine.any() else report
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,9 +120,10 @@ def run(args: argparse.Namespace) -> int:
             res = pipeline.score_dirs(args.dirs, model_uri=args.model_uri, tracking_uri=args.tracking_uri, threshold=args.threshold,
                                       jobs=args.jobs, device=args.device, backend=args.backend, scheduler=args.scheduler,
                                       on_progress=on_progress)
-            io.write_csv(res.report, args.out, float_format="%.6g")
+            res.report = own_outputs(res.report, [p for p in (args.out, args.segments) if p is not None])
+            write_or_rescue(res.report, args.out, "report")
             if args.segments:
-                io.write_csv(res.segments, args.segments, float_format="%.6g")
+                write_or_rescue(res.segments, args.segments, "segments")
     except (corpus.CorpusError, parallel.EngineError, DataError) as e:  # DataError: --device cuda without CUDA, as in train
         raise JobError.of(e, _cli.USAGE) from None
     except (tracking.TrackingError, pipeline.ModelError) as e:

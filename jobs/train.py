@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 
 from jobs import _cli
 from jobs._cli import JobError, log
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("winner %s (run %s); not registered (--no-register)", w.point.name, out.winner_run_id)
     elif out.promoted:
         _cli.console.print(f"registered {tracking.MODEL_NAME} version {out.version} as [bold]models:/{tracking.MODEL_NAME}@{tracking.ALIAS}[/] "
-                           f"({w.point.name}: test_score {w.test['test_score']:.3f}, run {out.winner_run_id}; {out.reason})", highlight=False)
+                           f"({escape(w.point.name)}: test_score {w.test['test_score']:.3f}, run {out.winner_run_id}; {escape(str(out.reason))})", highlight=False, soft_wrap=True)
     else:
         log.warning("registered %s version %d WITHOUT the %s alias: %s (--force-promote overrides)", tracking.MODEL_NAME, out.version,
                     tracking.ALIAS, out.reason)
@@ -122,7 +123,7 @@ def show_table(table: pd.DataFrame) -> None:
     for c in table.columns:
         t.add_column(c)
     for row in table.itertuples(index=False):
-        t.add_row(*["" if v is None or (isinstance(v, float) and np.isnan(v)) else (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in row])
+        t.add_row(*[escape("" if v is None or (isinstance(v, float) and np.isnan(v)) else (f"{v:.4f}" if isinstance(v, float) else str(v))) for v in row])
     _cli.console.print(t)
 
 

@@ -247,7 +247,7 @@ def test_manifest_paths_outside_its_folder_are_refused_unless_allowed(tmp_path):
     from voiceclf import corpus
 
     _wav(tmp_path / "m" / "in.wav")
-    _wav(tmp_path / "elsewhere.wav")
+    _wav(tmp_path / "elsewhere.wav", seconds=1.3)  # another content: one content under two paths is one row and a duplicate
     m = tmp_path / "m" / "list.csv"
     m.write_text(f"path,label\nin.wav,female\n../elsewhere.wav,male\n{tmp_path / 'm' / 'in.wav'},female\n")
     with pytest.raises(corpus.CorpusError, match="outside") as ei:

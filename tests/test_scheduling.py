@@ -224,14 +224,16 @@ def dag_constants(tree: ast.Module) -> dict:
 
 
 def test_dag_tasks_run_in_the_voiceclf_home_the_variable_names_else_this_repo(dag_tree):
-    """cwd renders to the Airflow Variable voiceclf_home when it is set, else to the repo holding the DAG."""
+    """$VOICECLF_HOME renders to the Airflow Variable voiceclf_home when it is set, else to the repo holding the DAG; no task
+    sets cwd=, which BashOperator renders as a template only from Airflow 2.9 (the DAG says 2.4+)."""
     jinja2 = pytest.importorskip("jinja2")
     consts = dag_constants(dag_tree)
     variables = type("Vars", (), {"get": lambda self, key, default=None: store.get(key, default)})()
     for op in calls_named(dag_tree, "BashOperator"):
+        assert kwarg(op, "cwd") is None, ast.literal_eval(kwarg(op, "task_id"))
         for store, want in (({}, os.environ.get("VOICECLF_HOME") or str(REPO)), ({"voiceclf_home": "/srv/voiceclf"}, "/srv/voiceclf")):
-            cwd = jinja2.Environment().from_string(consts[kwarg(op, "cwd").id]).render(var={"value": variables})
-            assert cwd == want, (ast.literal_eval(kwarg(op, "task_id")), store, cwd)
+            home = jinja2.Environment().from_string(consts[kwarg(op, "env").id]["VOICECLF_HOME"]).render(var={"value": variables})
+            assert home == want, (ast.literal_eval(kwarg(op, "task_id")), store, home)
 
 
 def test_dag_commands_call_the_project_entry_points(dag_tree):
@@ -239,8 +241,8 @@ def test_dag_commands_call_the_project_entry_points(dag_tree):
     used = set()
     for op in calls_named(dag_tree, "BashOperator"):
         task = ast.literal_eval(kwarg(op, "task_id"))
-        assert kwarg(op, "cwd") is not None, f"{task}: runs in the repo root"
         cmd = text_of(kwarg(op, "bash_command"), dag_tree)
+        assert 'cd -- "$VOICECLF_HOME"' in cmd, f"{task}: runs in the repo root"
         assert f".venv/bin/python -m jobs.{task} " in cmd, cmd
         # params are data: environment variables the command quotes, never text pasted into the shell
         assert "params." not in cmd and "{{" not in cmd and "{%" not in cmd, cmd
@@ -260,6 +262,7 @@ def rendered_tasks(dag_tree, params: dict, **ctx) -> dict[str, tuple[str, dict]]
     jenv = jinja2.Environment(undefined=jinja2.StrictUndefined)
     run = type("DagRun", (), {"run_after": datetime(2025, 1, 3)})()
     consts = dag_constants(dag_tree)
+    ctx.setdefault("var", {"value": {}})  # no Airflow Variable set
     out = {}
     for op in calls_named(dag_tree, "BashOperator"):
         render = lambda text: jenv.from_string(text).render(params=params, dag_run=run, **ctx)  # noqa: E731
@@ -294,8 +297,9 @@ def test_dag_params_reach_the_jobs_as_data_never_as_shell_code(dag_tree, tmp_pat
     stub = home / ".venv" / "bin" / "python"
     stub.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "argv-$2"\n')
     stub.chmod(0o755)
-    for task, (cmd, env) in rendered_tasks(dag_tree, params, ds="2025-01-02").items():
-        proc = subprocess.run(["bash", "-c", cmd], cwd=home, env={**os.environ, **env}, capture_output=True, text=True)
+    for task, (cmd, env) in rendered_tasks(dag_tree, params, ds="2025-01-02", var={"value": {"voiceclf_home": str(home)}}).items():
+        assert env["VOICECLF_HOME"] == str(home)
+        proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
     argv = {t: (home / f"argv-jobs.{t}").read_text().splitlines()[2:] for t in ("featurize", "train", "score")}
     assert argv["featurize"] == [f"--out={params['features_dir']}", "--feature-set=mfcc_pitch,speaker_embedding", "--", params["data_dir"]]

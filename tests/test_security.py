@@ -262,7 +262,7 @@ def test_errors_csv_cells_cannot_be_formulas_and_a_rerun_still_skips_them(tmp_pa
     src.mkdir()
     sf.write(src / "good.wav", voice_clip(1.5), 16000, subtype="PCM_16")
     for name in FORMULA_NAMES[:3]:
-        (src / name).write_text("not audio\n")
+        (src / name).write_text(f"not audio: {name}\n")  # each its own content (equal ones would be duplicate rows)
     run_job("featurize", src, "--allow-unlabelled", "--variants", "0", "--out", out, check=True)
     assert sorted(raw_cells(out / "errors.csv", "path")) == sorted("'" + n for n in FORMULA_NAMES[:3])
     assert sorted(shards.read_errors(out)["path"]) == sorted(FORMULA_NAMES[:3])
@@ -457,28 +457,41 @@ def test_outputs_follow_the_umask_and_no_lock_file_is_left(umask, pt2_store, inb
 
 
 # ----------------------------------------------------------------------------- make
-@pytest.mark.parametrize("target, var, flag", [("score", "DIR", None), ("score", "OUT", "--out"), ("features", "DATA", None), ("train", "FEATURES", "--features")])
-def test_make_passes_a_value_as_one_word_never_as_shell_code(target, var, flag, tmp_path):
+def make(*args, tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """``make ARGS`` in the repo with the job's python replaced by a stub that writes its argv to tmp_path/argv, one per line.
+    ``-o STAMP``: setup counts as done (the test never reinstalls the venv)."""
     import shutil
 
     if not shutil.which("make"):
         pytest.skip("no make")
-    marker = tmp_path / "ran"
-    value = f"my inbox; touch {marker} `touch {marker}` it's \"quoted\""  # make itself expands $, so no $ here
     stub = tmp_path / "python"
     stub.write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > {tmp_path / "argv"}\n')
     stub.chmod(0o755)
-    # -n prints the recipe without running it (nor `setup`); bash then runs the job's line as make would
-    dry = subprocess.run(["make", "-n", target, f"PY={stub}", "DIR=inbox", "DATA=corpus", f"{var}={value}"],
-                         cwd=REPO, capture_output=True, text=True, check=True)
-    (line,) = [x for x in dry.stdout.splitlines() if x.startswith(f"{stub} -m jobs.")]
-    subprocess.run(["bash", "-c", line], check=True)
+    return subprocess.run(["make", "-s", "-o", ".venv/.voiceclf-installed", f"PY={stub}", *args], cwd=REPO, capture_output=True, text=True,
+                          check=check, env={**os.environ, "MAKEFLAGS": ""})
+
+
+@pytest.mark.parametrize("target, var, flag", [("score", "DIR", None), ("score", "OUT", "--out"), ("features", "DATA", None), ("train", "FEATURES", "--features")])
+def test_make_passes_a_value_as_one_word_never_as_make_or_shell_code(target, var, flag, tmp_path):
+    marker = tmp_path / "ran"
+    value = f"my inbox; touch {marker} `touch {marker}` $(shell touch {marker}) $$(touch {marker}) rec$2024 it's \"quoted\""
+    make(target, "DIR=inbox", "DATA=corpus", f"{var}={value}", tmp_path=tmp_path)
     argv = (tmp_path / "argv").read_text().splitlines()
     assert not marker.exists()
     if var == "DATA":  # a list of corpora: each word one argument, none run as code
         assert argv[2 : 2 + len(value.split())] == value.split(), argv
     else:
         assert argv[argv.index(flag) + 1 if flag else 2] == value, argv
+
+
+def test_make_n_runs_no_value_and_a_missing_value_is_named(tmp_path):
+    marker = tmp_path / "PWNED"
+    dry = make("-n", "score", f"DIR=x$(shell touch {marker})", tmp_path=tmp_path)
+    assert not marker.exists(), dry.stdout
+    proc = make("score", tmp_path=tmp_path, check=False)
+    assert proc.returncode == 2 and "set DIR=<folder of recordings>" in proc.stderr, proc.stderr
+    make("score", "DIR=rec$2024", "AUGMENT=3", tmp_path=tmp_path)
+    assert (tmp_path / "argv").read_text().splitlines()[2] == "rec$2024"
 
 
 def test_librosa_gufuncs_are_compiled_in_the_parent_before_any_worker_starts(tmp_path):

@@ -21,14 +21,16 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from voiceclf.config import FeatureConfig
+from voiceclf.config import FeatureConfig, FileLimits
 
 __all__ = [
     "Audio",
     "AudioError",
+    "ChannelsCancelError",
     "CorruptAudioError",
     "EmptyAudioError",
     "NotAudioError",
+    "TooBigError",
     "TooLongError",
     "clean",
     "cleaned_blocks",
@@ -98,6 +100,35 @@ class TooLongError(AudioError):
     code = "too_long"
 
 
+class ChannelsCancelError(AudioError):
+    """The channels are (nearly) opposite: their mean, the mono downmix, is silence although each channel is not."""
+
+    code = "channels_cancel"
+
+
+class TooBigError(AudioError):
+    """The header declares more samples (frames x channels) than one file may decode (``FileLimits.decode_samples``)."""
+
+    code = "too_big"
+
+
+def check_header(name: str, f: sf.SoundFile, limits: FileLimits, streamed: bool) -> None:
+    """Refuse a header that declares what no recording needs, before a sample is decoded (see FileLimits).
+
+    ``streamed``: the recording will be read in blocks, so its length is capped by ``limits.stream_s``.
+    """
+    sr, frames, channels = f.samplerate, max(f.frames, 0), f.channels
+    if sr < limits.min_sample_rate:
+        raise CorruptAudioError(name, f"the header declares {sr} Hz, below {limits.min_sample_rate} Hz: no voice fits in it, the header "
+                                      "is damaged or crafted (VOICECLF_MIN_SAMPLE_RATE)")
+    if frames * channels > limits.decode_samples:
+        raise TooBigError(name, f"the header declares {frames} frames x {channels} channels ({frames / sr:.0f} s at {sr} Hz), above the "
+                                f"limit of {limits.decode_samples} decoded samples per file (VOICECLF_MAX_DECODE_SAMPLES)")
+    if streamed and frames / sr > limits.stream_s:
+        raise TooLongError(name, f"the header declares {frames / sr:.0f} s, above the limit of {limits.stream_s:g} s "
+                                 "(VOICECLF_MAX_STREAM_S)")
+
+
 class LongRecording(Exception):
     """:func:`load` with ``stream_above_s``: the header says the recording is longer; nothing was decoded.
     Not an error: the caller streams it instead (``voiceclf.longfile``)."""
@@ -150,6 +181,10 @@ def _sf_error(path: str, head: bytes, err: Exception) -> AudioError:
     """Map a soundfile/libsndfile failure to the typed error, by the file's magic bytes."""
     # soundfile's message starts with "Error opening <BytesIO ...>:"; keep libsndfile's reason.
     reason = str(err).rsplit(": ", 1)[-1] if "Error opening" in str(err) else str(err)
+    if "does not exist or is not a regular file" in reason:
+        # libsndfile's words when its MP3 decoder finds no whole frame in what it was given (a truncated or
+        # 60-byte MP3): the file exists, it is only too short or damaged to hold a frame
+        reason = "no complete audio frame in it: the file is truncated or damaged"
     if _looks_like_audio_container(head):
         return CorruptAudioError(path, f"looks like audio but cannot be decoded ({reason})")
     return NotAudioError(
@@ -344,6 +379,9 @@ def load(
     TooLongError
         Header duration above ``cfg.max_duration_s`` (code ``"too_long"``); checked before
         decoding so a huge file costs no memory.
+    TooBigError
+        The header declares more samples than ``FileLimits`` allow (code ``"too_big"``); past
+        ``FileLimits.hold_samples`` only when ``stream_above_s`` is None (else LongRecording: stream it).
     OSError
         ``data`` is None and the file cannot be read (missing, a folder, no permission).
     """
@@ -367,9 +405,16 @@ def load(
     except _SF_ERRORS as e:
         raise _sf_error(name, head, e) from None
     with f:
+        limits = FileLimits.from_env()
+        check_header(name, f, limits, streamed=False)
         duration = f.frames / f.samplerate
-        if stream_above_s is not None and duration > stream_above_s:
+        # more samples than one worker should hold (many channels at a high rate): streamed in bounded blocks instead
+        too_many = f.frames * f.channels > limits.hold_samples
+        if stream_above_s is not None and (duration > stream_above_s or too_many):
             raise LongRecording(name)
+        if too_many:
+            raise TooBigError(name, f"{f.frames} frames x {f.channels} channels are more than {limits.hold_samples} samples to hold "
+                                    "at once (VOICECLF_MAX_HOLD_SAMPLES); stream it (audio.cleaned_blocks)")
         if duration > cfg.max_duration_s:
             raise TooLongError(
                 name,
@@ -381,12 +426,23 @@ def load(
         except _SF_ERRORS as e:
             raise _sf_error(name, head, e) from None
         if y.shape[0] == 0:
+            if size > 1024:  # a header that says no frames, with data after it: the recorder never wrote the size
+                raise CorruptAudioError(name, f"the header declares no audio frames, but the file holds {size} bytes: its size "
+                                              f"field was never written (a recording cut off?); header {f.format}/{f.subtype}")
             raise EmptyAudioError(name, f"no audio frames (header: {f.format}/{f.subtype})")
     if not np.all(np.isfinite(y)):
         raise CorruptAudioError(name, "decoded samples contain NaN or infinity")
 
     duration_s = y.shape[0] / sr
+    peak = float(np.max(np.abs(y))) if y.size else 0.0
+    if peak > 1.0:
+        # float audio far outside [-1, 1] (up to ±3e38) overflows the resampler and the filters; clean() normalises
+        # the peak anyway, so scaling first changes nothing else
+        y = y / np.float32(peak)
     mono = y.mean(axis=1, dtype=np.float32)
+    if y.shape[1] > 1 and peak > 0 and float(np.max(np.abs(mono))) < 1e-3 * float(np.max(np.abs(y))):
+        raise ChannelsCancelError(name, "its channels cancel out when mixed to mono (one of them is phase-inverted): nothing is left "
+                               "to hear; fix the polarity of one channel")
     if sr != cfg.sample_rate:
         mono = resample(mono, sr, cfg.sample_rate)
     return Audio(
@@ -431,9 +487,13 @@ def cleaned_blocks(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig()
     sos, zi = _highpass_sos(cfg.sample_rate, float(cfg.highpass_hz), cfg.highpass_order)
     state, dc, frames = None, 0.0, 0
     with sound:
+        limits = FileLimits.from_env()
+        check_header(name, sound, limits, streamed=True)
         sr = sound.samplerate
         resampler = soxr.ResampleStream(sr, cfg.sample_rate, 1, dtype="float32", quality="HQ") if sr != cfg.sample_rate else None
-        blocks = sound.blocks(blocksize=max(1, int(block_s * sr)), dtype="float32", always_2d=True)
+        # a block holds at most limits.hold_samples: many channels at a high rate get shorter blocks
+        blocksize = max(1, min(int(block_s * sr), limits.hold_samples // max(sound.channels, 1)))
+        blocks = sound.blocks(blocksize=blocksize, dtype="float32", always_2d=True)
         while True:
             try:
                 block = next(blocks, None)

@@ -6,19 +6,24 @@ file never stops a batch.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
+import logging
 import os
 import stat
+import warnings
 import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from voiceclf import audio, features, longfile, vad
+from voiceclf import audio, features, io, longfile, vad
 from voiceclf.config import FeatureConfig
+
+_log = logging.getLogger("voiceclf")
 
 
 @dataclass
@@ -36,6 +41,11 @@ class Item:
     @property
     def abspath(self) -> str:
         return os.path.join(self.source, self.path)
+
+    @property
+    def on_disk(self) -> str | bytes:
+        """The name to open: ``abspath`` with the bytes that are not UTF-8 restored (see io.name_as_text)."""
+        return io.name_on_disk(self.abspath)
 
 
 @dataclass
@@ -112,19 +122,19 @@ def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True) -> tuple[R
 
     ``gate=False`` leaves the speech gate to the caller (:func:`_gate`, several files at once) for a result with windows.
     """
-    if (kind := not_a_regular_file(item.abspath)) is not None:
+    if (kind := not_a_regular_file(item.on_disk)) is not None:
         return Result(item, error="not_a_file", message=f"{item.abspath}: {kind}, not a regular file (not read)"), None
     try:  # a big file's header is read first, so a long recording is never read whole, not even to hash it
-        big = os.path.getsize(item.abspath) > READ_WHOLE_BYTES
+        big = os.path.getsize(item.on_disk) > READ_WHOLE_BYTES
     except OSError:
         big = False  # reading it says why it cannot be read
-    if big and longfile.is_long(item.abspath):
+    if big and longfile.is_long(item.on_disk):
         return _featurize_long(item, cfg), None
     try:
-        with open(item.abspath, "rb") as f:
+        with open(item.on_disk, "rb") as f:
             data = f.read()
     except OSError as e:
-        return Result(item, **_unreadable(item.abspath, e)), None
+        return Result(item, **_unreadable(item.on_disk, e, item.abspath)), None
     item.sha256 = item.sha256 or hashlib.sha256(data).hexdigest()
     try:  # a small file's header is read by the handle that decodes it: one libsndfile open per file, not two
         decoded = audio.load(item.abspath, cfg, data=data, stream_above_s=longfile.STREAM_ABOVE_S)
@@ -144,10 +154,10 @@ def _featurize_long(item: Item, cfg: FeatureConfig) -> Result:
     """A recording longer than longfile.STREAM_ABOVE_S: streamed, never read whole (not even to hash it), at
     most longfile.MAX_WINDOWS windows evenly spread over its speech."""
     try:
-        item.sha256 = item.sha256 or sha256_file(item.abspath)
-        wins, survey = longfile.windows(item.abspath, cfg)
+        item.sha256 = item.sha256 or sha256_file(item.on_disk)
+        wins, survey = longfile.windows(item.on_disk, cfg)
     except OSError as e:
-        return Result(item, **_unreadable(item.abspath, e))
+        return Result(item, **_unreadable(item.on_disk, e, item.abspath))
     except audio.AudioError as e:
         return Result(item, error=e.code, message=str(e))
     except Exception as e:  # as in _featurize_one: one file never stops the batch
@@ -155,7 +165,7 @@ def _featurize_long(item: Item, cfg: FeatureConfig) -> Result:
     why = NO_VOICED_REGION
     if len(wins):
         try:  # the blocks again, scaled as the windows' were; read only until enough speech is found
-            blocks = (x * np.float32(survey.gain) for x in audio.cleaned_blocks(item.abspath, cfg))
+            blocks = (x * np.float32(survey.gain) for x in audio.cleaned_blocks(item.on_disk, cfg))
             why = vad.why_not_speech_in(blocks, cfg)
         except (OSError, audio.AudioError) as e:  # changed or removed since the windows were read
             return Result(item, error="decode_failed", message=f"{item.abspath}: {e}")
@@ -186,8 +196,16 @@ def windows_of(y: np.ndarray, cfg: FeatureConfig) -> features.Windows:
     return features.extract(y, cfg)
 
 
-def _unreadable(path: str, e: OSError) -> dict:
-    """The error code and message of an entry that cannot be opened as a file."""
+def _unreadable(path: str | bytes, e: OSError, shown: str | None = None) -> dict:
+    """The error code and message of an entry that cannot be opened as a file (named ``shown`` in the message)."""
+    out = _unreadable_why(path, e)
+    if shown is not None and path != shown:
+        out["message"] = out["message"].replace(os.fsdecode(path), shown, 1)
+    return out
+
+
+def _unreadable_why(path: str | bytes, e: OSError) -> dict:
+    path = os.fsdecode(path)
     if os.path.islink(path):
         target = os.readlink(path)
         if e.errno == errno.ELOOP:
@@ -209,6 +227,18 @@ def _unreadable(path: str, e: OSError) -> dict:
     return dict(error="unreadable", message=f"{path}: {e.strerror or e}")
 
 
+@contextlib.contextmanager
+def warnings_naming(path: str):
+    """Python warnings raised while ``path`` is decoded (numpy overflow on extreme samples, a decoder's note) as one
+    log line each that names the file: printed by a worker as they are, they named no file and took two lines."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        _log.warning("%s: %s: %s (at %s:%d)", io.as_text(path).replace("\n", "\\n"), w.category.__name__, text, os.path.basename(w.filename), w.lineno)
+
+
 def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0) -> list[Result]:
     """Worker entry point: the results of every item, in order (variants follow their original).
 
@@ -225,13 +255,14 @@ def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0) ->
             torch.set_num_threads(1)
         results, waiting, ungated = [], [], []
         for it in items:
-            if variants > 0 and it.label is not None:  # its variants wait for the gate's verdict on the recording
-                out = featurize_file(it, cfg, variants)
-            else:
-                r, samples = _featurize_one(it, cfg, gate=False)
-                out = [r]
-                if r.n_windows and samples is not None:
-                    ungated.append((r, samples))
+            with warnings_naming(it.abspath):
+                if variants > 0 and it.label is not None:  # its variants wait for the gate's verdict on the recording
+                    out = featurize_file(it, cfg, variants)
+                else:
+                    r, samples = _featurize_one(it, cfg, gate=False)
+                    out = [r]
+                    if r.n_windows and samples is not None:
+                        ungated.append((r, samples))
             for r in out:
                 results.append(r)
                 if cfg.is_embedding and r.n_windows:
@@ -243,6 +274,8 @@ def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0) ->
                 _embed(waiting, cfg)
         _gate(ungated, cfg)
         _embed(waiting, cfg)
+        for r in results:  # a link target or OS error inside a message may hold a name that is not UTF-8
+            r.message = io.as_text(r.message)
         return results
 
 

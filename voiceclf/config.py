@@ -203,3 +203,55 @@ def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` when set, else the embedded SQLite store under ``<repo>/mlruns``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlruns' / 'mlflow.db'}"
 
+
+
+@dataclass(frozen=True)
+class FileLimits:
+    """What one input file may cost, checked on its header before anything is decoded.
+
+    A crafted header declares what it likes in a few KB: 1 Hz (36,000 frames read as 10 hours, each
+    resampled to 16 kHz), 8 channels at 655 kHz (GBs of float32 from a small FLAC), or days of digital
+    silence. Past a limit a file is an error row, never minutes of work or gigabytes of one worker's memory.
+    Read from the environment (README "Limits") at each use, so a job's workers see the job's settings.
+
+    Attributes
+    ----------
+    hold_samples : int
+        Most decoded samples (frames x channels) held at once (``VOICECLF_MAX_HOLD_SAMPLES``, default 32 M,
+        128 MB of float32): a file above it is streamed in blocks this size, not decoded whole.
+    decode_samples : int
+        Most samples (frames x channels) one file may decode in all (``VOICECLF_MAX_DECODE_SAMPLES``,
+        default 4 G: 23 h of 48-kHz stereo, 69 h of 16-kHz mono); above it: error ``too_big``.
+    stream_s : float
+        Longest recording, in seconds by its header (``VOICECLF_MAX_STREAM_S``, default 86,400: 24 h);
+        above it: error ``too_long``.
+    min_sample_rate : int
+        Lowest sample rate, in Hz (``VOICECLF_MIN_SAMPLE_RATE``, default 4,000; telephone audio is 8,000):
+        below it no voice can be told apart, and it is a lying header; error ``corrupt``.
+    """
+
+    hold_samples: int = 32 * 2**20
+    decode_samples: int = 4 * 2**30
+    stream_s: float = 86400.0
+    min_sample_rate: int = 4000
+
+    ENV = {"hold_samples": "VOICECLF_MAX_HOLD_SAMPLES", "decode_samples": "VOICECLF_MAX_DECODE_SAMPLES",
+           "stream_s": "VOICECLF_MAX_STREAM_S", "min_sample_rate": "VOICECLF_MIN_SAMPLE_RATE"}
+
+    @classmethod
+    def from_env(cls) -> "FileLimits":
+        """The limits, each from its environment variable when set; ConfigError naming a variable that is not a positive number."""
+        values = {}
+        for name, var in cls.ENV.items():
+            text = os.environ.get(var, "").strip()
+            if not text:
+                continue
+            kind = float if name == "stream_s" else int
+            try:
+                value = kind(float(text)) if kind is int else float(text)
+            except ValueError:
+                value = 0
+            if not value > 0:
+                raise ConfigError(f"{var}={text!r}: expected a positive number")
+            values[name] = value
+        return cls(**values)

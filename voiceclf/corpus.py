@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 from pathlib import Path
 
 import pandas as pd
 
-from voiceclf import audio
+from voiceclf import audio, io
 from voiceclf.config import LABELS
+
+log = logging.getLogger("voiceclf")
 
 __all__ = ["CorpusError", "discover", "list_files", "normalise_label", "AUDIOMNIST_META"]
 
@@ -80,13 +83,18 @@ def _table(rows: list[dict], root: Path, extra_columns: dict[str, str] | None = 
     """
     if not rows:
         raise CorpusError(f"no files found in {root}")
+    # names whose bytes are not UTF-8 (a Latin-1 share) as lossless text: pandas' Arrow strings refuse them
+    for r in rows:
+        for col in ("path", "source", "speaker", "corpus"):
+            if isinstance(r.get(col), str):
+                r[col] = io.name_as_text(r[col])
     df = pd.DataFrame(rows)
     for col in ("speaker", "label"):
         df[col] = pd.Series([r[col] for r in rows], dtype=object, index=df.index)
     for col, dtype in (extra_columns or {}).items():
         df[col] = df[col].astype(dtype)
     if "corpus" not in df:
-        df["corpus"] = root.name
+        df["corpus"] = io.name_as_text(root.name)
     front = ["path", "source", "corpus", "speaker", "label"]
     df = df[front + [c for c in df.columns if c not in front]]
     return df.sort_values("path", kind="stable", ignore_index=True)
@@ -130,6 +138,19 @@ def list_files(root: str | os.PathLike) -> list[str]:
         for fn in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             out.append(Path(dirpath, fn).relative_to(base).as_posix())  # FIFOs, sockets and devices too: reported, not read
     return sorted(out)
+
+
+def unique_sources(sources) -> list:
+    """``sources`` without the ones that are the same folder or file as an earlier one (``base``, ``base/``,
+    ``../x/base``, a link to it): each would list every file again. The first spelling given is kept."""
+    seen: dict[str, object] = {}
+    for src in sources:
+        real = os.path.realpath(src)
+        if real in seen:
+            log.warning("%s is %s again (given twice): listed once", src, seen[real])
+            continue
+        seen[real] = src
+    return list(seen.values())
 
 
 def _subdirs(root: Path) -> list[Path]:
@@ -242,6 +263,7 @@ def _manifest(csv_path: Path, require_labels: bool, allow_outside_paths: bool = 
         raise CorpusError(f"{csv_path}: cannot read the manifest ({e})") from None
 
     rows, bad_label, bad_path, outside, twice = [], [], [], [], []
+    real_folder = os.path.realpath(folder)
     seen: dict[str, tuple[int, str | None]] = {}  # path relative to the folder → (first line, its label)
     for line, rec in records:
         cell = (rec.get("path") or "").strip()
@@ -251,8 +273,11 @@ def _manifest(csv_path: Path, require_labels: bool, allow_outside_paths: bool = 
             bad_label.append(f"line {line}: {raw_label!r}")
         full = Path(cell) if Path(cell).is_absolute() else folder / cell
         rel = Path(os.path.relpath(full, folder)).as_posix()  # "./a.wav", "sub/../a.wav" and "a.wav" are one file
-        # a manifest names files of its own folder: one elsewhere is more often a mistake (or another corpus) than meant
-        if cell and not allow_outside_paths and (Path(cell).is_absolute() or rel == ".." or rel.startswith("../")):
+        # a manifest names files of its own folder: one elsewhere is more often a mistake (or another corpus) than meant.
+        # Checked on the resolved path too: a symbolic link inside the folder (to a folder or a file) can lead out of it.
+        real = os.path.relpath(os.path.realpath(full), real_folder)
+        leaves = rel == ".." or rel.startswith("../") or real == ".." or real.startswith("../")
+        if cell and not allow_outside_paths and (Path(cell).is_absolute() or leaves):
             outside.append(f"line {line}: {cell!r}")
             continue
         if not cell or not full.is_file():

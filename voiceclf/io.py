@@ -7,12 +7,15 @@ crash or a kill never sees a partial file. Two runs on one output serialise on :
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
-import struct
+import re
 import secrets
+import stat
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -30,12 +33,43 @@ class LockedError(RuntimeError):
         self.target, self.holder = target, holder
 
 
+class UnsafeOutputError(RuntimeError):
+    """A lock or temp path beside an output is a symbolic link, a hard link or not a regular file.
+
+    Someone who can write to a shared output folder could otherwise plant ``.voiceclf.lock`` as a link to
+    any file, and the job (perhaps root's cron) would truncate it and write its pid there."""
+
+
+# O_NOFOLLOW: a planted symbolic link at the final component fails the open (ELOOP) instead of being followed.
+# O_NONBLOCK: a planted FIFO does not hang the open; it is refused as not a regular file right after.
+_NO_LINKS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _open_regular(path: Path, flags: int, what: str) -> int:
+    """``os.open`` that follows no link and returns only a regular file's descriptor (else UnsafeOutputError)."""
+    try:
+        fd = os.open(path, flags | _NO_LINKS, 0o666 if flags & os.O_EXCL else 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafeOutputError(f"{path}: the {what} is a symbolic link; refusing to follow it (remove it if it is not yours)") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        kind = "a hard link to another file" if stat.S_ISREG(st.st_mode) else "not a regular file"
+        raise UnsafeOutputError(f"{path}: the {what} is {kind}; refusing to write to it (remove it if it is not yours)")
+    os.set_blocking(fd, True)
+    return fd
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temp path beside ``path`` to write to; renamed onto ``path`` when the block ends without error.
 
     On an error (or a kill) the temp file is removed or left under a hidden ``.<name>.*.tmp`` name,
     never under the final one. The file gets the mode a plain ``open`` would give (umask applied).
+    Writers of this module use :func:`atomic_file`, which writes through the descriptor it created: a
+    name can be swapped for a link between its creation and a later open by name.
     """
     path = Path(path)
     # The random name is chosen before the file exists (not by tempfile.mkstemp), so the finally removes it
@@ -43,8 +77,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     # mkstemp after it had created the file left it behind. 96 random bits: O_EXCL never meets another's.
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(12)}.tmp")
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the kernel applies the umask
+        os.close(_open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "temp file"))  # the kernel applies the umask
         yield tmp
+        os.replace(tmp, path)  # rename replaces a link at ``path`` itself, never what it points to
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb"):
+    """An open file beside ``path`` (created O_EXCL, no link followed), renamed onto ``path`` when the block ends without error."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(12)}.tmp")
+    try:
+        fd = _open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "temp file")
+        with open(fd, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            # the name must still be the file written: one swapped for a link would be renamed onto ``path``
+            if not os.path.samestat(os.fstat(f.fileno()), os.lstat(tmp)):
+                raise UnsafeOutputError(f"{tmp}: the temp file was replaced while it was written; {path} is left as it was")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -54,16 +106,16 @@ def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically, creating its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    with atomic_file(path, "w") as f:
+        f.write(text)
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
     """Write a DataFrame as Parquet atomically, creating its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+    with atomic_file(path) as f:
+        df.to_parquet(f, index=False)
 
 
 def read_pinned(path: Path, sha256: str, error: type[Exception], what: str, hint: str) -> bytes:
@@ -75,6 +127,45 @@ def read_pinned(path: Path, sha256: str, error: type[Exception], what: str, hint
     if found != sha256:
         raise error(f"{path}: the {what} weights have sha256 {found[:12]}…, but the features were defined with {sha256[:12]}…; {hint}")
     return data
+
+
+# ----------------------------------------------------------------------------- file names that are not UTF-8
+# A Samba or Latin-1 share holds names whose bytes are not UTF-8; Python lists them with surrogate escapes
+# ('bad\udcffname.wav'), which no UTF-8 writer (CSV, Parquet, pandas' Arrow strings) accepts. Names are
+# therefore carried as text in a documented, lossless form (README "Accepted layouts"): a byte that is not
+# UTF-8 is written \xNN, and a backslash that would read as such an escape is written \x5c. Every other name
+# is unchanged. Hand-written: Python's "backslashreplace" error handler escapes, but nothing reads it back.
+_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+_LOOKS_ESCAPED = re.compile(r"\\(?=x[0-9a-fA-F]{2})")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def name_as_text(name: str) -> str:
+    """A file name as listed by ``os`` (surrogate escapes for bytes that are not UTF-8) → text any writer takes, losslessly."""
+    if _is_utf8(name) and "\\x" not in name:
+        return name
+    name = _LOOKS_ESCAPED.sub(r"\\x5c", name)
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff" else c for c in name)
+
+
+def name_on_disk(text: str) -> str | bytes:
+    """The inverse of :func:`name_as_text`: the name to open; bytes when it is not UTF-8 (libsndfile takes bytes, not surrogates)."""
+    if "\\x" not in text:
+        return text
+    name = _ESCAPE.sub(lambda m: chr(b if (b := int(m[1], 16)) < 0x80 else 0xDC00 + b), text)
+    return name if _is_utf8(name) else os.fsencode(name)
+
+
+def as_text(value: str) -> str:
+    """Any message as text a UTF-8 writer takes: surrogate escapes (a name inside an OS error) become \\xNN."""
+    return value if _is_utf8(value) else value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # A text cell starting with one of these is a formula when the CSV is opened in a spreadsheet (a
@@ -97,8 +188,8 @@ def write_csv(df: pd.DataFrame, path: str | Path, **to_csv) -> None:
 
     text = [c for c in df.columns if df[c].dtype == object or isinstance(df[c].dtype, pd.StringDtype)]
     df = df.assign(**{c: df[c].map(_as_text) for c in text})
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, **to_csv)
+    with atomic_file(path, "w") as f:
+        df.to_csv(f, index=False, **to_csv)
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
@@ -115,12 +206,13 @@ def lock(target: str | Path, wait: bool = False) -> Iterator[None]:
     Two scheduled runs on the same output must not interleave their writes: the second raises
     :class:`LockedError`, or blocks until the first is done with ``wait`` (logging first that it waits, and
     for which pid, so a queued run says why it is idle). The lock file holds the holder's pid and is removed
-    when the block ends.
+    when the block ends. A lock path that is a link or not a regular file raises :class:`UnsafeOutputError`:
+    it is never followed, truncated or written.
     """
     target = Path(target)
     lock_path = target / ".voiceclf.lock" if target.is_dir() else target.with_name(f".{target.name}.lock")
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_regular(lock_path, os.O_RDWR | os.O_CREAT, "lock file")
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -164,7 +256,7 @@ def write_safetensors(arrays: dict[str, np.ndarray], path: str | Path) -> None:
         offset += a.nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the format's alignment of the data that follows
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         f.write(struct.pack("<Q", len(text)) + text)
         for a in arrays.values():
             f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())

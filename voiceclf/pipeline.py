@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -72,6 +72,8 @@ class FeaturizeSummary:
     todo: int  # not in ``out`` before this call
     windows: int = 0
     errors: int = 0  # files (not variants) that gave no windows; their rows are in errors.csv
+    duplicates: int = 0  # files whose content another listed path holds: a ``duplicate`` row each in errors.csv (not in ``errors``)
+    label_conflicts: list[str] = field(default_factory=list)  # duplicates labelled otherwise than the path holding their content
     shards_written: int = 0
     seconds: float = 0.0
     reconciled: shards.Reconciled | None = None
@@ -84,7 +86,7 @@ class FeaturizeSummary:
 def discover(sources: Sequence[str | os.PathLike], allow_unlabelled: bool = False, allow_outside_paths: bool = False) -> list[batch.Item]:
     """Every file of every source as an Item; speaker ids are made unique across corpora."""
     items: list[batch.Item] = []
-    for src in sources:
+    for src in corpus.unique_sources(sources):
         df = corpus.discover(src, require_labels=not allow_unlabelled, allow_outside_paths=allow_outside_paths)
         for row in df.itertuples(index=False):
             # two corpora's "01" are two people
@@ -154,7 +156,7 @@ def featurize_dir(
     sets, only when a folder holds something to skip or reconcile; otherwise each worker hashes the bytes
     it decodes. Every file is accounted for: a row in the shards or in ``errors.csv``.
     """
-    items = discover(sources, allow_unlabelled, allow_outside_paths)
+    items = _not_inside(discover(sources, allow_unlabelled, allow_outside_paths), Path(out))
     cfgs = [FeatureConfig.for_feature_set(fs) for fs in feature_sets]
     for cfg in cfgs:  # the speech detector and encoder these features name, checked before any work
         _check_weights(cfg)
@@ -167,6 +169,16 @@ def featurize_dir(
                        scheduler=scheduler, wait=wait, on_progress=on_progress)
         for cfg, o in zip(cfgs, outs)
     ]
+
+
+def _not_inside(items: list[batch.Item], out: Path) -> list[batch.Item]:
+    """The items that are not in the output folder: shards, errors.csv and the lock of an output inside a source are
+    the job's own files, not recordings (a rerun would list them as not_audio rows)."""
+    real_out = os.path.realpath(out)
+    keep = [it for it in items if os.path.commonpath([real_out, os.path.realpath(os.fsdecode(it.on_disk))]) != real_out]
+    if len(keep) < len(items):
+        log.info("featurize: %d file(s) in the output folder %s itself are not featurized", len(items) - len(keep), out)
+    return keep
 
 
 @contextlib.contextmanager
@@ -202,9 +214,69 @@ def _hash_for_skipping(items: list[batch.Item], out: Path) -> None:
     for it in items:
         if it.sha256 is None:
             try:
-                it.sha256 = batch.sha256_file(it.abspath)
+                it.sha256 = batch.sha256_file(it.on_disk)
             except OSError:
                 pass  # unreadable, a broken link, a folder: the worker makes it an errors.csv row; a rerun tries again
+
+
+#: errors.csv code of a path whose content another listed path holds (same sha256): its windows would train
+#: twice, and under two labels when the copies disagree. The message names the path holding the rows.
+DUPLICATE = "duplicate"
+LABEL_CONFLICT = "one of the two labels is wrong"
+
+
+class _Owners:
+    """Which path holds the rows of each content (sha256): the shards' and errors.csv's first, then the first
+    listed path met in this run, in item order. A resumed run thus makes the same choice as a clean one: shards
+    hold files in item order."""
+
+    def __init__(self, have: dict[tuple[str, str, str], str | None]) -> None:
+        self.by_hash: dict[str, tuple[tuple[str, str, str], str | None]] = {}
+        for key, label in have.items():
+            if key[2]:
+                self.by_hash.setdefault(key[2], (key, label))
+
+    def twin(self, it: batch.Item) -> batch.Result | None:
+        """A ``duplicate`` result for ``it`` when another path holds its content, else None (and ``it`` owns it)."""
+        if not it.sha256:
+            return None  # not read yet, or unreadable: nothing to compare
+        key = (it.source, it.path, it.sha256)
+        (osrc, opath, _), olabel = self.by_hash.setdefault(it.sha256, (key, it.label))
+        if (osrc, opath) == key[:2]:
+            return None
+        other = opath if osrc == it.source else os.path.join(osrc, opath)
+        msg = f"duplicate of {other} (same sha256 {it.sha256[:12]}…); its rows stand for both"
+        if olabel is not None and it.label is not None and olabel != it.label:
+            msg += f"; labelled {it.label} here but {olabel} there: {LABEL_CONFLICT}"
+        return batch.Result(it, error=DUPLICATE, message=msg)
+
+    def keep_first(self, results: list[batch.Result]) -> list[batch.Result]:
+        """Results in item order, a later path of an earlier content (and its variants) turned into its duplicate row."""
+        out, dropped = [], None
+        for r in results:
+            if r.item.variant:
+                if (r.item.source, r.item.path) != dropped:
+                    out.append(r)
+                continue
+            twin = self.twin(r.item)
+            dropped = (r.item.source, r.item.path) if twin else None
+            out.append(twin or r)
+        return out
+
+
+def _count_duplicates(results: list[batch.Result], summary: "FeaturizeSummary") -> None:
+    for r in results:
+        if r.error == DUPLICATE:
+            summary.duplicates += 1
+            if LABEL_CONFLICT in r.message:
+                summary.label_conflicts.append(f"{r.item.path}: {r.message}")
+
+
+def _add_duplicates(out: Path, twins: list[batch.Result], summary: "FeaturizeSummary", known: set[tuple[str, str, str]]) -> None:
+    """errors.csv rows for paths whose content is in ``out`` already under another path; the summary counts the new ones."""
+    shards.append_errors(out, [dict(path=r.item.path, error=r.error, message=r.message, source=r.item.source, sha256=r.item.sha256)
+                               for r in twins])
+    _count_duplicates([r for r in twins if (r.item.source, r.item.path, r.item.sha256) not in known], summary)
 
 
 def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, variants: int, shard_rows: int, jobs: int,
@@ -220,10 +292,22 @@ def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, va
             raise OutputError(f"{out} holds features made with another config ({existing.feature_set}); use another output folder")
         _hash_for_skipping(items, out)
         changed = shards.reconcile(out, items)
-        done = shards.done_hashes(out)
-        todo = [it for it in items if it.sha256 not in done]
+        known_twins = shards.pop_errors(out, DUPLICATE, {it.source for it in items})  # derived again below
+        have = shards.accounted(out)
+        owners = _Owners(have)
+        todo, twins = [], []
+        for it in items:
+            if it.sha256 is not None and (it.source, it.path, it.sha256) in have:
+                continue  # this path with this content is in the shards or errors.csv
+            if (twin := owners.twin(it)) is not None:
+                twins.append(twin)  # content featurized already under another path: a row naming it, no work
+            else:
+                todo.append(it)
         summary = FeaturizeSummary(cfg.feature_set, out, len(items), len(todo), reconciled=changed or None)
-        log.info("featurize %s: %d files, %d already in %s, %d to do", cfg.feature_set, len(items), len(items) - len(todo), out, len(todo))
+        new_twins = sum((r.item.source, r.item.path, r.item.sha256) not in known_twins for r in twins)
+        log.info("featurize %s: %d files, %d already in %s, %d to do", cfg.feature_set, len(items), len(items) - len(todo) - new_twins, out, len(todo))
+        if twins:
+            _add_duplicates(out, twins, summary, known_twins)
         if not todo:
             return summary
         stage = f"featurize {cfg.feature_set}"
@@ -233,14 +317,16 @@ def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, va
         try:
             with _featurized(todo, cfg, jobs=jobs, backend=backend, scheduler=scheduler, variants=variants) as stream:
                 for results in stream:
+                    results = owners.keep_first(results)  # two listed paths of one content: the first in order gets the rows
                     for r in results:
                         writer.add(r)
                         summary.windows += r.n_windows
-                    originals = [r for r in results if r.item.variant == 0]
+                    _count_duplicates(results, summary)
+                    originals = [r for r in results if r.item.variant == 0 and r.error != DUPLICATE]
                     for r in originals:
                         if r.error:
                             log.warning("%s: %s", r.error, r.message)
-                    n += len(originals)
+                    n += sum(r.item.variant == 0 for r in results)
                     summary.errors += sum(r.error is not None for r in originals)
                     on_progress(Progress(stage, n, len(todo), summary.errors))
             finished = True
@@ -713,11 +799,11 @@ class ScoreResult:
 def collect(dirs: Sequence[str | os.PathLike]) -> tuple[list[batch.Item], list[batch.Result]]:
     """Every file under the folders: items to featurize, and hidden files reported (never skipped silently)."""
     items, hidden = [], []
-    for d in map(Path, dirs):
+    for d in map(Path, corpus.unique_sources(dirs)):  # a folder given twice is scored once
         if not d.is_dir():
             raise corpus.CorpusError(f"{d}: no such directory")
         for rel in corpus.list_files(d):
-            it = batch.Item(path=rel, source=str(d))
+            it = batch.Item(path=io.name_as_text(rel), source=io.name_as_text(str(d)))  # a name that is not UTF-8 as lossless text
             if any(part.startswith(".") for part in Path(rel).parts):
                 hidden.append(batch.Result(it, error="hidden", message=f"{it.abspath}: hidden file, not scored (rename it to score it)"))
             else:

@@ -179,9 +179,9 @@ def _write_table(table: pa.Table, final: Path) -> None:
     # Dictionary encoding only where values repeat (the names): tried on the features column it is wasted work
     # (random floats) and was most of a shard's write time (0.15 → 0.06 s per 2,048 rows, and the shard is smaller).
     names = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    with io.atomic_path(final) as tmp:
+    with io.atomic_file(final) as f:
         # Row groups of 256 windows (3.6 MB of features): the writer encodes one at a time instead of the whole shard.
-        pq.write_table(table, tmp, write_page_checksum=True, use_dictionary=names, row_group_size=ROW_GROUP_ROWS)
+        pq.write_table(table, f, write_page_checksum=True, use_dictionary=names, row_group_size=ROW_GROUP_ROWS)
 
 
 def read_errors(out_dir: str | Path) -> pd.DataFrame:
@@ -223,6 +223,38 @@ def done_hashes(out_dir: str | Path) -> set[str]:
         hashes.update(_read_table(p, columns=["sha256"]).column("sha256").unique().to_pylist())
     hashes.update(h for h in read_errors(out_dir).get("sha256", []) if h)
     return hashes
+
+
+def pop_errors(out_dir: str | Path, code: str, sources: set[str]) -> set[tuple[str, str, str]]:
+    """Remove the errors.csv rows with error ``code`` of ``sources``; returns their (source, path, sha256) keys.
+
+    Featurize derives its ``duplicate`` rows anew on every run: one whose twin was deleted or changed since
+    must not stay, or a resumed folder would differ from a clean run's."""
+    errors = read_errors(out_dir)
+    if not len(errors) or not {"source", "sha256"} <= set(errors.columns):
+        return set()
+    drop = (errors["error"] == code) & errors["source"].isin(sources)
+    if not drop.any():
+        return set()
+    keys = set(zip(errors.loc[drop, "source"], errors.loc[drop, "path"], errors.loc[drop, "sha256"]))
+    io.write_csv(errors[~drop], Path(out_dir) / ERRORS)
+    return keys
+
+
+def accounted(out_dir: str | Path) -> dict[tuple[str, str, str], str | None]:
+    """Every file the folder accounts for: (source, path, sha256) → its label, shard files first, then errors.csv
+    rows (label None). Featurize matches files by this key: a path whose content another path holds already is
+    not "done", it gets its own ``duplicate`` row."""
+    out: dict[tuple[str, str, str], str | None] = {}
+    for p in part_paths(out_dir):
+        t = _read_table(p, columns=["source", "path", "sha256", "label"])
+        for row in zip(*(t.column(c).to_pylist() for c in ("source", "path", "sha256", "label"))):
+            out.setdefault(row[:3], row[3])
+    errors = read_errors(out_dir)
+    if {"source", "sha256"} <= set(errors.columns):
+        for key in zip(errors["source"], errors["path"], errors["sha256"]):
+            out.setdefault(key, None)
+    return out
 
 
 # What discovery says about a file, as the shard rows store it
@@ -306,7 +338,9 @@ def reconcile(out_dir: str | Path, items: list[Item]) -> Reconciled:
     errors = read_errors(out_dir)
     if len(errors) and {"source", "sha256"} <= set(errors.columns):  # an errors.csv from before those columns: left alone
         now_keys = {(it.source, it.path, it.sha256 or "") for it in items}
-        stale = errors["source"].isin(sources) & ~pd.Series([k in now_keys for k in zip(errors["source"], errors["path"], errors["sha256"])], index=errors.index)
+        # a listed file whose content now has rows under its own path (its twin was deleted or changed) loses its duplicate row
+        stale = errors["source"].isin(sources) & ~pd.Series([k in now_keys and k not in taken for k in zip(errors["source"], errors["path"], errors["sha256"])],
+                                                            index=errors.index)
         if stale.any():
             out.errors_dropped = errors.loc[stale, "path"].tolist()
             io.write_csv(errors[~stale], out_dir / ERRORS)

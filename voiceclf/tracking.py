@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -51,6 +52,37 @@ class ServerUnreachable(TrackingError):
     """The tracking URI names a server that does not answer."""
 
     missing = "server"
+
+
+class StoreError(TrackingError):
+    """The tracking store's database cannot be used: locked by another process, damaged, or its disk full."""
+
+
+def store_error(e: BaseException) -> StoreError | None:
+    """A StoreError naming the store when ``e`` (or what it wraps) is an error of the store's database, else None.
+
+    MLflow wraps SQLAlchemy's errors (themselves wrapping sqlite3's) in an MlflowException, or lets them through
+    raw: found by the exception chain, so that a locked store is never reported as "no model registered".
+    """
+    import sqlite3
+
+    chain, seen = [], e
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    db = next((x for x in chain if isinstance(x, sqlite3.Error) or type(x).__module__.startswith("sqlalchemy.")), None)
+    if db is None:
+        return None
+    reason = (str(getattr(db, "orig", None) or db).strip().splitlines() or [type(db).__name__])[0]
+    if "locked" in reason:
+        step = "another process holds it (a run writing, an `mlflow ui` on it): retry when it is done, or share a tracking server (`make server`)"
+    elif "malformed" in reason or "not a database" in reason:
+        step = "the database file is damaged: restore it from a backup, or point MLFLOW_TRACKING_URI at another store"
+    elif "full" in reason or "disk I/O" in reason:
+        step = "its disk is full or failing: free space and rerun"
+    else:
+        step = "check the store (VOICECLF_TRACEBACK=1 shows the traceback)"
+    return StoreError(f"tracking store {mlflow.get_tracking_uri()}: {reason}; {step}")
 
 
 def store_errors() -> tuple[type[BaseException], ...]:
@@ -122,7 +154,7 @@ def experiment_id(name: str = EXPERIMENT) -> str:
         client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
         return exp_id
     except MlflowException as e:
-        raise TrackingError(f"tracking store {mlflow.get_tracking_uri()}: {e.message}") from None
+        raise (store_error(e) or TrackingError(f"tracking store {mlflow.get_tracking_uri()}: {e.message}")) from None
 
 
 def run_context_tags() -> dict[str, str]:
@@ -496,7 +528,9 @@ def _model_version(model_uri: str):
         if "/" in ref and ref.split("/", 1)[1].isdigit():
             return client.get_model_version(*ref.split("/", 1))
         return None
-    except MlflowException:
+    except MlflowException as e:
+        if (broken := store_error(e)) is not None:
+            raise broken from None
         if not alias and "/" in ref and _registered(name := ref.split("/", 1)[0]):
             raise TrackingError(f"version {ref.split('/', 1)[1]} of model {name} does not exist in {mlflow.get_tracking_uri()} (versions: {_versions(name)})") from None
         raise NoChampion(f"no model registered as {name}{'@' + alias if alias else ''} in {mlflow.get_tracking_uri()}") from None
@@ -511,6 +545,8 @@ def registered_config(model_uri: str) -> tuple[str, str, FeatureConfig] | None:
     try:
         mv = _model_version(model_uri)
         return None if mv is None else (mv.name, str(mv.version), FeatureConfig.from_json(mv.tags["feature_config"]))
+    except StoreError:
+        raise
     except (TrackingError, MlflowException, KeyError, ConfigError, ValueError):
         return None
 
@@ -583,8 +619,16 @@ def _versions(name: str) -> str:
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(getattr(e, "message", None) or e).strip()
+    text = _without_pickle_advice(str(getattr(e, "message", None) or e).strip())
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _without_pickle_advice(text: str) -> str:
+    """MLflow's refusal of a pickle, without its advice to allow pickles: voiceclf never does (a pickle can run code)."""
+    if "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" not in text:
+        return text
+    kept = [s for s in re.split(r"(?<=\.)\s+", text) if "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" not in s]
+    return " ".join(kept + ["voiceclf never loads pickles, which can run code when loaded."])
 
 
 def _inside(local: str, relative) -> str | None:

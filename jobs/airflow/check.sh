@@ -82,7 +82,7 @@ else:
         try:
             cmd = {t: env.from_string(dag.get_task(t).bash_command).render(**ctx) for t in dag.task_ids}
             envs = {t: {k: env.from_string(v).render(**ctx) for k, v in dag.get_task(t).env.items()} for t in dag.task_ids}
-            cwd = env.from_string(dag.get_task("score").cwd).render(**ctx)
+            cwd = envs["score"].get("VOICECLF_HOME", "")
         except Exception as e:  # noqa: BLE001
             problems.append(f"templates do not render: {type(e).__name__}: {e}")
             break
@@ -90,6 +90,11 @@ else:
             problems.append(f"unexpected rendering: cwd={cwd!r} {cmd} {envs}")
         # params are data: passed in env (added to the worker's own), never pasted into the shell command
         for t in dag.task_ids:
+            # BashOperator renders cwd as a template only from Airflow 2.9: the DAG claims 2.4+, so no task may set it
+            if getattr(dag.get_task(t), "cwd", None):
+                problems.append(f"{t}: sets cwd=, a template only from Airflow 2.9; cd into $VOICECLF_HOME in the command")
+            if 'cd -- "$VOICECLF_HOME"' not in dag.get_task(t).bash_command:
+                problems.append(f"{t}: its command does not change into $VOICECLF_HOME")
             if "params." in dag.get_task(t).bash_command or not dag.get_task(t).append_env:
                 problems.append(f"{t}: params must reach the command through env= with append_env=True")
 if problems:

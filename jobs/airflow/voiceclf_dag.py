@@ -8,7 +8,10 @@ environment: this file imports only Airflow and the standard library.
 VOICECLF_HOME, in order: the Airflow Variable `voiceclf_home` (or env AIRFLOW_VAR_VOICECLF_HOME), the
 environment variable VOICECLF_HOME on the worker, else the repo this file sits in (jobs/airflow/ -> ../..).
 
-Works with Airflow 2.4+ (`schedule=`) and 3.x. `make airflow-check` loads it with a real Airflow.
+Works with Airflow 2.4+ (`schedule=`, BashOperator's `append_env`) and 3.x. The tasks change into VOICECLF_HOME in
+their command (`cd -- "$VOICECLF_HOME"`), not with BashOperator's `cwd=`: `cwd` is rendered as a template only from
+Airflow 2.9, so before it the task ran in a folder literally named `{{ var.value... }}`. `make airflow-check` loads
+the DAG with a real Airflow and checks that no task sets `cwd`.
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ PARAMS_ENV = {
     "VOICECLF_RECORDINGS_DIR": "{{ params.recordings_dir }}",
     "VOICECLF_REPORT": "{{ params.report_path | replace('{ds}', %s) }}" % RUN_DATE,
 }
+
+# HOME reaches the commands the same way (env is a templated field in every Airflow 2 and 3; cwd only from 2.9).
+TASK_ENV = {**PARAMS_ENV, "VOICECLF_HOME": HOME}
 
 DOC = """
 ### voiceclf: featurize → train → score
@@ -100,29 +106,27 @@ with DAG(
         "report_path": "reports/report-{ds}.csv",
     },
 ) as dag:
-    # The commands run in HOME with the project's interpreter; `exec` hands SIGTERM (task killed)
+    # The commands change into HOME and run the project's interpreter; `exec` hands SIGTERM (task killed)
     # straight to the job, which exits 130 leaving nothing partial under a final name.
     featurize = BashOperator(
         task_id="featurize",
-        cwd=HOME,
-        env=PARAMS_ENV,
+        env=TASK_ENV,
         append_env=True,
-        bash_command='exec .venv/bin/python -m jobs.featurize --out="$VOICECLF_FEATURES_DIR" --feature-set=mfcc_pitch,speaker_embedding -- "$VOICECLF_DATA_DIR"',
+        bash_command='cd -- "$VOICECLF_HOME" && exec .venv/bin/python -m jobs.featurize --out="$VOICECLF_FEATURES_DIR" --feature-set=mfcc_pitch,speaker_embedding -- "$VOICECLF_DATA_DIR"',
     )
     train = BashOperator(
         task_id="train",
-        cwd=HOME,
-        env=PARAMS_ENV,
+        env=TASK_ENV,
         append_env=True,
-        bash_command='exec .venv/bin/python -m jobs.train --features="$VOICECLF_FEATURES_DIR" --grid="$VOICECLF_GRID_FILE"',
+        bash_command='cd -- "$VOICECLF_HOME" && exec .venv/bin/python -m jobs.train --features="$VOICECLF_FEATURES_DIR" --grid="$VOICECLF_GRID_FILE"',
     )
     score = BashOperator(
         task_id="score",
-        cwd=HOME,
-        env=PARAMS_ENV,
+        env=TASK_ENV,
         append_env=True,
         bash_command="""
 set -eu
+cd -- "$VOICECLF_HOME"
 mkdir -p -- "$(dirname -- "$VOICECLF_REPORT")"
 exec .venv/bin/python -m jobs.score --out="$VOICECLF_REPORT" -- "$VOICECLF_RECORDINGS_DIR"
 """,
