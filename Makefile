@@ -50,8 +50,10 @@ features: setup
 train: setup
 	$(PY) -m jobs.train --features $(call q,$(FEATURES)) --jobs $(call q,$(JOBS))
 
+# SEGMENTS=turns.csv also writes the speech turns (SEGMENTS_FORMAT=csv|rttm|textgrid).
+SEGMENTS_FORMAT ?= csv
 score: setup
-	$(PY) -m jobs.score $(call q,$(DIR)) --out $(call q,$(or $(OUT),report.csv)) --jobs $(call q,$(JOBS))
+	$(PY) -m jobs.score $(call q,$(DIR)) --out $(call q,$(or $(OUT),report.csv)) --jobs $(call q,$(JOBS))$(if $(SEGMENTS), --segments $(call q,$(SEGMENTS)) --segments-format $(call q,$(SEGMENTS_FORMAT)))
 
 # The MLflow UI on the embedded store, on loopback: compare the grid's runs side by side.
 ui: setup

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jobs import _cli
 from jobs._cli import JobError
-from voiceclf import corpus, io, parallel, pipeline, tracking
+from voiceclf import corpus, io, parallel, pipeline, tracking, turn_formats
 from voiceclf.config import DataError
 
 # voiceclf.train (torch) is imported where used: score starts its workers before it imports torch
@@ -28,7 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="folder(s) of recordings, walked recursively")
     p.add_argument("--out", type=Path, default=Path("report.csv"), help="report CSV (default %(default)s)")
     p.add_argument("--model-uri", default=tracking.DEFAULT_MODEL_URI, help="model to score with (default %(default)s)")
-    p.add_argument("--segments", type=Path, help="also write one row per 1-s window here (path,start_s,end_s,p_male,label)")
+    p.add_argument("--segments", type=Path, help="also write the speech turns here: who speaks when, by sex (csv: path,start_s,end_s,label,p_male)")
+    p.add_argument("--segments-format", choices=turn_formats.FORMATS, default="csv",
+                   help="format of --segments: csv, rttm (diarization tools) or textgrid (Praat; one tier per recording) (default %(default)s)")
     p.add_argument("--threshold", type=float, default=0.5, help="p_male at or above which a file is labelled male (default %(default)s)")
     p.add_argument("--jobs", type=int, default=-1, help="parallel featurize workers (-1 = all cores; default %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                                       on_progress=on_progress)
             io.write_csv(res.report, args.out, float_format="%.6g")
             if args.segments:
-                io.write_csv(res.segments, args.segments, float_format="%.6g")
+                turn_formats.write(res.segments, res.report, args.segments, args.segments_format)
     except (corpus.CorpusError, parallel.EngineError, DataError) as e:  # DataError: --device cuda without CUDA, as in train
         raise JobError.of(e, _cli.USAGE) from None
     except (tracking.TrackingError, pipeline.ModelError) as e:
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     counts = report["status"].value_counts()
     labels = report.loc[report["status"] == "ok", "label"].value_counts()
     _cli.summary_table("score summary", {
-        "files": len(report), "female": int(labels.get("female", 0)), "male": int(labels.get("male", 0)),
+        "files": len(report), "female": int(labels.get("female", 0)), "male": int(labels.get("male", 0)), "mixed": int(labels.get("mixed", 0)),
         "no speech": int(counts.get("no_speech", 0)), "errors": int(counts.get("error", 0)),
         "seconds": f"{res.seconds:.1f}", "files/s": f"{len(report) / max(res.loop_seconds, 1e-9):.1f}",
         "first file scored after s": f"{res.first_scored_s:.1f}" if res.first_scored_s else "-", "report": str(args.out),

@@ -138,3 +138,16 @@ def test_a_long_noise_file_is_no_speech_and_a_long_voice_is_kept(long_wav, tmp_p
     assert gone.error == "no_speech" and "Silero VAD found" in gone.message and gone.n_windows == 0
     [kept] = batch.featurize_batch([batch.Item(path=long_wav.name, source=str(long_wav.parent))], cfg)
     assert kept.error is None and kept.n_windows > 100
+
+
+def test_streamed_embeddings_equal_the_whole_file_path(long_wav):
+    """Scoring embeds a long file's mel windows group by group at the level the survey measured (nothing piles up):
+    the embeddings are those of the whole-file path."""
+    from voiceclf import embedding
+
+    cfg = FeatureConfig.for_feature_set("speaker_embedding")
+    ref = embedding.embed(batch.windows_of(audio.load(long_wav, cfg).samples, cfg).features, cfg)
+    got, survey = longfile.windows(long_wav, cfg, block_s=7.3, max_windows=None, embed=True)
+    assert got.features.shape == ref.shape and ref.shape[0] > 100
+    np.testing.assert_allclose(got.features, ref, rtol=0, atol=1e-3)
+    assert got.regions_s is not None and np.isclose(got.regions_s[-1, 1], survey.intervals[-1, 1] / 16000)
