@@ -19,13 +19,14 @@ def trimmed(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
 
 
 def stitch(clips: list[np.ndarray], labels: list[str], rng: np.random.Generator, *, pause_s: tuple[float, float] = (0.2, 0.8),
-           level_dbfs: float = -23.0, noise_db: float = -45.0, sample_rate: int = 16000,
+           level_dbfs: float = -23.0, noise_db: float = -65.0, sample_rate: int = 16000,
            cfg: FeatureConfig = FeatureConfig()) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
     """One waveform of the clips in order, and its turns ``(start_s, end_s, label)``.
 
     clips : mono float waveforms at ``sample_rate``.  labels : each clip's label.  pause_s : a pause before
     every turn and after the last, drawn uniformly from this range, in seconds.  level_dbfs : RMS of every
-    trimmed clip.  noise_db : RMS of the background noise under the whole conversation, in dBFS.
+    trimmed clip.  noise_db : RMS of the background noise under the whole conversation, in dBFS: far enough
+    below the speech that the featurizer's voiced-region rule (``top_db`` below the loudest frame) finds the pauses.
     """
     pieces, turns, pos = [], [], 0
     for y, label in zip(clips, labels):
