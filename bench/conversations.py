@@ -33,7 +33,7 @@ from voiceclf.config import REPO_ROOT
 
 HELD_OUT = "librispeech_100"
 STEP_S = 0.01
-SWITCH_PS = (0.005, 0.02, 0.05, 0.2)  # the decision's switch probability, swept; turns.SWITCH_P is the default
+SWITCH_PS = (0.02, 0.05, 0.2, 0.4)  # the decision's switch probability, swept; turns.SWITCH_P is the default
 
 
 def plan(files: pd.DataFrame, n: int, rng: np.random.Generator) -> list[list[tuple[str, str]]]:
@@ -166,7 +166,7 @@ def compare(truth: dict[str, list], windows: dict[str, tuple], window_s: float, 
         two_sexes = len({lab for _, _, lab in t}) == 2
         for method, segs in (("turns", new), ("windows", old_segments(p, off, window_s))):
             m = evaluate(t, segs)
-            rows.append({"file": name, "method": method, "two_sexes": two_sexes, "mixed": turns.is_mixed(secs["female_s"], secs["male_s"]),
+            rows.append({"file": name, "method": method, "two_sexes": two_sexes, "mixed": turns.is_mixed(found),
                          **{k: v for k, v in m.items() if k != "boundary_err"}, "boundary_errs": m["boundary_err"]})
     return pd.DataFrame(rows)
 
@@ -293,7 +293,7 @@ def markdown(res: dict) -> str:
     add("")
     turns_pf = pf[pf["method"] == "turns"]
     two, same = turns_pf[turns_pf["two_sexes"]], turns_pf[~turns_pf["two_sexes"]]
-    add(f"`mixed` (less-heard sex ≥ {turns.MIXED_MIN_SHARE:.0%} of the speech and ≥ {turns.MIXED_MIN_S:g} s): "
+    add(f"`mixed` (less-heard sex, in turns at least {turns.MIXED_MIN_CONFIDENCE:g} sure, ≥ {turns.MIXED_MIN_SHARE:.0%} of the turns' time and ≥ {turns.MIXED_MIN_S:g} s): "
         f"{int(two['mixed'].sum())} of {len(two)} woman-and-man conversations, {int(same['mixed'].sum())} of {len(same)} same-sex ones.")
     s = res["single"]
     add(f"Single speakers ({s['files']} {HELD_OUT} recordings, speaker-balanced accuracy): {s['old_bacc']:.1f} % by the mean p_male, "

@@ -51,10 +51,12 @@ def test_window_by_window_would_flip_where_the_sequence_does_not():
 
 
 def test_mixed_needs_a_real_share_of_both():
-    assert turns.is_mixed(30.0, 20.0)
-    assert not turns.is_mixed(30.0, 1.5)  # too few seconds of the other voice
-    assert not turns.is_mixed(100.0, 10.0)  # too small a share
-    assert not turns.is_mixed(0.0, 0.0)
+    T = turns.Turn
+    assert turns.is_mixed([T(0, 30, "female", 0.05), T(30, 50, "male", 0.95)])
+    assert not turns.is_mixed([T(0, 30, "female", 0.05), T(30, 32, "male", 0.95)])  # too few seconds of the other voice
+    assert not turns.is_mixed([T(0, 100, "female", 0.05), T(100, 110, "male", 0.95)])  # too small a share
+    assert not turns.is_mixed([T(0, 10, "female", 0.15), T(10, 15, "male", 0.7)])  # the other voice is not a sure one
+    assert not turns.is_mixed([])
 
 
 def test_rttm_and_textgrid_parse():

@@ -66,6 +66,6 @@ def _turns(row: dict, p: np.ndarray, r: Result, *, window_s: float, threshold: f
     sexes hold a real share of its speech (after the file-level label: ``mixed`` comes first)."""
     found, seconds = turns.turns_of(p, r.windows.offsets_s, r.windows.regions_s, window_s=window_s, threshold=threshold)
     row.update(seconds)
-    if turns.is_mixed(seconds["female_s"], seconds["male_s"]):
+    if turns.is_mixed(found):
         row["label"] = "mixed"
     return [dict(path=row["path"], start_s=round(t.start_s, 3), end_s=round(t.end_s, 3), label=t.label, p_male=t.p_male) for t in found]
