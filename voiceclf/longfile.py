@@ -50,6 +50,8 @@ MAX_WINDOWS = 1200
 #: Seconds of audio decoded per block, and the longest stretch of speech track computed in one piece.
 BLOCK_S = 30.0
 GROUP_S = 30.0
+#: Mel windows a scored long file lets wait for the speaker encoder (one batch of embedding.embed).
+EMBED_EVERY = 256
 
 
 def is_long(path: str | os.PathLike, threshold_s: float = STREAM_ABOVE_S) -> bool:
@@ -231,6 +233,15 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
     offsets_s, speech_s = features.SpeechTrack(np.zeros(0, np.float32), iv, lead, n).timing(cfg)
     starts = keep * hop  # in the track, before the lead padding of a track shorter than a window
     out: list[np.ndarray] = []
+    waiting: list[np.ndarray] = []  # mel windows to embed (``embed``)
+
+    def embed_waiting() -> None:
+        from voiceclf import embedding
+
+        if waiting:
+            out.extend(embedding.embed(np.stack(waiting) * scale, cfg))
+            waiting.clear()
+
     # The encoder's input level (embedding.mel_windows): the speech track at encoder_level_dbfs RMS, known from
     # the survey. The mel is power, so scaling it by the square of the gain equals scaling the track first.
     rms = np.sqrt(sv.speech_sumsq / track_len)
@@ -246,7 +257,14 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
 
             mel = embedding.mel_frames(seg, cfg)
             mels = [mel[f : f + shape[0]] for f in local]
-            out.extend(embedding.embed(np.stack(mels) * scale, cfg) if embed else mels)
+            if not embed:
+                out.extend(mels)
+                return
+            # embedded EMBED_EVERY at a time: the encoder's LSTM is far cheaper per window in batches of hundreds
+            # than in one group's few dozen, and 256 waiting mel windows are 6.5 MB
+            waiting.extend(mels)
+            if len(waiting) >= EMBED_EVERY:
+                embed_waiting()
         else:
             log_mel, pitch = features.log_spectra(seg, cfg)
             spectra.append((log_mel, pitch, local))
@@ -268,6 +286,7 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
             track.feed(np.concatenate(pieces))
         pos = end
     track.finish()
+    embed_waiting()
 
     if cfg.is_embedding:
         feats = np.stack(out) * (1 if embed else scale) if out else np.zeros((0, *shape), np.float32)
