@@ -260,8 +260,8 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
             if not embed:
                 out.extend(mels)
                 return
-            # embedded EMBED_EVERY at a time: the encoder's LSTM is far cheaper per window in batches of hundreds
-            # than in one group's few dozen, and 256 waiting mel windows are 6.5 MB
+            # embedded EMBED_EVERY at a time (6.5 MB of mel windows waiting), one encoder call per batch rather than
+            # per group; per window it measured the same (3.9 CPU s per 15 min of a conversation either way)
             waiting.extend(mels)
             if len(waiting) >= EMBED_EVERY:
                 embed_waiting()
