@@ -33,8 +33,8 @@ def test_turns_follow_the_speakers_and_cover_every_voiced_region():
     p[3] = 0.7  # one stray window inside the first turn is outvoted by its neighbours
     found, secs = turns.turns_of(p, offsets, regions, window_s=WINDOW_S)
     assert [(round(t.start_s, 6), round(t.end_s, 6), t.label) for t in found] == truth
-    assert secs["female_s"] == pytest.approx(2.0 + 1.7 + 2.7) and secs["male_s"] == pytest.approx(4.5)
-    assert secs["female_share"] == pytest.approx(6.4 / 10.9, abs=1e-6)
+    assert secs["female_s"] == pytest.approx(4.0 + 2.7) and secs["male_s"] == pytest.approx(4.5)  # a turn's short pause counts
+    assert secs["female_share"] == pytest.approx(6.7 / 11.2, abs=1e-6)
     # consecutive, non-overlapping, every voiced region inside a turn
     assert all(a.end_s <= b.start_s for a, b in zip(found, found[1:]))
     for s, e in regions:

@@ -15,7 +15,10 @@ A turn is worked out in three steps, all pure functions of arrays:
    its pieces separated by at most ``max_pause_s`` of silence form one turn, so turns are consecutive,
    never overlap, and cover every voiced region.
 
-Seconds per sex (:func:`seconds_by_sex`) count speech only (the voiced regions), not the pauses inside a turn.
+Seconds per sex (:func:`seconds_by_sex`) are the turns' durations, short pauses inside a turn included, as an
+annotator marks speaking time: the energy rule's voiced regions leave out word gaps and weak sounds (they held
+57–92 % of the true turns' time on the conversations bench), and counting them alone was further off the true
+share (5.0 points mean error against 4.2 for the turns).
 """
 from __future__ import annotations
 
@@ -136,7 +139,7 @@ def turns_of(p_male: np.ndarray, offsets_s: np.ndarray, regions_s: np.ndarray, *
     p_male : (n,) per window.  offsets_s : (n,) each window's start in the recording, in seconds.
     regions_s : (k, 2) the recording's voiced regions, in seconds.  window_s : window length, in seconds.
     Returns the turns (sorted, non-overlapping, covering every voiced region) and
-    ``{"female_s", "male_s", "female_share"}`` (``female_share`` is NaN without speech).
+    ``{"female_s", "male_s", "female_share"}``: seconds of the turns of each sex (``female_share`` is NaN without speech).
     """
     if regions_s is None:  # windows cut without their regions: the union of the windows' spans stands in
         regions_s = union(np.asarray(offsets_s, np.float64), window_s)
@@ -148,17 +151,16 @@ def turns_of(p_male: np.ndarray, offsets_s: np.ndarray, regions_s: np.ndarray, *
     order = np.argsort(starts, kind="stable")
     starts, p = starts[order], p[order]
     labels = decide(p, switch_p=switch_p, threshold=threshold)
-    turns, pieces = [], []
+    turns = []
     for a, b, first, last in track_runs(starts, labels, regions_s, window_s=window_s):
         label, pm = LABELS[labels[first]], round(float(p[first : last + 1].mean()), 6)
         for s, e in to_recording(a, b, regions_s):
-            pieces.append((s, e, label))
             prev = turns[-1] if turns else None
             if prev is not None and prev.label == label and s - prev.end_s <= max_pause_s:
                 turns[-1] = Turn(prev.start_s, e, label, prev.p_male)
             else:
                 turns.append(Turn(s, e, label, pm))
-    return turns, seconds_by_sex(pieces)
+    return turns, seconds_by_sex([(t.start_s, t.end_s, t.label) for t in turns])
 
 
 def union(starts_s: np.ndarray, length_s: float) -> np.ndarray:
@@ -173,7 +175,7 @@ def union(starts_s: np.ndarray, length_s: float) -> np.ndarray:
 
 
 def seconds_by_sex(pieces) -> dict[str, float]:
-    """``female_s``, ``male_s`` and ``female_share`` of (start_s, end_s, label) pieces of speech."""
+    """``female_s``, ``male_s`` and ``female_share`` of (start_s, end_s, label) stretches of speech."""
     f = sum(e - s for s, e, lab in pieces if lab == "female")
     m = sum(e - s for s, e, lab in pieces if lab == "male")
     return dict(female_s=round(f, 3), male_s=round(m, 3), female_share=round(f / (f + m), 6) if f + m > 0 else np.nan)
