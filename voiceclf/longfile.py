@@ -50,8 +50,10 @@ MAX_WINDOWS = 1200
 #: Seconds of audio decoded per block, and the longest stretch of speech track computed in one piece.
 BLOCK_S = 30.0
 GROUP_S = 30.0
-#: Mel windows a scored long file lets wait for the speaker encoder (one batch of embedding.embed).
-EMBED_EVERY = 256
+#: Mel windows a scored long file lets wait for the speaker encoder (one batch of embedding.embed): each group's few
+#: dozen go at once. Batches of 256 measured no faster per window (3.9 CPU s per 15 min of a conversation either way)
+#: and raised the worker's peak on the one-hour bench file from 558 to 675 MiB.
+EMBED_EVERY = 1
 
 
 def is_long(path: str | os.PathLike, threshold_s: float = STREAM_ABOVE_S) -> bool:
@@ -260,8 +262,7 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
             if not embed:
                 out.extend(mels)
                 return
-            # embedded EMBED_EVERY at a time (6.5 MB of mel windows waiting), one encoder call per batch rather than
-            # per group; per window it measured the same (3.9 CPU s per 15 min of a conversation either way)
+            # embedded as they come (EMBED_EVERY): they never pile up in the worker
             waiting.extend(mels)
             if len(waiting) >= EMBED_EVERY:
                 embed_waiting()
