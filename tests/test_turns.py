@@ -197,3 +197,17 @@ def test_a_long_conversation_has_the_same_turns_streamed_or_read_whole(champion,
     # and the whole speech is covered: no window cap on a streamed file when scoring
     true_f = sum(e - s for s, e, g in truth if g == "female") / sum(e - s for s, e, _ in truth)
     assert abs(row_long["female_share"] - true_f) < 0.1
+
+
+def test_the_two_state_viterbi_is_librosas():
+    import librosa.sequence
+
+    rng = np.random.default_rng(0)
+    for n, switch_p in ((2, 0.2), (7, 0.02), (50, 0.2), (400, 0.05), (400, 0.4)):
+        # runs of one sex with noise, so paths have both long stretches and contested windows
+        p = np.clip(np.repeat(rng.random(n // 5 + 1) > 0.5, 5)[:n] * 0.8 + 0.1 + rng.normal(0, 0.25, n), 1e-6, 1 - 1e-6)
+        trans = np.array([[1 - switch_p, switch_p], [switch_p, 1 - switch_p]])
+        ref = librosa.sequence.viterbi_discriminative(np.stack([1 - p, p]), trans)
+        got = turns.viterbi2(p, switch_p)
+        assert (got == ref).all(), (n, switch_p)
+        assert 0 < got.sum() < n or n < 10  # the test exercises switches
