@@ -13,6 +13,8 @@ PORT ?= 5000
 FEATURE_SETS ?= mfcc_pitch,speaker_embedding
 VARIANTS ?=
 AUGMENT ?=
+SEGMENTS ?=
+SEGMENTS_FORMAT ?= csv
 
 .PHONY: setup test demo features train score ui server bench airflow-check clean
 
@@ -21,7 +23,7 @@ AUGMENT ?=
 # a simple variable, which make never expands again; the recipes read it from the environment, quoted
 # ("$$DIR"), so the shell does not run it either. (Quoting for the shell inside make's text was not enough:
 # make itself expanded $(...) in a value before any shell saw it, even under `make -n`.)
-USER_VARS := DATA OUT FEATURES DIR JOBS HOST PORT FEATURE_SETS VARIANTS AUGMENT
+USER_VARS := DATA OUT FEATURES DIR JOBS HOST PORT FEATURE_SETS VARIANTS AUGMENT SEGMENTS SEGMENTS_FORMAT
 $(foreach v,$(USER_VARS),$(if $(filter command line environment environment override,$(origin $(v))),$(eval override $(v) := $$(value $(v)))))
 override VARIANTS := $(or $(VARIANTS),$(AUGMENT))
 export $(USER_VARS)
@@ -60,9 +62,10 @@ features: setup
 train: setup
 	$(PY) -m jobs.train --features "$$FEATURES" --jobs "$$JOBS"
 
+# SEGMENTS=turns.csv also writes the speech turns (SEGMENTS_FORMAT=csv|rttm|textgrid).
 score: setup
 	@test -n "$$DIR" || { echo 'make score: set DIR=<folder of recordings>' >&2; exit 2; }
-	$(PY) -m jobs.score "$$DIR" --out "$${OUT:-report.csv}" --jobs "$$JOBS"
+	$(PY) -m jobs.score "$$DIR" --out "$${OUT:-report.csv}" --jobs "$$JOBS" $${SEGMENTS:+--segments "$$SEGMENTS" --segments-format "$$SEGMENTS_FORMAT"}
 
 # The MLflow UI on the embedded store, on loopback: compare the grid's runs side by side.
 ui: setup

@@ -1,9 +1,11 @@
 """Benchmark voiceclf on the shared reference data: leave-one-corpus-out accuracy and speed.
 
-    python -m bench.run [--quick] [--sections accuracy,speed] [--out bench/results.md] [--workdir bench/work]
+    python -m bench.run [--quick] [--sections accuracy,speed,conversations] [--out bench/results.md] [--workdir bench/work]
 
 Accuracy (bench/loco.py) trains on two corpora and tests on the third, for each model family and a pitch
-baseline; speed (bench/speed.py) times featurize and score against baselines timed in the same run.
+baseline; speed (bench/speed.py) times featurize and score against baselines timed in the same run;
+conversations (bench/conversations.py) scores stitched two-speaker conversations and a one-hour broadcast of
+held-out speakers: turns and seconds per sex against the old per-window output.
 Both are written to ``--out`` as Markdown (bench/report.py). Scratch (features, the F0 cache, logs,
 temporary MLflow stores) goes to ``--workdir``; the data is read in place and never copied.
 """
@@ -20,12 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import corpora, loco, report, speed
+from bench import conversations, corpora, loco, report, speed
 from bench.procs import BenchError, CpuMonitor, Runner, log, shown, shutdown_workers
 from voiceclf import io, shards
 from voiceclf.config import LABELS, REPO_ROOT
 
-SECTIONS = ("accuracy", "speed")
+SECTIONS = ("accuracy", "speed", "conversations")
 FEATURE_SETS = ("mfcc_pitch", "speaker_embedding")
 QUICK_EPOCHS = 2
 
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
     runner = Runner(args.workdir)
     wall: dict[str, float] = {}
     cpu: dict[str, dict | None] = {}
-    acc = spd = None
+    acc = spd = conv = None
     with CpuMonitor() as mon:
         def timed(name, fn):
             t0, w0 = time.perf_counter(), time.time()
@@ -155,11 +157,17 @@ def main(argv=None) -> int:
                 acc = timed("accuracy", lambda: run_accuracy(runner, args.workdir, args.quick, n_jobs))
             if "speed" in args.sections:
                 spd = timed("speed", lambda: speed.run(runner, args.workdir, args.quick))
+            if "conversations" in args.sections:  # its champion trains on the accuracy section's features
+                conv = timed("conversations", lambda: conversations.run(
+                    runner, args.workdir, features=args.workdir / ("features-quick" if args.quick else "features") / "speaker_embedding",
+                    n=12 if args.quick else 60, hour_min=5 if args.quick else 60))
         except BenchError as e:
             print(f"bench: error: {e}", file=sys.stderr)
             return 1
     wall = {"total": time.perf_counter() - t_start, **wall}
     text, missed = report.render(args, acc, spd, runner, started, wall, cpu)
+    if conv:
+        text += "\n" + conversations.markdown(conv)
     io.write_text(args.out, text)
     log(f"wrote {shown(args.out)} after {wall['total'] / 60:.1f} min; targets missed: {len(missed)}")
     for m in missed:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jobs import _cli
 from jobs._cli import JobError
-from voiceclf import corpus, io, parallel, pipeline, tracking
+from voiceclf import corpus, io, parallel, pipeline, tracking, turn_formats
 from voiceclf.config import DataError
 
 # voiceclf.train (torch) is imported where used: score starts its workers before it imports torch
@@ -32,7 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="folder(s) of recordings, walked recursively")
     p.add_argument("--out", type=Path, default=Path("report.csv"), help="report CSV (default %(default)s)")
     p.add_argument("--model-uri", default=tracking.DEFAULT_MODEL_URI, help="model to score with (default %(default)s)")
-    p.add_argument("--segments", type=Path, help="also write one row per 1-s window here (path,start_s,end_s,p_male,label)")
+    p.add_argument("--segments", type=Path, help="also write the speech turns here: who speaks when, by sex (csv: path,start_s,end_s,label,p_male)")
+    p.add_argument("--segments-format", choices=turn_formats.FORMATS, default="csv",
+                   help="format of --segments: csv, rttm (diarization tools) or textgrid (Praat; one tier per recording) (default %(default)s)")
     p.add_argument("--threshold", type=float, default=0.5, help="p_male at or above which a file is labelled male (default %(default)s)")
     p.add_argument("--jobs", type=int, default=-1, help="parallel featurize workers (-1 = all cores; default %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -123,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
             res.report = own_outputs(res.report, [p for p in (args.out, args.segments) if p is not None])
             write_or_rescue(res.report, args.out, "report")
             if args.segments:
-                write_or_rescue(res.segments, args.segments, "segments")
+                try:  # the report is written by now: a segments file its disk cannot take loses only itself
+                    turn_formats.write(res.segments, res.report, args.segments, args.segments_format)
+                except OSError as e:
+                    raise JobError(f"cannot write {args.segments}: {e.strerror or e}; the report {args.out} was written", _cli.FAILURE) from None
     except (corpus.CorpusError, parallel.EngineError, DataError) as e:  # DataError: --device cuda without CUDA, as in train
         raise JobError.of(e, _cli.USAGE) from None
     except (tracking.TrackingError, pipeline.ModelError) as e:
@@ -132,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     counts = report["status"].value_counts()
     labels = report.loc[report["status"] == "ok", "label"].value_counts()
     _cli.summary_table("score summary", {
-        "files": len(report), "female": int(labels.get("female", 0)), "male": int(labels.get("male", 0)),
+        "files": len(report), "female": int(labels.get("female", 0)), "male": int(labels.get("male", 0)), "mixed": int(labels.get("mixed", 0)),
         "no speech": int(counts.get("no_speech", 0)), "errors": int(counts.get("error", 0)),
         "seconds": f"{res.seconds:.1f}", "files/s": f"{len(report) / max(res.loop_seconds, 1e-9):.1f}",
         "first file scored after s": f"{res.first_scored_s:.1f}" if res.first_scored_s else "-", "report": str(args.out),

@@ -77,7 +77,7 @@ def test_a_long_recording_is_streamed_whatever_its_file_size(long_wav, tmp_path,
         monkeypatch.setattr(batch, "READ_WHOLE_BYTES", 0)
     streamed = []
     real = batch._featurize_long
-    monkeypatch.setattr(batch, "_featurize_long", lambda item, cfg: streamed.append(item.path) or real(item, cfg))
+    monkeypatch.setattr(batch, "_featurize_long", lambda item, cfg, *rest: streamed.append(item.path) or real(item, cfg, *rest))
     items = [batch.Item(path=name, source=str(tmp_path)) for name in ("long.flac", "short.flac")]
     long, short = batch.featurize_batch(items, FeatureConfig())
     assert streamed == ["long.flac"]
@@ -120,7 +120,8 @@ def test_a_20_minute_file_scores_in_bounded_worker_memory(champion, tmp_path):
     row = pd.read_csv(out, keep_default_na=False).iloc[0]
     assert row["status"] == "ok" and row["label"] == "female", row.to_dict()
     assert row["duration_s"] == pytest.approx(1200.0)
-    assert row["windows"] == longfile.MAX_WINDOWS  # ~2000 windows of speech, capped and spread
+    assert row["windows"] > longfile.MAX_WINDOWS  # every window of its speech (~1,600): score's turns cover all of it
+    assert row["female_share"] > 0.9 and row["female_s"] > 600
     assert 0 < peak < WORKER_PEAK_BYTES, f"worker peak RSS {peak / 2**20:.0f} MiB"
 
 
@@ -138,3 +139,16 @@ def test_a_long_noise_file_is_no_speech_and_a_long_voice_is_kept(long_wav, tmp_p
     assert gone.error == "no_speech" and "Silero VAD found" in gone.message and gone.n_windows == 0
     [kept] = batch.featurize_batch([batch.Item(path=long_wav.name, source=str(long_wav.parent))], cfg)
     assert kept.error is None and kept.n_windows > 100
+
+
+def test_streamed_embeddings_equal_the_whole_file_path(long_wav):
+    """Scoring embeds a long file's mel windows group by group at the level the survey measured (nothing piles up):
+    the embeddings are those of the whole-file path."""
+    from voiceclf import embedding
+
+    cfg = FeatureConfig.for_feature_set("speaker_embedding")
+    ref = embedding.embed(batch.windows_of(audio.load(long_wav, cfg).samples, cfg).features, cfg)
+    got, survey = longfile.windows(long_wav, cfg, block_s=7.3, max_windows=None, embed=True)
+    assert got.features.shape == ref.shape and ref.shape[0] > 100
+    np.testing.assert_allclose(got.features, ref, rtol=0, atol=1e-3)
+    assert got.regions_s is not None and np.isclose(got.regions_s[-1, 1], survey.intervals[-1, 1] / 16000)

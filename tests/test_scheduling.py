@@ -187,7 +187,7 @@ def test_dag_definition(dag_tree):
     assert lit("schedule") is None and lit("catchup") is False
     assert kwarg(dag, "start_date") is not None and kwarg(dag, "doc_md") is not None
     assert "voiceclf" in lit("tags")
-    assert set(lit("params")) == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path"}
+    assert set(lit("params")) == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path", "segments_path", "segments_format"}
     default_args = kwarg(dag, "default_args")
     keys = [k.value for k in default_args.keys]
     assert ast.literal_eval(default_args.values[keys.index("retries")]) == 2 and "retry_delay" in keys
@@ -251,7 +251,7 @@ def test_dag_commands_call_the_project_entry_points(dag_tree):
         for var in re.findall(r"\$\{?(VOICECLF_\w+)", cmd):
             assert var in env and f'"${var}"' in cmd, (task, var, cmd)
             used |= set(re.findall(r"params\.(\w+)", env[var]))
-    assert used == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path"}
+    assert used == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path", "segments_path", "segments_format"}
 
 
 def rendered_tasks(dag_tree, params: dict, **ctx) -> dict[str, tuple[str, dict]]:
@@ -291,6 +291,8 @@ def test_dag_params_reach_the_jobs_as_data_never_as_shell_code(dag_tree, tmp_pat
         "grid_file": f"g'; touch {marker}; '.toml",
         "features_dir": 'feat "x" $HOME',
         "report_path": f"reports/$(touch {marker})/report-{{ds}}.csv",
+        "segments_path": f"turns/`touch {marker}`/turns-{{ds}}.rttm",
+        "segments_format": f"rttm; touch {marker}",
     }
     home = tmp_path / "home"
     (home / ".venv" / "bin").mkdir(parents=True)
@@ -305,5 +307,20 @@ def test_dag_params_reach_the_jobs_as_data_never_as_shell_code(dag_tree, tmp_pat
     assert argv["featurize"] == [f"--out={params['features_dir']}", "--feature-set=mfcc_pitch,speaker_embedding", "--", params["data_dir"]]
     assert argv["train"] == [f"--features={params['features_dir']}", f"--grid={params['grid_file']}"]
     report = f"reports/$(touch {marker})/report-2025-01-02.csv"
-    assert argv["score"] == [f"--out={report}", "--", params["recordings_dir"]]
-    assert (home / report).parent.is_dir() and not marker.exists()
+    turns = f"turns/`touch {marker}`/turns-2025-01-02.rttm"
+    assert argv["score"] == [f"--out={report}", f"--segments={turns}", f"--segments-format={params['segments_format']}", "--", params["recordings_dir"]]
+    assert (home / report).parent.is_dir() and (home / turns).parent.is_dir() and not marker.exists()
+
+
+def test_dag_score_writes_no_turns_when_segments_path_is_empty(dag_tree, tmp_path):
+    home = tmp_path / "home"
+    (home / ".venv" / "bin").mkdir(parents=True)
+    stub = home / ".venv" / "bin" / "python"
+    stub.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "argv-$2"\n')
+    stub.chmod(0o755)
+    params = {"data_dir": "d", "recordings_dir": "inbox", "grid_file": "g.toml", "features_dir": "f",
+              "report_path": "reports/report-{ds}.csv", "segments_path": "", "segments_format": "csv"}
+    cmd, env = rendered_tasks(dag_tree, params, ds="2025-01-02")["score"]
+    proc = subprocess.run(["bash", "-c", cmd], cwd=home, env={**os.environ, **env}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (home / "argv-jobs.score").read_text().splitlines()[2:] == ["--out=reports/report-2025-01-02.csv", "--", "inbox"]

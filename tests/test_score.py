@@ -13,7 +13,7 @@ import torch
 
 from conftest import REPO, held, plant_bad_files, run_job
 from voiceclf import pipeline, synth, tracking
-from voiceclf.score import REPORT_COLUMNS
+from voiceclf.score import REPORT_COLUMNS, SEGMENT_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +66,19 @@ def test_score_end_to_end(champion, recordings, tmp_path):
     long = by_path.loc[str(root / "inbox" / "meeting_30s.wav")]
     assert int(long["windows"]) >= 20 and abs(float(long["duration_s"]) - 30.0) < 0.1
     assert abs(float(by_path.loc[str(root / "inbox" / "phone call.flac")]["duration_s"]) - 3.0) < 0.05
+    # --segments: speech turns, not windows: every ok file has some, consecutive and non-overlapping, at least as long
+    # as the speech they hold, and the seconds per sex add up to the file's speech
     segments = pd.read_csv(seg)
-    per_file = segments.groupby("path").size()
-    assert per_file.to_dict() == {p: int(n) for p, n in zip(ok["path"], ok["windows"])}
-    assert (segments["end_s"] - segments["start_s"]).round(3).eq(1.0).all()
+    assert list(segments.columns) == SEGMENT_COLUMNS
+    assert set(segments["path"]) == set(ok["path"])
+    for path, g in segments.groupby("path"):
+        row = by_path.loc[path]
+        assert (g["end_s"].values[:-1] <= g["start_s"].values[1:]).all() and (g["end_s"] > g["start_s"]).all()
+        assert (g["end_s"] - g["start_s"]).sum() >= float(row["female_s"]) + float(row["male_s"]) - 1e-3
+        assert 0 < float(row["female_s"]) + float(row["male_s"]) <= float(row["duration_s"]) + 1e-3
+        if row["label"] != "mixed":  # one voice: most of its speech carries the file's sex (unless the file is a close call)
+            assert (float(row["female_share"]) >= 0.5) == (row["label"] == "female") or abs(float(row["p_male"]) - 0.5) < 0.2, row.to_dict()
+    assert (report.loc[report["status"] != "ok", ["female_s", "male_s"]] == "").all().all()
 
 
 def test_device_cpu_scores_and_cuda_without_a_gpu_is_a_usage_error(champion, recordings, tmp_path):

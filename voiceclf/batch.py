@@ -117,7 +117,7 @@ def featurize_file(item: Item, cfg: FeatureConfig, variants: int = 0) -> list[Re
 READ_WHOLE_BYTES = 16 << 20
 
 
-def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True) -> tuple[Result, np.ndarray | None]:
+def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True, max_windows: int | None = longfile.MAX_WINDOWS) -> tuple[Result, np.ndarray | None]:
     """The file's result and its cleaned waveform (None when it could not be decoded, or was streamed).
 
     ``gate=False`` leaves the speech gate to the caller (:func:`_gate`, several files at once) for a result with windows.
@@ -129,7 +129,7 @@ def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True) -> tuple[R
     except OSError:
         big = False  # reading it says why it cannot be read
     if big and longfile.is_long(item.on_disk):
-        return _featurize_long(item, cfg), None
+        return _featurize_long(item, cfg, max_windows), None
     try:
         with open(item.on_disk, "rb") as f:
             data = f.read()
@@ -139,7 +139,7 @@ def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True) -> tuple[R
     try:  # a small file's header is read by the handle that decodes it: one libsndfile open per file, not two
         decoded = audio.load(item.abspath, cfg, data=data, stream_above_s=longfile.STREAM_ABOVE_S)
     except audio.LongRecording:  # a small file can hold a long recording (compressed, or silence in FLAC)
-        return _featurize_long(item, cfg), None
+        return _featurize_long(item, cfg, max_windows), None
     except audio.AudioError as e:
         return Result(item, error=e.code, message=str(e)), None
     except Exception as e:  # a decoder bug must not stop the batch either; keep the cause
@@ -150,12 +150,13 @@ def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True) -> tuple[R
     return _no_speech(result, why), decoded.samples
 
 
-def _featurize_long(item: Item, cfg: FeatureConfig) -> Result:
+def _featurize_long(item: Item, cfg: FeatureConfig, max_windows: int | None = longfile.MAX_WINDOWS) -> Result:
     """A recording longer than longfile.STREAM_ABOVE_S: streamed, never read whole (not even to hash it), at
-    most longfile.MAX_WINDOWS windows evenly spread over its speech."""
+    most ``max_windows`` windows evenly spread over its speech (all of them for None, as scoring asks)."""
     try:
         item.sha256 = item.sha256 or sha256_file(item.on_disk)
-        wins, survey = longfile.windows(item.on_disk, cfg)
+        # speaker-embedding windows come back embedded: a long file's mel windows never pile up in the worker
+        wins, survey = longfile.windows(item.on_disk, cfg, max_windows=max_windows, embed=cfg.is_embedding)
     except OSError as e:
         return Result(item, **_unreadable(item.on_disk, e, item.abspath))
     except audio.AudioError as e:
@@ -239,8 +240,10 @@ def warnings_naming(path: str):
         _log.warning("%s: %s: %s (at %s:%d)", io.as_text(path).replace("\n", "\\n"), w.category.__name__, text, os.path.basename(w.filename), w.lineno)
 
 
-def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0) -> list[Result]:
+def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0, max_windows: int | None = longfile.MAX_WINDOWS) -> list[Result]:
     """Worker entry point: the results of every item, in order (variants follow their original).
+
+    ``max_windows`` caps a streamed long recording's windows (None: all of them, for scoring's turns).
 
     BLAS runs single-threaded here: parallelism comes from the worker processes, and a fixed
     thread count keeps sums in one order, so features are bit-identical for any --jobs or backend.
@@ -259,13 +262,13 @@ def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0) ->
                 if variants > 0 and it.label is not None:  # its variants wait for the gate's verdict on the recording
                     out = featurize_file(it, cfg, variants)
                 else:
-                    r, samples = _featurize_one(it, cfg, gate=False)
+                    r, samples = _featurize_one(it, cfg, gate=False, max_windows=max_windows)
                     out = [r]
                     if r.n_windows and samples is not None:
                         ungated.append((r, samples))
             for r in out:
                 results.append(r)
-                if cfg.is_embedding and r.n_windows:
+                if cfg.is_embedding and r.n_windows and r.windows.features.ndim == 3:  # mel windows (a long file's are embedded)
                     waiting.append(r)
             if ungated and sum(len(y) for _, y in ungated) >= GATE_EVERY:
                 _gate(ungated, cfg)

@@ -131,7 +131,7 @@ def mel_windows(y: np.ndarray, cfg: FeatureConfig) -> Windows:
     mel = mel_frames(track, cfg)
     step = cfg.hop_samples // cfg.hop_length
     views = np.lib.stride_tricks.sliding_window_view(mel, FRAMES_PER_WINDOW, axis=0)[::step][: sp.n]
-    return Windows(np.ascontiguousarray(views.transpose(0, 2, 1)), *sp.timing(cfg))
+    return Windows(np.ascontiguousarray(views.transpose(0, 2, 1)), *sp.timing(cfg), sp.regions_s(cfg))
 
 
 def embed(mels: np.ndarray, cfg: FeatureConfig, batch_size: int = 256) -> np.ndarray:
@@ -150,4 +150,4 @@ def embed_all(windows: list[Windows], cfg: FeatureConfig) -> list[Windows]:
         return []
     vectors = embed(np.concatenate([w.features for w in windows]), cfg)
     bounds = np.cumsum([0] + [len(w) for w in windows])
-    return [Windows(vectors[a:b], w.offsets_s, w.speech_s) for w, a, b in zip(windows, bounds[:-1], bounds[1:])]
+    return [Windows(vectors[a:b], w.offsets_s, w.speech_s, w.regions_s) for w, a, b in zip(windows, bounds[:-1], bounds[1:])]

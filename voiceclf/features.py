@@ -23,11 +23,14 @@ class Windows:
     features : (n, 3, n_frames, n_mfcc) float32, channels first.
     offsets_s : (n,) start of each window in the original recording, in seconds.
     speech_s : (n,) seconds of real (not padded) speech inside each window.
+    regions_s : (k, 2) the recording's voiced regions [start, end), in seconds, which the windows were cut
+        from (joined into one track); None where unknown. Turns are placed on them (voiceclf.turns).
     """
 
     features: np.ndarray
     offsets_s: np.ndarray
     speech_s: np.ndarray
+    regions_s: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.features)
@@ -336,6 +339,10 @@ class SpeechTrack:
     lead: int
     n: int
 
+    def regions_s(self, cfg: FeatureConfig) -> np.ndarray:
+        """The voiced regions in seconds, (k, 2) float64."""
+        return self.intervals.astype(np.float64) / cfg.sample_rate
+
     def timing(self, cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
         """Each window's start in the original recording and its seconds of real speech."""
         sr, win, hop = cfg.sample_rate, cfg.window_samples, cfg.hop_samples
@@ -385,4 +392,4 @@ def extract(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> Windows:
     # (3, n_mfcc, n, n_frames) strided view → (n, 3, n_frames, n_mfcc): frames on axis -2.
     views = np.lib.stride_tricks.sliding_window_view(frames, cfg.n_frames, axis=2)[:, :, ::step][:, :, : sp.n]
     features = np.ascontiguousarray(views.transpose(2, 0, 3, 1))
-    return Windows(features, *sp.timing(cfg))
+    return Windows(features, *sp.timing(cfg), sp.regions_s(cfg))

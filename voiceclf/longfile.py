@@ -24,8 +24,8 @@ to ``MAX_WINDOWS`` windows of one speaker already).
 
 Whole-file quantities, and what they mean here:
 - peak normalisation, voiced regions, ``duration_s``: exactly as for a short file (the survey sees all of it);
-- the speaker encoder's input level (RMS of the whole speech track): exact, gathered as the track flows
-  past; the mel windows are scaled by it once the track has been seen (the mel is power: x a² after);
+- the speaker encoder's input level (RMS of the whole speech track): exact, from the survey's sums of squares
+  per hop, so scoring embeds each group's mel windows as they are computed (the mel is power: x a² after);
 - the 80-dB floor of the log spectra (relative to the loudest bin of the whole track): relative to the
   loudest bin of the stretches computed, which is the whole track when every window is kept.
 A file just above ``STREAM_ABOVE_S`` thus gets the windows the whole-file path gives, to float rounding.
@@ -50,6 +50,10 @@ MAX_WINDOWS = 1200
 #: Seconds of audio decoded per block, and the longest stretch of speech track computed in one piece.
 BLOCK_S = 30.0
 GROUP_S = 30.0
+#: Mel windows a scored long file lets wait for the speaker encoder (one batch of embedding.embed): each group's few
+#: dozen go at once. Batches of 256 measured no faster per window (3.9 CPU s per 15 min of a conversation either way)
+#: and raised the worker's peak on the one-hour bench file from 558 to 675 MiB.
+EMBED_EVERY = 1
 
 
 def is_long(path: str | os.PathLike, threshold_s: float = STREAM_ABOVE_S) -> bool:
@@ -68,6 +72,8 @@ class Survey:
 
     gain : the peak normalisation factor (1.0 for a silent recording, as :func:`voiceclf.audio.clean`).
     intervals : (k, 2) voiced regions in samples at ``cfg.sample_rate``.
+    speech_sumsq : the speech track's sum of squares, which sets the speaker encoder's input level before any
+    window is computed (so a long file's windows can be embedded as they come, in bounded memory).
     n_samples : length of the cleaned waveform.  source_sample_rate, duration_s : as :class:`voiceclf.audio.Audio`.
     """
 
@@ -76,6 +82,7 @@ class Survey:
     n_samples: int
     source_sample_rate: int
     duration_s: float
+    speech_sumsq: float = 0.0  # sum of squares of the speech track (the voiced regions, after ``gain``)
 
 
 def survey(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), block_s: float = BLOCK_S) -> Survey:
@@ -96,9 +103,16 @@ def survey(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), block_
         starts = np.arange(m) * hop
         return (cs[starts + frame] - cs[starts]) / frame
 
+    # Sums of squares per hop of the waveform: voiced regions start and end on whole hops (voiced_runs), so
+    # these give the speech track's energy exactly, at one float per 10 ms.
+    hop_sums, rest = [], np.zeros(0)
     for x in audio.cleaned_blocks(path, cfg, block_s=block_s):
         peak = max(peak, float(np.max(np.abs(x))))
         n += len(x)
+        rest = np.concatenate([rest, np.square(x, dtype=np.float64)])
+        whole = len(rest) // hop * hop
+        hop_sums.append(rest[:whole].reshape(-1, hop).sum(axis=1))
+        rest = rest[whole:]
         buf = np.concatenate([buf, x])
         p = frames_in(buf)
         powers.append(p.astype(np.float32))
@@ -114,12 +128,14 @@ def survey(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), block_
         intervals = np.zeros((0, 2), np.int64)
     else:
         intervals = features.voiced_runs(np.concatenate(powers).astype(np.float64) * gain**2, n, cfg)
-    return Survey(gain, intervals, n, int(sr), frames / sr)
+    per_hop = np.concatenate([*hop_sums, [rest.sum()]])
+    sumsq = sum(float(per_hop[a // hop : -(-b // hop)].sum()) for a, b in intervals) * gain**2
+    return Survey(gain, intervals, n, int(sr), frames / sr, sumsq)
 
 
-def spread(n: int, cap: int = MAX_WINDOWS) -> np.ndarray:
-    """Indices of at most ``cap`` of ``n`` windows, evenly spread, first and last included."""
-    if n <= cap:
+def spread(n: int, cap: int | None = MAX_WINDOWS) -> np.ndarray:
+    """Indices of at most ``cap`` of ``n`` windows, evenly spread, first and last included (all of them for None)."""
+    if cap is None or n <= cap:
         return np.arange(n)
     return np.unique(np.round(np.linspace(0, n - 1, cap)).astype(np.int64))
 
@@ -157,15 +173,14 @@ def _groups(starts: np.ndarray, n: int, keep: np.ndarray, track_len: int, cfg: F
 
 
 class _Track:
-    """The speech track as it flows past: buffers only what the pending groups need, computes each group
-    when its stretch is complete, and sums the squares of the whole track (the encoder's level)."""
+    """The speech track as it flows past: buffers only what the pending groups need, and computes each group
+    when its stretch is complete."""
 
     def __init__(self, groups: list, compute) -> None:
         self.groups, self.compute = list(groups), compute
-        self.buf, self.buf_start, self.sumsq = np.zeros(0, np.float32), 0, 0.0
+        self.buf, self.buf_start = np.zeros(0, np.float32), 0
 
     def feed(self, piece: np.ndarray) -> None:
-        self.sumsq += float(np.sum(np.square(piece, dtype=np.float64)))
         end = self.buf_start + len(self.buf) + len(piece)
         if not self.groups:
             self.buf_start, self.buf = end, self.buf[:0]
@@ -197,11 +212,14 @@ class _Track:
 
 
 def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, block_s: float = BLOCK_S,
-            max_windows: int = MAX_WINDOWS) -> tuple[Windows, Survey]:
+            max_windows: int | None = MAX_WINDOWS, embed: bool = False) -> tuple[Windows, Survey]:
     """The windows of a long recording (see the module docstring): CNN input, or the encoder's mel windows.
 
-    Returns the windows (at most ``max_windows``, evenly spread) and the survey (its ``duration_s`` and
+    Returns the windows (at most ``max_windows``, evenly spread; all of them for None: scoring, whose turns
+    cover all the speech) and the survey (its ``duration_s`` and
     ``source_sample_rate`` are the recording's). Raises what :func:`voiceclf.audio.cleaned_blocks` raises.
+    ``embed`` (speaker-embedding sets): return 256-d embeddings, each group's mel windows embedded as soon as they
+    are computed, so memory holds 1 kB per window instead of 25.6 kB (a whole hour's mel windows were ~115 MB).
     """
     sv = survey(path, cfg, block_s)
     shape = (160, 40) if cfg.is_embedding else cfg.shape  # embedding.FRAMES_PER_WINDOW, N_MELS
@@ -217,6 +235,19 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
     offsets_s, speech_s = features.SpeechTrack(np.zeros(0, np.float32), iv, lead, n).timing(cfg)
     starts = keep * hop  # in the track, before the lead padding of a track shorter than a window
     out: list[np.ndarray] = []
+    waiting: list[np.ndarray] = []  # mel windows to embed (``embed``)
+
+    def embed_waiting() -> None:
+        from voiceclf import embedding
+
+        if waiting:
+            out.extend(embedding.embed(np.stack(waiting) * scale, cfg))
+            waiting.clear()
+
+    # The encoder's input level (embedding.mel_windows): the speech track at encoder_level_dbfs RMS, known from
+    # the survey. The mel is power, so scaling it by the square of the gain equals scaling the track first.
+    rms = np.sqrt(sv.speech_sumsq / track_len)
+    scale = np.float32((10 ** (cfg.encoder_level_dbfs / 20) / max(rms, 1e-9)) ** 2)
     spectra: list[tuple] = []  # CNN: (log-mel, pitch bands, local frame starts) per group, floored at the end
 
     def compute(seg: np.ndarray, a: int, group_starts: np.ndarray) -> None:
@@ -227,7 +258,14 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
             from voiceclf import embedding  # torch is only needed for this feature set
 
             mel = embedding.mel_frames(seg, cfg)
-            out.extend(mel[f : f + shape[0]] for f in local)
+            mels = [mel[f : f + shape[0]] for f in local]
+            if not embed:
+                out.extend(mels)
+                return
+            # embedded as they come (EMBED_EVERY): they never pile up in the worker
+            waiting.extend(mels)
+            if len(waiting) >= EMBED_EVERY:
+                embed_waiting()
         else:
             log_mel, pitch = features.log_spectra(seg, cfg)
             spectra.append((log_mel, pitch, local))
@@ -249,13 +287,10 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
             track.feed(np.concatenate(pieces))
         pos = end
     track.finish()
+    embed_waiting()
 
     if cfg.is_embedding:
-        # The level of embedding.mel_windows: the speech track at encoder_level_dbfs RMS. The mel is power, so
-        # scaling it by the square of the gain equals scaling the track first, to float rounding.
-        rms = np.sqrt(track.sumsq / track_len)
-        scale = np.float32((10 ** (cfg.encoder_level_dbfs / 20) / max(rms, 1e-9)) ** 2)
-        feats = np.stack(out) * scale if out else np.zeros((0, *shape), np.float32)
+        feats = np.stack(out) * (1 if embed else scale) if out else np.zeros((0, *shape), np.float32)
     else:
         # One 80-dB floor for every group: relative to the loudest bin of all of them, as frame_features
         # floors a whole track relative to its loudest bin.
@@ -267,4 +302,4 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
             out.extend(ch[:, :, f : f + nf].transpose(0, 2, 1) for f in local)
         spectra.clear()
         feats = np.ascontiguousarray(np.stack(out))
-    return Windows(feats.astype(np.float32, copy=False), offsets_s[keep], speech_s[keep]), sv
+    return Windows(feats.astype(np.float32, copy=False), offsets_s[keep], speech_s[keep], iv.astype(np.float64) / cfg.sample_rate), sv

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from voiceclf import batch, corpus, io, parallel, shards, vad
+from voiceclf import batch, corpus, io, longfile, parallel, shards, vad
 from voiceclf.config import LABELS, FeatureConfig
 
 # torch and MLflow take seconds to import and featurize needs neither (nor does a CNN featurize worker):
@@ -182,7 +182,8 @@ def _not_inside(items: list[batch.Item], out: Path) -> list[batch.Item]:
 
 
 @contextlib.contextmanager
-def _featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backend: str, scheduler: str | None, variants: int = 0):
+def _featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backend: str, scheduler: str | None, variants: int = 0,
+                max_windows: int | None = longfile.MAX_WINDOWS):
     """The workers' results for ``items``, a batch at a time, in order: the one loop featurize and score share.
 
     Speaker-embedding workers start with torch loaded (``parallel.WORKER_PRELOAD``). Workers get
@@ -200,7 +201,7 @@ def _featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backe
 
     sent = [dataclasses.replace(it, source=os.path.abspath(it.source)) for it in items]
     with parallel.engine(backend, scheduler, preload=parallel.WORKER_PRELOAD[cfg.family]):
-        yield (as_given(res) for res in parallel.imap(batch.featurize_batch, batch.batches(sent, jobs), n_jobs=jobs, cfg=cfg, variants=variants))
+        yield (as_given(res) for res in parallel.imap(batch.featurize_batch, batch.batches(sent, jobs), n_jobs=jobs, cfg=cfg, variants=variants, max_windows=max_windows))
 
 
 def _hash_for_skipping(items: list[batch.Item], out: Path) -> None:
@@ -784,7 +785,7 @@ def train_grid(
 # ----------------------------------------------------------------------------- score
 @dataclass
 class ScoreResult:
-    """What :func:`score_dirs` produced: one report row per file, one segment row per scored window."""
+    """What :func:`score_dirs` produced: one report row per file, one segment row per speech turn (voiceclf.turns)."""
 
     report: pd.DataFrame
     segments: pd.DataFrame
@@ -872,7 +873,8 @@ def score_dirs(
         total = len(items) + len(hidden)
         rows, segments, first, errors = [], [], None, len(hidden)
         t_loop = time.perf_counter()
-        with _featurized(items, cfg, jobs=jobs, backend=backend, scheduler=scheduler) as stream:
+        # every window of a long recording: its turns and seconds per sex cover all of its speech
+        with _featurized(items, cfg, jobs=jobs, backend=backend, scheduler=scheduler, max_windows=None) as stream:
             # The workers have their first batches: torch is imported while they work, not before they start.
             import torch
 

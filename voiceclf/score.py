@@ -4,11 +4,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from voiceclf import turns
 from voiceclf.batch import Result
 from voiceclf.config import LABELS
 
-REPORT_COLUMNS = ["path", "label", "p_male", "confidence", "duration_s", "windows", "status", "error", "model_uri", "model_version"]
-SEGMENT_COLUMNS = ["path", "start_s", "end_s", "p_male", "label"]
+REPORT_COLUMNS = ["path", "label", "p_male", "confidence", "duration_s", "windows", "status", "error", "model_uri", "model_version",
+                  "female_s", "male_s", "female_share"]
+#: One row per speech turn (voiceclf.turns), not per window.
+SEGMENT_COLUMNS = ["path", "start_s", "end_s", "label", "p_male"]
 
 
 def device_of(model) -> torch.device:
@@ -31,21 +34,24 @@ def label_of(p: float, threshold: float) -> str:
 
 
 def score_results(results: list[Result], model, *, threshold: float, model_uri: str, model_version: str, window_s: float) -> tuple[list[dict], list[dict]]:
-    """Report rows (one per file) and segment rows (one per window) for a batch of featurized files."""
+    """Report rows (one per file) and segment rows (one per speech turn) for a batch of featurized files.
+
+    ``label`` is ``mixed`` when both sexes hold a real share of the file's speech (:func:`voiceclf.turns.is_mixed`),
+    which takes precedence over the file-level label.
+    """
     with_windows = [r for r in results if r.n_windows]
     probs = p_male(model, np.concatenate([r.windows.features for r in with_windows])) if with_windows else np.zeros(0)
     rows, segments, start = [], [], 0
     for r in results:
         row = dict(path=r.item.abspath, label="", p_male=np.nan, confidence=np.nan,
                    duration_s=r.duration_s if r.duration_s is not None else np.nan, windows=r.n_windows,
-                   status="ok", error="", model_uri=model_uri, model_version=model_version)
+                   status="ok", error="", model_uri=model_uri, model_version=model_version, female_s=np.nan, male_s=np.nan, female_share=np.nan)
         if r.n_windows:
             p = probs[start : start + r.n_windows]
             start += r.n_windows
             mean = float(p.mean())
             row.update(label=label_of(mean, threshold), p_male=round(mean, 6), confidence=round(max(mean, 1 - mean), 6))
-            for off, pw in zip(r.windows.offsets_s, p):
-                segments.append(dict(path=row["path"], start_s=round(float(off), 3), end_s=round(float(off) + window_s, 3), p_male=round(float(pw), 6), label=label_of(pw, threshold)))
+            segments += _turns(row, p, r, window_s=window_s, threshold=threshold)
         elif r.error == "no_speech":
             row.update(status="no_speech", error=r.message)
         else:
@@ -53,3 +59,13 @@ def score_results(results: list[Result], model, *, threshold: float, model_uri: 
         rows.append(row)
     return rows, segments
 
+
+
+def _turns(row: dict, p: np.ndarray, r: Result, *, window_s: float, threshold: float) -> list[dict]:
+    """The file's speech turns as segment rows; adds its seconds per sex to ``row`` and makes it ``mixed`` when both
+    sexes hold a real share of its speech (after the file-level label: ``mixed`` comes first)."""
+    found, seconds = turns.turns_of(p, r.windows.offsets_s, r.windows.regions_s, window_s=window_s, threshold=threshold)
+    row.update(seconds)
+    if turns.is_mixed(found):
+        row["label"] = "mixed"
+    return [dict(path=row["path"], start_s=round(t.start_s, 3), end_s=round(t.end_s, 3), label=t.label, p_male=t.p_male) for t in found]

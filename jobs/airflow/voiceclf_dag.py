@@ -42,6 +42,8 @@ PARAMS_ENV = {
     "VOICECLF_GRID_FILE": "{{ params.grid_file }}",
     "VOICECLF_RECORDINGS_DIR": "{{ params.recordings_dir }}",
     "VOICECLF_REPORT": "{{ params.report_path | replace('{ds}', %s) }}" % RUN_DATE,
+    "VOICECLF_SEGMENTS": "{{ params.segments_path | replace('{ds}', %s) }}" % RUN_DATE,
+    "VOICECLF_SEGMENTS_FORMAT": "{{ params.segments_format }}",
 }
 
 # HOME reaches the commands the same way (env is a templated field in every Airflow 2 and 3; cwd only from 2.9).
@@ -58,11 +60,12 @@ else the repo holding this DAG file), the same entry points as `make features|tr
 | --- | --- |
 | `featurize` | `python -m jobs.featurize <data_dir> --out <features_dir> --feature-set mfcc_pitch,speaker_embedding` (both families; incremental: known files are skipped) |
 | `train` | `python -m jobs.train --features <features_dir> --grid <grid_file>`; registers `models:/voiceclf@champion` |
-| `score` | `python -m jobs.score <recordings_dir> --out <report_path>`, `{ds}` in the path → the run's date |
+| `score` | `python -m jobs.score <recordings_dir> --out <report_path> [--segments <segments_path> --segments-format <segments_format>]`, `{ds}` in the paths → the run's date |
 
 **Params** (change them in *Trigger DAG w/ config*): `data_dir` (labelled corpus folder or manifest.csv),
 `recordings_dir` (folder to label), `grid_file` (TOML grid), `features_dir` (Parquet shards),
-`report_path` (CSV report; relative paths are under VOICECLF_HOME). The defaults run on the synthetic
+`report_path` (CSV report; relative paths are under VOICECLF_HOME), `segments_path` (speech turns by sex; empty: none)
+and `segments_format` (`csv`, `rttm` or `textgrid`). The defaults run on the synthetic
 data that `make demo` writes into `demo/`. Params reach the jobs as environment variables (`VOICECLF_*`),
 never as part of the shell command, so any value is taken as a path.
 
@@ -104,6 +107,8 @@ with DAG(
         "grid_file": "jobs/grid.toml",
         "features_dir": "features",
         "report_path": "reports/report-{ds}.csv",
+        "segments_path": "reports/turns-{ds}.csv",
+        "segments_format": "csv",
     },
 ) as dag:
     # The commands change into HOME and run the project's interpreter; `exec` hands SIGTERM (task killed)
@@ -128,7 +133,12 @@ with DAG(
 set -eu
 cd -- "$VOICECLF_HOME"
 mkdir -p -- "$(dirname -- "$VOICECLF_REPORT")"
-exec .venv/bin/python -m jobs.score --out="$VOICECLF_REPORT" -- "$VOICECLF_RECORDINGS_DIR"
+set -- --out="$VOICECLF_REPORT"
+if [ -n "$VOICECLF_SEGMENTS" ]; then
+    mkdir -p -- "$(dirname -- "$VOICECLF_SEGMENTS")"
+    set -- "$@" --segments="$VOICECLF_SEGMENTS" --segments-format="$VOICECLF_SEGMENTS_FORMAT"
+fi
+exec .venv/bin/python -m jobs.score "$@" -- "$VOICECLF_RECORDINGS_DIR"
 """,
     )
 
