@@ -320,7 +320,7 @@ def test_dag_score_writes_no_turns_when_segments_path_is_empty(dag_tree, tmp_pat
     stub.chmod(0o755)
     params = {"data_dir": "d", "recordings_dir": "inbox", "grid_file": "g.toml", "features_dir": "f",
               "report_path": "reports/report-{ds}.csv", "segments_path": "", "segments_format": "csv"}
-    cmd, env = rendered_tasks(dag_tree, params, ds="2025-01-02")["score"]
-    proc = subprocess.run(["bash", "-c", cmd], cwd=home, env={**os.environ, **env}, capture_output=True, text=True)
+    cmd, env = rendered_tasks(dag_tree, params, ds="2025-01-02", var={"value": {"voiceclf_home": str(home)}})["score"]
+    proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (home / "argv-jobs.score").read_text().splitlines()[2:] == ["--out=reports/report-2025-01-02.csv", "--", "inbox"]
