@@ -50,8 +50,10 @@ features: setup
 train: setup
 	$(PY) -m jobs.train --features $(call q,$(FEATURES)) --jobs $(call q,$(JOBS))
 
+# MIN_CONFIDENCE=P: files whose label is less likely than P are labelled `uncertain`. The value reaches the
+# job through the environment (make exports a command-line variable to the recipe), never as make or shell code.
 score: setup
-	$(PY) -m jobs.score $(call q,$(DIR)) --out $(call q,$(or $(OUT),report.csv)) --jobs $(call q,$(JOBS))
+	$(PY) -m jobs.score $(call q,$(DIR)) --out $(call q,$(or $(OUT),report.csv)) --jobs $(call q,$(JOBS))$(if $(value MIN_CONFIDENCE), --min-confidence="$$MIN_CONFIDENCE")
 
 # The MLflow UI on the embedded store, on loopback: compare the grid's runs side by side.
 ui: setup

@@ -187,7 +187,7 @@ def test_dag_definition(dag_tree):
     assert lit("schedule") is None and lit("catchup") is False
     assert kwarg(dag, "start_date") is not None and kwarg(dag, "doc_md") is not None
     assert "voiceclf" in lit("tags")
-    assert set(lit("params")) == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path"}
+    assert set(lit("params")) == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path", "min_confidence"}
     default_args = kwarg(dag, "default_args")
     keys = [k.value for k in default_args.keys]
     assert ast.literal_eval(default_args.values[keys.index("retries")]) == 2 and "retry_delay" in keys
@@ -249,7 +249,7 @@ def test_dag_commands_call_the_project_entry_points(dag_tree):
         for var in re.findall(r"\$\{?(VOICECLF_\w+)", cmd):
             assert var in env and f'"${var}"' in cmd, (task, var, cmd)
             used |= set(re.findall(r"params\.(\w+)", env[var]))
-    assert used == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path"}
+    assert used == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path", "min_confidence"}
 
 
 def rendered_tasks(dag_tree, params: dict, **ctx) -> dict[str, tuple[str, dict]]:
@@ -288,6 +288,7 @@ def test_dag_params_reach_the_jobs_as_data_never_as_shell_code(dag_tree, tmp_pat
         "grid_file": f"g'; touch {marker}; '.toml",
         "features_dir": 'feat "x" $HOME',
         "report_path": f"reports/$(touch {marker})/report-{{ds}}.csv",
+        "min_confidence": f"0.9$(touch {marker})",
     }
     home = tmp_path / "home"
     (home / ".venv" / "bin").mkdir(parents=True)
@@ -301,5 +302,5 @@ def test_dag_params_reach_the_jobs_as_data_never_as_shell_code(dag_tree, tmp_pat
     assert argv["featurize"] == [f"--out={params['features_dir']}", "--feature-set=mfcc_pitch,speaker_embedding", "--", params["data_dir"]]
     assert argv["train"] == [f"--features={params['features_dir']}", f"--grid={params['grid_file']}"]
     report = f"reports/$(touch {marker})/report-2025-01-02.csv"
-    assert argv["score"] == [f"--out={report}", "--", params["recordings_dir"]]
+    assert argv["score"] == [f"--out={report}", f"--min-confidence={params['min_confidence']}", "--", params["recordings_dir"]]
     assert (home / report).parent.is_dir() and not marker.exists()

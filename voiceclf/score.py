@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from voiceclf.batch import Result
+from voiceclf.calibration import IDENTITY, Calibration, decide
 from voiceclf.config import LABELS
 
 REPORT_COLUMNS = ["path", "label", "p_male", "confidence", "duration_s", "windows", "status", "error", "model_uri", "model_version"]
@@ -30,8 +31,14 @@ def label_of(p: float, threshold: float) -> str:
     return LABELS[int(p >= threshold)]
 
 
-def score_results(results: list[Result], model, *, threshold: float, model_uri: str, model_version: str, window_s: float) -> tuple[list[dict], list[dict]]:
-    """Report rows (one per file) and segment rows (one per window) for a batch of featurized files."""
+def score_results(results: list[Result], model, *, threshold: float, model_uri: str, model_version: str, window_s: float,
+                  calibration: Calibration = IDENTITY, min_confidence: float = 0.0) -> tuple[list[dict], list[dict]]:
+    """Report rows (one per file) and segment rows (one per window) for a batch of featurized files.
+
+    A file's p_male is its windows' mean mapped by the model's ``calibration``; its confidence is the
+    probability of the label reported, and below ``min_confidence`` that label is ``uncertain``
+    (:func:`voiceclf.calibration.decide`). Segment rows keep each window's own p(male).
+    """
     with_windows = [r for r in results if r.n_windows]
     probs = p_male(model, np.concatenate([r.windows.features for r in with_windows])) if with_windows else np.zeros(0)
     rows, segments, start = [], [], 0
@@ -42,8 +49,9 @@ def score_results(results: list[Result], model, *, threshold: float, model_uri: 
         if r.n_windows:
             p = probs[start : start + r.n_windows]
             start += r.n_windows
-            mean = float(p.mean())
-            row.update(label=label_of(mean, threshold), p_male=round(mean, 6), confidence=round(max(mean, 1 - mean), 6))
+            mean = calibration.apply(float(p.mean()))
+            label, confidence = decide(mean, threshold, min_confidence)
+            row.update(label=label, p_male=round(mean, 6), confidence=round(confidence, 6))
             for off, pw in zip(r.windows.offsets_s, p):
                 segments.append(dict(path=row["path"], start_s=round(float(off), 3), end_s=round(float(off) + window_s, 3), p_male=round(float(pw), 6), label=label_of(pw, threshold)))
         elif r.error == "no_speech":

@@ -330,6 +330,10 @@ class PointResult:
     xval: dict = field(default_factory=dict)  # cross-corpus validation (see cross_corpus_score), when two or more corpora train
     per_speaker: pd.DataFrame | None = None
     confusion: np.ndarray | None = None
+    test_files: pd.DataFrame | None = None  # file-level predictions on the test split (file, speaker, corpus, y, p, correct)
+    val_files: pd.DataFrame | None = None  # the same on the validation split, kept epoch
+    test_files_raw: pd.DataFrame | None = None  # test_files before calibration (set with the calibration)
+    calibration: object | None = None  # calibration.Calibration fitted by the grid (pipeline.train_grid)
     model: torch.nn.Module | None = None
     seconds: float = 0.0
     error: str | None = None
@@ -408,18 +412,24 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
         model.load_state_dict(best_state)
         model = model.cpu().eval()
         result.val = {k: v for k, v in result.final.items() if k.startswith("val_")}
+        result.val_files = file_level(predict_proba(model, va.x), va)
         te = parts["test"]
-        files = file_level(predict_proba(model, te.x), te)
-        result.test = evaluate(files, "test")
-        result.per_speaker = per_speaker(files)
-        from sklearn.metrics import confusion_matrix
-
-        result.confusion = confusion_matrix(files["y"], (files["p"] >= 0.5).astype(int), labels=[0, 1])
+        set_test(result, file_level(predict_proba(model, te.x), te))
         result.model = model
     except Exception:
         result.error = traceback.format_exc()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def set_test(result: PointResult, files: pd.DataFrame) -> None:
+    """The test metrics, per-speaker table and confusion matrix of ``result`` from its test files' p (raw or calibrated)."""
+    from sklearn.metrics import confusion_matrix
+
+    result.test_files = files
+    result.test = evaluate(files, "test")
+    result.per_speaker = per_speaker(files)
+    result.confusion = confusion_matrix(files["y"], (files["p"] >= 0.5).astype(int), labels=[0, 1])
 
 
 def best(results: list[PointResult]) -> PointResult | None:

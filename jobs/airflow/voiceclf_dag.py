@@ -39,6 +39,7 @@ PARAMS_ENV = {
     "VOICECLF_GRID_FILE": "{{ params.grid_file }}",
     "VOICECLF_RECORDINGS_DIR": "{{ params.recordings_dir }}",
     "VOICECLF_REPORT": "{{ params.report_path | replace('{ds}', %s) }}" % RUN_DATE,
+    "VOICECLF_MIN_CONFIDENCE": "{{ params.min_confidence }}",
 }
 
 DOC = """
@@ -52,7 +53,7 @@ else the repo holding this DAG file), the same entry points as `make features|tr
 | --- | --- |
 | `featurize` | `python -m jobs.featurize <data_dir> --out <features_dir> --feature-set mfcc_pitch,speaker_embedding` (both families; incremental: known files are skipped) |
 | `train` | `python -m jobs.train --features <features_dir> --grid <grid_file>`; registers `models:/voiceclf@champion` |
-| `score` | `python -m jobs.score <recordings_dir> --out <report_path>`, `{ds}` in the path → the run's date |
+| `score` | `python -m jobs.score <recordings_dir> --out <report_path> --min-confidence <min_confidence>`, `{ds}` in the path → the run's date |
 
 **Params** (change them in *Trigger DAG w/ config*): `data_dir` (labelled corpus folder or manifest.csv),
 `recordings_dir` (folder to label), `grid_file` (TOML grid), `features_dir` (Parquet shards),
@@ -98,6 +99,7 @@ with DAG(
         "grid_file": "jobs/grid.toml",
         "features_dir": "features",
         "report_path": "reports/report-{ds}.csv",
+        "min_confidence": 0.0,  # score: a file whose label is less likely than this is labelled `uncertain` (0: never)
     },
 ) as dag:
     # The commands run in HOME with the project's interpreter; `exec` hands SIGTERM (task killed)
@@ -124,7 +126,7 @@ with DAG(
         bash_command="""
 set -eu
 mkdir -p -- "$(dirname -- "$VOICECLF_REPORT")"
-exec .venv/bin/python -m jobs.score --out="$VOICECLF_REPORT" -- "$VOICECLF_RECORDINGS_DIR"
+exec .venv/bin/python -m jobs.score --out="$VOICECLF_REPORT" --min-confidence="$VOICECLF_MIN_CONFIDENCE" -- "$VOICECLF_RECORDINGS_DIR"
 """,
     )
 
