@@ -24,13 +24,24 @@ def test_decide_reports_the_probability_of_the_label_it_gives():
     assert decide(0.35, min_confidence=0.6) == ("female", pytest.approx(0.65))
 
 
+def test_the_default_fit_scales_the_logit_and_never_moves_the_decision():
+    rng = np.random.default_rng(1)
+    n = 20000
+    z = rng.normal(0, 3, n)
+    y = (rng.random(n) < sigmoid(0.4 * z + 0.8)).astype(int)
+    files = pd.DataFrame({"p": sigmoid(z), "y": y, "corpus": "c", "speaker": np.arange(n).astype(str)})
+    cal = calibration.fit(files)
+    assert cal.b == 0.0 and cal.a == pytest.approx(0.4, abs=0.05)
+    assert np.array_equal(cal.apply(files["p"].to_numpy()) >= 0.5, files["p"].to_numpy() >= 0.5)
+
+
 def test_platt_fit_recovers_a_known_map_and_lowers_the_ece():
     rng = np.random.default_rng(0)
     n = 20000
     z = rng.normal(0, 3, n)  # the raw logit: overconfident by 2, biased towards male by 0.5
     y = (rng.random(n) < sigmoid(0.5 * z - 0.5)).astype(int)
     files = pd.DataFrame({"p": sigmoid(z), "y": y, "corpus": "c", "speaker": np.arange(n).astype(str)})
-    cal = calibration.fit(files)
+    cal = calibration.fit(files, intercept=True)
     # the sexes weigh the same in the fit (a user's share of women is unknown): the intercept is the true one
     # plus the log of the sexes' ratio in the data, the prior a balanced sample would have
     n1 = y.sum()

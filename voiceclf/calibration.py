@@ -1,8 +1,8 @@
 """Calibrated confidence: a map from a file's pooled p(male) to a probability that holds on voices nobody trained on.
 
 A file's p(male) is the mean of its windows' probabilities. On corpora a model never saw, that number
-overstates: files called 95-99 % sure were right 92 % of the time. Platt scaling fixes it with two numbers,
-``p' = sigmoid(a * logit(p) + b)``, fitted on predictions for corpora LEFT OUT of training (the
+overstates: files called 95-99 % sure were right 92 % of the time. A scaling of its logit fixes it,
+``p' = sigmoid(a * logit(p) + b)`` (``b = 0`` by default, see :func:`fit`), fitted on predictions for corpora LEFT OUT of training (the
 cross-corpus trainings of the grid make them; with one corpus, the validation speakers). The two numbers
 travel with the registered model (MLmodel metadata ``calibration``, plain JSON); a model without them
 scores as before (the identity map).
@@ -91,17 +91,22 @@ def balance_weights(files: pd.DataFrame) -> np.ndarray:
     return w * len(w) / w.sum()
 
 
-def fit(files: pd.DataFrame, fitted_on: str = "") -> Calibration:
-    """Platt scaling on the logit of the files' pooled p (``files`` as ``train.file_level`` gives: p, y,
-    corpus, speaker), with :func:`balance_weights`. scikit-learn's logistic regression, nearly unpenalised
-    (C=1e4: two parameters, thousands of files). The identity when both sexes are not there."""
+def fit(files: pd.DataFrame, fitted_on: str = "", intercept: bool = False) -> Calibration:
+    """Scaling of the logit of the files' pooled p (``files`` as ``train.file_level`` gives: p, y, corpus,
+    speaker), with :func:`balance_weights`: scikit-learn's logistic regression on logit(p), nearly unpenalised
+    (C=1e4: one or two parameters, thousands of files). The identity when both sexes are not there.
+
+    By default the slope ``a`` only (``b = 0``, temperature scaling): the label at p = 0.5 stays the model's.
+    An intercept (``intercept=True``, full Platt scaling) learns the bias of the corpora it is fitted on, which
+    is not the next corpus's: on leave-one-corpus-out it cost held-out librispeech_100 1.2 points of accuracy
+    for no better ECE anywhere (bench/results.md)."""
     if len(files) == 0 or files["y"].nunique() < 2:
         return Calibration(fitted_on=f"identity ({fitted_on}: one sex only)")
     from sklearn.linear_model import LogisticRegression
 
     x = logit(files["p"].to_numpy())[:, None]
-    lr = LogisticRegression(C=1e4, max_iter=1000).fit(x, files["y"].to_numpy(), sample_weight=balance_weights(files))
-    a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    lr = LogisticRegression(C=1e4, max_iter=1000, fit_intercept=intercept).fit(x, files["y"].to_numpy(), sample_weight=balance_weights(files))
+    a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0]) if intercept else 0.0
     if a <= 0:  # a model worse than chance on the held-out corpora: no map can fix that, keep its scale
         return Calibration(fitted_on=f"identity ({fitted_on}: slope {a:.3g} <= 0)")
     return Calibration(a, b, fitted_on)
@@ -148,7 +153,7 @@ def kept_at(p: np.ndarray, y: np.ndarray, thresholds=(0.6, 0.7, 0.8, 0.9, 0.95))
 def fit_for_point(held_out: dict[str, pd.DataFrame], val_files: pd.DataFrame | None, test_files: pd.DataFrame) -> tuple[Calibration, dict[str, float]]:
     """The calibration a grid point's model carries, and its metrics.
 
-    ``held_out``: per training corpus, the file predictions of the point trained without it. The map is
+    ``held_out``: per training corpus, the file predictions of the point trained without it. The map (:func:`fit`) is
     fitted on all of them (else on ``val_files``). ``xval_ece.<corpus>`` is measured honestly: on corpus c,
     with a map fitted on the other corpora's held-out predictions only; ``test_ece`` on the test split,
     which fitted nothing. ``*_raw`` are the same before calibration.
