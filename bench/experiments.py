@@ -3,7 +3,7 @@
     python -m bench.experiments [--features /work/feat] [--measures bench/work/voice/measures.parquet]
 
 Methods, each trained on two corpora and tested on the third (its real recordings), then calibrated as
-train calibrates (Platt on the training corpora's own leave-one-corpus-out predictions):
+train calibrates (the logit's slope, fitted on the training corpora's own leave-one-corpus-out predictions):
 
 - ``head (windows)``: the registered family as it is, the embedding head of jobs/grid.toml (logistic,
   weight decay 1e-2) trained on windows, a file's p the mean of its windows' p.
@@ -27,7 +27,6 @@ from voiceclf import calibration, shards
 from voiceclf import train as tr
 from voiceclf.config import REPO_ROOT
 
-INTERCEPT = True  # --calibration temperature: the slope only (the decision at p = 0.5 stays where the model put it)
 VOICE = ["f0_med", "f0_p10", "f0_p90", "F1", "F2", "F3", "F4", "centroid", "rolloff", "flatness"]
 
 
@@ -87,7 +86,7 @@ def as_files(test: pd.DataFrame, p: np.ndarray) -> pd.DataFrame:
     return f
 
 
-def pooled_method(files: pd.DataFrame, held: str, C: float, measures, head: str = "lr") -> tuple[pd.DataFrame, float]:
+def pooled_method(files: pd.DataFrame, held: str, C: float, measures, head: str = "lr", intercept: bool = False) -> tuple[pd.DataFrame, float]:
     """Calibrated test files of the held-out corpus, and the inner cross-corpus score (what would choose C)."""
     train = files[files["corpus"] != held]
     test = files[(files["corpus"] == held) & (files["variant"] == 0)]
@@ -95,7 +94,7 @@ def pooled_method(files: pd.DataFrame, held: str, C: float, measures, head: str 
     for c in sorted(set(train["corpus"])):
         tt = train[(train["corpus"] == c) & (train["variant"] == 0)]
         inner[c] = as_files(tt, fit_predict(train[train["corpus"] != c], tt, C, measures, head))
-    cal = calibration.fit(pd.concat(inner.values(), ignore_index=True), "inner", intercept=INTERCEPT)
+    cal = calibration.fit(pd.concat(inner.values(), ignore_index=True), "inner", intercept=intercept)
     xval = float(np.mean([tr.speaker_balanced(tr.per_speaker(f)) for f in inner.values()]))
     return calibration.recalibrated(as_files(test, fit_predict(train, test, C, measures, head)), cal), xval
 
@@ -121,10 +120,10 @@ def main(argv=None) -> None:
     p.add_argument("--methods", default="head,pooled,voice", help="some of head,pooled,voice,lda")
     p.add_argument("--tiled", type=Path, help="npz of re-embedded recordings (files, x) replacing their variant-0 pooled embeddings")
     p.add_argument("--C", default="0.01,0.1,1")
-    p.add_argument("--calibration", choices=("platt", "temperature"), default="platt")
+    p.add_argument("--calibration", choices=("platt", "temperature"), default="temperature",
+                   help="for the pooled methods: platt adds an intercept (the head is calibrated as train does: the slope)")
     args = p.parse_args(argv)
-    global INTERCEPT
-    INTERCEPT = args.calibration == "platt"
+    platt = args.calibration == "platt"  # with an intercept; the default, temperature, fits the slope only as train does
     rows, x, cfg = shards.read(args.features / "speaker_embedding")
     data = tr.Data.from_shards(rows, x, cfg)
     measures = pd.read_parquet(args.measures)
@@ -144,12 +143,12 @@ def main(argv=None) -> None:
         if "head" in methods:
             runs.append(("head (windows)", *head_method(data, held)))
         if "lda" in methods:
-            runs.append(("pooled shrinkage LDA", *pooled_method(files, held, 1.0, None, "lda")))
+            runs.append(("pooled shrinkage LDA", *pooled_method(files, held, 1.0, None, "lda", platt)))
         for C in map(float, args.C.split(",")):
             if "pooled" in methods:
-                runs.append((f"pooled LR C={C:g}", *pooled_method(files, held, C, None)))
+                runs.append((f"pooled LR C={C:g}", *pooled_method(files, held, C, None, "lr", platt)))
             if "voice" in methods:
-                runs.append((f"pooled LR + voice C={C:g}", *pooled_method(files, held, C, measures)))
+                runs.append((f"pooled LR + voice C={C:g}", *pooled_method(files, held, C, measures, "lr", platt)))
         for name, f, xval in runs:
             row = {"held_out": held, "method": f"{name} (inner xval {100 * xval:.1f})", **hard.view(hard.annotate(f, measures))}
             out.append(row)
