@@ -110,6 +110,8 @@ def head_method(data: tr.Data, held: str) -> tuple[pd.DataFrame, float]:
     for r in (main, *per.values()):
         assert r.error is None, r.error
     calibrate_point(main, per)
+    print(f"  head, held-out {held}: {main.calibration.fitted_on}; a={main.calibration.a:.3f}; test ECE raw {main.test['test_ece_raw']:.3f}, "
+          f"carried {main.test['test_ece']:.3f}; xval ECE raw {main.xval.get('xval_ece_raw', float('nan')):.3f}, mapped {main.xval.get('xval_ece', float('nan')):.3f}", flush=True)
     return main.test_files, main.xval["xval_score"]
 
 

@@ -136,3 +136,22 @@ def test_the_grid_fits_logs_and_registers_a_calibration(champion):
     assert {"reliability.png", "calibration.json"} <= names
     loaded = tracking.load()
     assert loaded.calibration.a == pytest.approx(run.data.metrics["calibration_a"]) and loaded.calibration.fitted_on == "validation speakers"
+
+
+def test_a_map_that_does_not_transfer_between_held_out_corpora_is_not_carried():
+    """Each training corpus's held-out predictions, overconfident in opposite ways: a map fitted on one makes the
+    other worse, so the model carries the identity; when they agree, the map is carried."""
+    rng = np.random.default_rng(3)
+
+    def corpus(name, true_slope, n=4000):
+        z = rng.normal(0, 3, n)
+        y = (rng.random(n) < sigmoid(true_slope * z)).astype(int)
+        return pd.DataFrame({"p": sigmoid(z), "y": y, "corpus": name, "speaker": [f"{name}{i}" for i in range(n)]})
+
+    test = corpus("t", 0.5)
+    cal, m = calibration.fit_for_point({"a": corpus("a", 0.3), "b": corpus("b", 3.0)}, None, test)
+    assert cal == calibration.IDENTITY or cal.a == 1.0
+    assert m["calibration_kept"] == 0.0 and m["xval_ece"] >= m["xval_ece_raw"] and m["test_ece"] == m["test_ece_raw"]
+    cal, m = calibration.fit_for_point({"a": corpus("a", 0.5), "b": corpus("b", 0.5)}, None, test)
+    assert cal.a == pytest.approx(0.5, abs=0.05) and m["calibration_kept"] == 1.0
+    assert m["xval_ece"] < m["xval_ece_raw"] and m["test_ece"] < m["test_ece_raw"]

@@ -157,24 +157,33 @@ def fit_for_point(held_out: dict[str, pd.DataFrame], val_files: pd.DataFrame | N
     fitted on all of them (else on ``val_files``). ``xval_ece.<corpus>`` is measured honestly: on corpus c,
     with a map fitted on the other corpora's held-out predictions only; ``test_ece`` on the test split,
     which fitted nothing. ``*_raw`` are the same before calibration.
+
+    The map is carried only if it transfers: with two or more held-out corpora, when their mean ``xval_ece``
+    is not below ``xval_ece_raw`` the model carries the identity (``calibration_kept`` 0). The held-out
+    predictions come from models that saw one corpus fewer than the one registered, and a map fitted on
+    them can make the registered model's confidence worse (it did, on leave-one-corpus-out: bench/results.md).
     """
     held = {c: f for c, f in held_out.items() if len(f)}
-    if held:
-        cal = fit(pd.concat(held.values(), ignore_index=True), fitted_on="held-out corpora " + ",".join(sorted(held)))
-    else:
-        cal = fit(val_files if val_files is not None else test_files.iloc[:0], fitted_on="validation speakers")
-    m: dict[str, float] = {"test_ece": ece(cal.apply(test_files["p"].to_numpy()), test_files["y"]),
-                           "test_ece_raw": ece(test_files["p"], test_files["y"]), "calibration_a": cal.a, "calibration_b": cal.b}
-    for c, f in sorted(test_files.groupby("corpus")):
-        m[f"test_ece.{c}"] = ece(cal.apply(f["p"].to_numpy()), f["y"])
+    m: dict[str, float] = {}
     per = []
     for c, f in sorted(held.items()):
         others = [g for k, g in held.items() if k != c]
-        cal_c = fit(pd.concat(others, ignore_index=True), "others") if others else cal
+        cal_c = fit(pd.concat(others, ignore_index=True), "others") if others else IDENTITY
         m[f"xval_ece.{c}"] = ece(cal_c.apply(f["p"].to_numpy()), f["y"])
         m[f"xval_ece_raw.{c}"] = ece(f["p"], f["y"])
         per.append(m[f"xval_ece.{c}"])
     if per:
         m["xval_ece"] = float(np.mean(per))
         m["xval_ece_raw"] = float(np.mean([m[f"xval_ece_raw.{c}"] for c in held]))
+    if held:
+        cal = fit(pd.concat(held.values(), ignore_index=True), fitted_on="held-out corpora " + ",".join(sorted(held)))
+        if len(held) >= 2 and not m["xval_ece"] < m["xval_ece_raw"]:
+            cal = Calibration(fitted_on=f"identity: a map fitted on other corpora did not lower their ECE "
+                                        f"({m['xval_ece']:.4f} vs {m['xval_ece_raw']:.4f} uncalibrated)")
+    else:
+        cal = fit(val_files if val_files is not None else test_files.iloc[:0], fitted_on="validation speakers")
+    m.update({"test_ece": ece(cal.apply(test_files["p"].to_numpy()), test_files["y"]), "test_ece_raw": ece(test_files["p"], test_files["y"]),
+              "calibration_a": cal.a, "calibration_b": cal.b, "calibration_kept": float(cal != IDENTITY and cal.a != 1.0)})
+    for c, f in sorted(test_files.groupby("corpus")):
+        m[f"test_ece.{c}"] = ece(cal.apply(f["p"].to_numpy()), f["y"])
     return cal, m
