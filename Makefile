@@ -15,6 +15,7 @@ VARIANTS ?=
 AUGMENT ?=
 SEGMENTS ?=
 SEGMENTS_FORMAT ?= csv
+MIN_CONFIDENCE ?=
 
 .PHONY: setup test demo features train score ui server bench airflow-check clean
 
@@ -23,7 +24,7 @@ SEGMENTS_FORMAT ?= csv
 # a simple variable, which make never expands again; the recipes read it from the environment, quoted
 # ("$$DIR"), so the shell does not run it either. (Quoting for the shell inside make's text was not enough:
 # make itself expanded $(...) in a value before any shell saw it, even under `make -n`.)
-USER_VARS := DATA OUT FEATURES DIR JOBS HOST PORT FEATURE_SETS VARIANTS AUGMENT SEGMENTS SEGMENTS_FORMAT
+USER_VARS := DATA OUT FEATURES DIR JOBS HOST PORT FEATURE_SETS VARIANTS AUGMENT SEGMENTS SEGMENTS_FORMAT MIN_CONFIDENCE
 $(foreach v,$(USER_VARS),$(if $(filter command line environment environment override,$(origin $(v))),$(eval override $(v) := $$(value $(v)))))
 override VARIANTS := $(or $(VARIANTS),$(AUGMENT))
 export $(USER_VARS)
@@ -62,10 +63,11 @@ features: setup
 train: setup
 	$(PY) -m jobs.train --features "$$FEATURES" --jobs "$$JOBS"
 
-# SEGMENTS=turns.csv also writes the speech turns (SEGMENTS_FORMAT=csv|rttm|textgrid).
+# SEGMENTS=turns.csv also writes the speech turns (SEGMENTS_FORMAT=csv|rttm|textgrid); MIN_CONFIDENCE=P labels a file
+# `uncertain` when its label is less likely than P.
 score: setup
 	@test -n "$$DIR" || { echo 'make score: set DIR=<folder of recordings>' >&2; exit 2; }
-	$(PY) -m jobs.score "$$DIR" --out "$${OUT:-report.csv}" --jobs "$$JOBS" $${SEGMENTS:+--segments "$$SEGMENTS" --segments-format "$$SEGMENTS_FORMAT"}
+	$(PY) -m jobs.score "$$DIR" --out "$${OUT:-report.csv}" --jobs "$$JOBS" $${SEGMENTS:+--segments "$$SEGMENTS" --segments-format "$$SEGMENTS_FORMAT"} $${MIN_CONFIDENCE:+--min-confidence "$$MIN_CONFIDENCE"}
 
 # The MLflow UI on the embedded store, on loopback: compare the grid's runs side by side.
 ui: setup

@@ -2,7 +2,8 @@
 
 Each model family runs its grid of ``jobs/grid.toml`` exactly as ``jobs.train --holdout-corpus C``
 would: the same speaker split, the same cross-corpus validation inside the training corpora, and the
-point the train job would pick (never chosen on the held-out corpus). The pitch baseline fits one
+point the train job would pick (never chosen on the held-out corpus), calibrated as the train job calibrates
+it (on the training corpora's cross-corpus predictions). The pitch baseline fits one
 threshold on the median pyin F0 of the training corpora's files.
 """
 from __future__ import annotations
@@ -76,8 +77,10 @@ def run(data: dict[str, tr.Data], points: list[tr.GridPoint], n_jobs: int = -1, 
             folds[c].results[pt] = res
         else:
             xres.setdefault((c, pt), {})[sub_name] = res
-    for (c, pt), per in xres.items():
-        folds[c].results[pt].xval = tr.cross_corpus_score(per)
+    from voiceclf.pipeline import calibrate_point
+
+    for (c, pt), per in xres.items():  # the calibration train_grid would fit and register, and the xval scores
+        calibrate_point(folds[c].results[pt], per)
     return list(folds.values())
 
 

@@ -20,6 +20,11 @@ TARGETS = {
     "score_vs_featurize": 0.9,  # score ÷ featurize alone, same files (every corpus), end to end (issue 11)
     "memory_flat": 1.25,  # peak RSS whole ÷ a tenth
     "variant_vs_recording": 2.0,  # CPU of one augmented variant ÷ CPU of the recording itself (issue 11)
+    # issue 18, the champion on each held-out corpus:
+    "sex_gap": 0.02,  # women and men within 2 points
+    "overlap_band": 0.90,  # speaker-balanced accuracy in the F0 overlap band
+    "ece": 0.02,  # expected calibration error
+    "acc_at_0.9": 0.99, "kept_at_0.9": 0.90,  # files at confidence >= 0.9: at least 99 % right while at least 90 % of files
 }
 
 
@@ -154,6 +159,8 @@ def accuracy(acc: dict, missed: list[str]) -> list[str]:
     for r in table[~table["method"].str.startswith("champion") & table["epoch"].notna()].to_dict("records"):
         add(f"| {r['held_out']} | {r['method']} | {r['point']} | {int(r['epoch'])} | {100 * r['xval_score']:.1f} % | {100 * r['val_score']:.1f} % | {100 * r['speaker_bacc']:.1f} % |")
     add("")
+    if acc.get("hard"):
+        L += hard_section(acc, missed)
     made = "; ".join(f"`{fs}` " + (f"{fz[fs]['new_files']:,} new files in {fz[fs]['wall_s']:.0f} s ({fz[fs]['rate_job']:.0f} files/s)" if fz[fs]["new_files"] else "reused")
                      for fs in ("mfcc_pitch", "speaker_embedding"))
     pitch = acc["pitch"]
@@ -161,6 +168,37 @@ def accuracy(acc: dict, missed: list[str]) -> list[str]:
         f"pyin F0 of {len(pitch):,} recordings {acc['pitch_s']:.0f} s ({'computed' if any('pyin' in n for n in acc['notes']) else 'from the cache'}; "
         f"{int(pitch['f0'].isna().sum())} without a voiced frame, counted as 0 Hz). Grid points: " + "; ".join(f"`{p.name}`" for p in acc["points"]) + ".")
     add("")
+    return L
+
+
+def hard_section(acc: dict, missed: list[str]) -> list[str]:
+    """The hard-voice view (bench/hard.py) and its targets (issue 18), for each fold's champion."""
+    from bench import hard
+
+    rows = acc["hard"]
+    L = ["### Hard voices and honest confidence", "",
+         f"The same held-out predictions, calibrated as `jobs.train` calibrates them (Platt scaling fitted on the training corpora's "
+         f"cross-corpus predictions), split by voice and clip. Speaker-balanced accuracy (%) for: women and men apart; the **overlap band** "
+         f"(women whose median F0 is below {hard.WOMAN_BELOW_HZ:.0f} Hz, men above {hard.MAN_ABOVE_HZ:.0f} Hz; a speaker's F0 is the median "
+         f"over its recordings of yin's median on the loud frames, bench/voicefeat.py) and outside it; clips shorter than {hard.SHORT_S:g} s and "
+         "longer. ECE: expected calibration error of the reported label (10 bins). Last columns: the share of files whose confidence "
+         "reaches the bar, and their accuracy (what `--min-confidence` keeps).", "", hard.markdown(rows), ""]
+    T = TARGETS
+    for r in rows:
+        if not r["method"].startswith("champion"):
+            continue
+        c = r["held_out"]
+        if abs(r["women"] - r["men"]) > T["sex_gap"]:
+            missed.append(f"held-out {c}: women {100 * r['women']:.1f} % vs men {100 * r['men']:.1f} % (more than {100 * T['sex_gap']:.0f} points apart)")
+        if r["overlap"] < T["overlap_band"]:
+            missed.append(f"held-out {c}: overlap band {100 * r['overlap']:.1f} % < {100 * T['overlap_band']:.0f} %")
+        if r["ece"] > T["ece"]:
+            missed.append(f"held-out {c}: ECE {r['ece']:.3f} > {T['ece']}")
+        if not (r["acc@0.9"] >= T["acc_at_0.9"] and r["kept@0.9"] >= T["kept_at_0.9"]):
+            missed.append(f"held-out {c}: at confidence ≥ 0.9, {100 * r['kept@0.9']:.1f} % of files kept, {100 * r['acc@0.9']:.1f} % right "
+                          f"(target ≥ {100 * T['acc_at_0.9']:.0f} % right on ≥ {100 * T['kept_at_0.9']:.0f} %)")
+    L.append(f"Voice measures: {acc['hard_s']:.0f} s (cached in bench/work/voice).")
+    L.append("")
     return L
 
 

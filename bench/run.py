@@ -104,9 +104,31 @@ def run_accuracy(runner: Runner, workdir: Path, quick: bool, n_jobs: int) -> dic
     pitch = loco.pitch_table(data["mfcc_pitch"], workdir / "pitch" / "f0.parquet", n_jobs=n_jobs, log=note)
     pitch_s = time.perf_counter() - t0
     table = pd.concat([loco.summary(folds), pd.DataFrame(loco.pitch_rows(pitch))], ignore_index=True)
+    t0 = time.perf_counter()
+    hard_rows = hard_view(data, folds, workdir / "voice" / "measures.parquet", n_jobs=n_jobs, log=note)
+    hard_s = time.perf_counter() - t0
     shutdown_workers()
     return {"featurize": fz, "stats": data_stats(data), "points": points, "folds": folds, "table": table.sort_values("held_out", kind="stable", ignore_index=True),
-            "pitch": pitch, "load_s": load_s, "train_s": train_s, "pitch_s": pitch_s, "notes": notes, "n_jobs": n_jobs}
+            "pitch": pitch, "load_s": load_s, "train_s": train_s, "pitch_s": pitch_s, "notes": notes, "n_jobs": n_jobs,
+            "hard": hard_rows, "hard_s": hard_s}
+
+
+def hard_view(data: dict, folds: list, cache: Path, n_jobs: int, log=print) -> list[dict]:
+    """The hard-voice view (bench/hard.py) of each fold's champion and family picks: per-recording voice
+    measures (F0, duration) cached in ``cache``, then the calibrated held-out predictions split by them."""
+    from bench import hard, voicefeat
+
+    d = next(iter(data.values()))
+    files = pd.DataFrame({"file": d.file, "speaker": d.speaker})[d.variant == 0].drop_duplicates("file")
+    measures = voicefeat.table(files[["file"]], cache, n_jobs=n_jobs, log=log).merge(files, on="file")
+    rows = []
+    for f in folds:
+        for fam in (None, *loco.tr.FAMILIES):
+            res = loco.chosen(f, fam)
+            if res is not None and res.test_files is not None:
+                method = f"champion ({res.point.family})" if fam is None else fam
+                rows.append({"held_out": f.corpus, "method": method, **hard.view(hard.annotate(res.test_files, measures))})
+    return rows
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -36,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--segments-format", choices=turn_formats.FORMATS, default="csv",
                    help="format of --segments: csv, rttm (diarization tools) or textgrid (Praat; one tier per recording) (default %(default)s)")
     p.add_argument("--threshold", type=float, default=0.5, help="p_male at or above which a file is labelled male (default %(default)s)")
+    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                   help="label a file 'uncertain' when the (calibrated) probability of its label is below P (status stays ok, "
+                   "p_male is kept; default %(default)s: never)")
     p.add_argument("--jobs", type=int, default=-1, help="parallel featurize workers (-1 = all cores; default %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the model runs: auto = CUDA when torch sees a GPU, else the CPU (default %(default)s); featurizing stays on the CPU")
@@ -48,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0.0 < args.threshold < 1.0:
         p.error("--threshold must be between 0 and 1")
+    if not 0.0 <= args.min_confidence <= 1.0:
+        p.error("--min-confidence must be between 0 and 1")
     if args.jobs == 0:
         p.error("--jobs must be -1 (all cores) or >= 1")
     return args
@@ -120,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _cli.output_lock(args.out, wait=args.wait), _cli.progress_bars() as on_progress:
             res = pipeline.score_dirs(args.dirs, model_uri=args.model_uri, tracking_uri=args.tracking_uri, threshold=args.threshold,
+                                      min_confidence=args.min_confidence,
                                       jobs=args.jobs, device=args.device, backend=args.backend, scheduler=args.scheduler,
                                       on_progress=on_progress)
             res.report = own_outputs(res.report, [p for p in (args.out, args.segments) if p is not None])
@@ -138,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     labels = report.loc[report["status"] == "ok", "label"].value_counts()
     _cli.summary_table("score summary", {
         "files": len(report), "female": int(labels.get("female", 0)), "male": int(labels.get("male", 0)), "mixed": int(labels.get("mixed", 0)),
+        **({"uncertain": int(labels.get("uncertain", 0))} if args.min_confidence > 0 else {}),
         "no speech": int(counts.get("no_speech", 0)), "errors": int(counts.get("error", 0)),
         "seconds": f"{res.seconds:.1f}", "files/s": f"{len(report) / max(res.loop_seconds, 1e-9):.1f}",
         "first file scored after s": f"{res.first_scored_s:.1f}" if res.first_scored_s else "-", "report": str(args.out),

@@ -187,7 +187,7 @@ def test_dag_definition(dag_tree):
     assert lit("schedule") is None and lit("catchup") is False
     assert kwarg(dag, "start_date") is not None and kwarg(dag, "doc_md") is not None
     assert "voiceclf" in lit("tags")
-    assert set(lit("params")) == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path", "segments_path", "segments_format"}
+    assert set(lit("params")) == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path", "segments_path", "segments_format", "min_confidence"}
     default_args = kwarg(dag, "default_args")
     keys = [k.value for k in default_args.keys]
     assert ast.literal_eval(default_args.values[keys.index("retries")]) == 2 and "retry_delay" in keys
@@ -251,7 +251,7 @@ def test_dag_commands_call_the_project_entry_points(dag_tree):
         for var in re.findall(r"\$\{?(VOICECLF_\w+)", cmd):
             assert var in env and f'"${var}"' in cmd, (task, var, cmd)
             used |= set(re.findall(r"params\.(\w+)", env[var]))
-    assert used == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path", "segments_path", "segments_format"}
+    assert used == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path", "segments_path", "segments_format", "min_confidence"}
 
 
 def rendered_tasks(dag_tree, params: dict, **ctx) -> dict[str, tuple[str, dict]]:
@@ -293,6 +293,7 @@ def test_dag_params_reach_the_jobs_as_data_never_as_shell_code(dag_tree, tmp_pat
         "report_path": f"reports/$(touch {marker})/report-{{ds}}.csv",
         "segments_path": f"turns/`touch {marker}`/turns-{{ds}}.rttm",
         "segments_format": f"rttm; touch {marker}",
+        "min_confidence": f"0.9$(touch {marker})",
     }
     home = tmp_path / "home"
     (home / ".venv" / "bin").mkdir(parents=True)
@@ -308,7 +309,7 @@ def test_dag_params_reach_the_jobs_as_data_never_as_shell_code(dag_tree, tmp_pat
     assert argv["train"] == [f"--features={params['features_dir']}", f"--grid={params['grid_file']}"]
     report = f"reports/$(touch {marker})/report-2025-01-02.csv"
     turns = f"turns/`touch {marker}`/turns-2025-01-02.rttm"
-    assert argv["score"] == [f"--out={report}", f"--segments={turns}", f"--segments-format={params['segments_format']}", "--", params["recordings_dir"]]
+    assert argv["score"] == [f"--out={report}", f"--min-confidence={params['min_confidence']}", f"--segments={turns}", f"--segments-format={params['segments_format']}", "--", params["recordings_dir"]]
     assert (home / report).parent.is_dir() and (home / turns).parent.is_dir() and not marker.exists()
 
 
@@ -319,8 +320,8 @@ def test_dag_score_writes_no_turns_when_segments_path_is_empty(dag_tree, tmp_pat
     stub.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "argv-$2"\n')
     stub.chmod(0o755)
     params = {"data_dir": "d", "recordings_dir": "inbox", "grid_file": "g.toml", "features_dir": "f",
-              "report_path": "reports/report-{ds}.csv", "segments_path": "", "segments_format": "csv"}
+              "report_path": "reports/report-{ds}.csv", "segments_path": "", "segments_format": "csv", "min_confidence": 0.0}
     cmd, env = rendered_tasks(dag_tree, params, ds="2025-01-02", var={"value": {"voiceclf_home": str(home)}})["score"]
     proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert (home / "argv-jobs.score").read_text().splitlines()[2:] == ["--out=reports/report-2025-01-02.csv", "--", "inbox"]
+    assert (home / "argv-jobs.score").read_text().splitlines()[2:] == ["--out=reports/report-2025-01-02.csv", "--min-confidence=0.0", "--", "inbox"]

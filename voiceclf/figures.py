@@ -75,3 +75,30 @@ def wrap(text: str, width_in: float, fontsize_pt: float = 9.0) -> str:
 
     chars = max(10, int(width_in * 72 / (0.62 * fontsize_pt)))  # DejaVu Sans averages ~0.6 em per character
     return "\n".join(textwrap.fill(line, chars) for line in text.splitlines())
+
+
+def reliability_figure(p_raw: np.ndarray, p_cal: np.ndarray, y: np.ndarray, title: str, bins: int = 10):
+    """Reliability diagram of the reported label: per confidence bin (the probability of the label at 0.5),
+    the share of files labelled right, before and after calibration; the diagonal is a perfectly honest
+    confidence. Bin sizes as the marker's area."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2, 4.0))
+    ax = fig.subplots()
+    ax.plot([0.5, 1], [0.5, 1], color="grey", linestyle=":", label="honest")
+    y = np.asarray(y)
+    for p, name in ((np.asarray(p_raw, float), "raw"), (np.asarray(p_cal, float), "calibrated")):
+        conf = np.maximum(p, 1 - p)
+        correct = (p >= 0.5).astype(int) == y
+        idx = np.minimum(((conf - 0.5) * 2 * bins).astype(int), bins - 1)
+        ks = np.unique(idx)
+        xs = [conf[idx == k].mean() for k in ks]
+        ys = [correct[idx == k].mean() for k in ks]
+        ns = np.array([(idx == k).sum() for k in ks], float)
+        ax.plot(xs, ys, marker="o", label=name)
+        ax.scatter(xs, ys, s=10 + 200 * ns / max(ns.sum(), 1), alpha=0.3)
+    ax.set(xlabel="confidence (probability of the reported label)", ylabel="share labelled right", xlim=(0.5, 1.0), ylim=(0.0, 1.02))
+    ax.legend(loc="lower right")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

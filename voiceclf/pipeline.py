@@ -476,11 +476,13 @@ def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data],
     from voiceclf import train as tr
     from voiceclf.score import p_male
 
+    from voiceclf.calibration import recalibrated
+
     held_out = {s: tr.parts_of(d, split)["test"] for s, d in data.items()}
     match = [s for s, d in data.items() if d.cfg == current.cfg]
     if match:
         te = held_out[match[0]]
-        return tr.evaluate(tr.file_level(p_male(current.module, te.x), te), "test")["test_score"]
+        return tr.evaluate(recalibrated(tr.file_level(p_male(current.module, te.x), te), current.calibration), "test")["test_score"]
     te = next(iter(held_out.values()))
     files = pd.DataFrame({"file": te.file, "speaker": te.speaker, "corpus": te.corpus, "y": te.y}).drop_duplicates("file")
     items = [batch.Item(path=os.path.basename(f), source=os.path.dirname(f), corpus=c, speaker=s, label=LABELS[y])
@@ -494,7 +496,7 @@ def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data],
                          "corpus": rep([r.item.corpus for r in results]), "speaker": rep([r.item.speaker for r in results]),
                          "label": rep([r.item.label for r in results]), "variant": 0})
     te = tr.Data.from_shards(rows, x, current.cfg)
-    return tr.evaluate(tr.file_level(p_male(current.module, te.x), te), "test")["test_score"]
+    return tr.evaluate(recalibrated(tr.file_level(p_male(current.module, te.x), te), current.calibration), "test")["test_score"]
 
 
 def decide_promotion(winner: tr.PointResult, data: dict, split: dict, force: bool, model_name: str = "voiceclf") -> tuple[bool, str]:
@@ -568,17 +570,37 @@ def grid_run_name(corpora: Sequence[str], n_points: int, label: str = "", when: 
     return f"{label + ' ' if label else ''}{stamp} {'+'.join(corpora)} · {n_points} pt{'s' if n_points != 1 else ''}"
 
 
+def calibrate_point(main: tr.PointResult, held_out: dict[str, tr.PointResult]) -> None:
+    """Fit the calibration ``main``'s model will carry on the predictions for corpora left out of training
+    (``held_out``: the point trained without each corpus), else on its validation speakers; its test metrics
+    become those of the calibrated p (what score reports), with ``test_ece``/``xval_ece`` beside them."""
+    from voiceclf import calibration
+    from voiceclf import train as tr
+
+    raw = main.test_files
+    cal, m = calibration.fit_for_point({c: r.test_files for c, r in held_out.items()}, main.val_files, raw)
+    main.calibration = cal
+    tr.set_test(main, calibration.recalibrated(raw, cal))
+    main.test_files_raw = raw
+    main.test.update({k: v for k, v in m.items() if not k.startswith("xval_")})
+    main.xval = {**tr.cross_corpus_score(held_out), **{k: v for k, v in m.items() if k.startswith("xval_")}}
+
+
 def log_point(runs: tracking.GridRuns, run_id: str, res: tr.PointResult, data: tr.Data, split: dict) -> str:
     from voiceclf import figures
 
+    raw = res.test_files if res.test_files_raw is None else res.test_files_raw
     artifacts = {
         "curves.png": figures.curves_figure(res.history, res.point.name, res.best_epoch),
         "confusion_matrix.png": figures.confusion_figure(res.confusion, f"test (held-out speakers), files\n{res.point.name}"),
+        "reliability.png": figures.reliability_figure(raw["p"].to_numpy(), res.test_files["p"].to_numpy(), raw["y"].to_numpy(),
+                                                      f"test (held-out speakers), files\n{res.point.name}"),
+        "calibration.json": res.calibration.to_dict() if res.calibration else {},
         "split.json": split,
         "per_speaker.csv": res.per_speaker,
     }
-    final = point_metrics(res)
-    return runs.log_point(run_id, res.history, final, artifacts=artifacts, model=res.model, cfg=data.cfg, input_example=np.array(data.x[:2]))
+    return runs.log_point(run_id, res.history, point_metrics(res), artifacts=artifacts, model=res.model, cfg=data.cfg, input_example=np.array(data.x[:2]),
+                          calibration=res.calibration.to_dict() if res.calibration else None)
 
 
 def summary(points, run_ids, results, winner, corpora) -> pd.DataFrame:
@@ -749,7 +771,7 @@ def train_grid(
                         log.error("grid point %s failed:\n%s", pt.name, main.error)
                         runs.finish(child_ids[i], ok=False, error=main.error, end_time_s=ended_s[i])
                     else:
-                        main.xval = tr.cross_corpus_score(xres[i])
+                        calibrate_point(main, xres[i])
                         model_uris[child_ids[i]] = log_point(runs, child_ids[i], main, data[pt.feature_set], split)
                         d = data[pt.feature_set]
                         runs.log_datasets(child_ids[i], pt.feature_set, sorted({str(p) for p in dirs_of[pt.feature_set]}), d.fingerprint(),
@@ -832,6 +854,7 @@ def score_dirs(
     model_uri: str | None = None,
     tracking_uri: str | None = None,
     threshold: float = 0.5,
+    min_confidence: float = 0.0,
     jobs: int = -1,
     device: str = "auto",
     backend: str = "loky",
@@ -840,7 +863,8 @@ def score_dirs(
 ) -> ScoreResult:
     """Label every file under ``dirs`` with a registered model, featurized with the model's own FeatureConfig.
 
-    Every file gets a report row (``ok``, ``no_speech`` or ``error`` with the reason); a file never
+    A file's p_male is calibrated with the model's calibration; below ``min_confidence`` its label is
+    ``uncertain``. Every file gets a report row (``ok``, ``no_speech`` or ``error`` with the reason); a file never
     stops the batch. Raises ``corpus.CorpusError`` (a folder missing or unlistable),
     ``tracking.TrackingError`` (no such model, store unreachable, not a safe model), ``config.DataError``
     (``device`` cuda without CUDA), :class:`ModelError`, ``parallel.EngineError``.
@@ -879,6 +903,7 @@ def score_dirs(
             import torch
 
             from voiceclf import train as tr
+            from voiceclf.calibration import IDENTITY
             from voiceclf.score import score_results
 
             dev = dev or tr.pick_device(device)
@@ -902,7 +927,8 @@ def score_dirs(
 
             def score(results):
                 module = ready() if any(r.n_windows for r in results) else None
-                return score_results(results, module, threshold=threshold, model_uri=uri, model_version=version, window_s=cfg.window_s)
+                return score_results(results, module, threshold=threshold, model_uri=uri, model_version=version, window_s=cfg.window_s,
+                                     calibration=model.calibration if module is not None else IDENTITY, min_confidence=min_confidence)
 
             rows += score(hidden)[0]
             for res in hidden:

@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
+from voiceclf.calibration import IDENTITY, Calibration
 from voiceclf.config import LABELS, REPO_ROOT, ConfigError, FeatureConfig, default_tracking_uri
 
 EXPERIMENT = "voiceclf"
@@ -301,7 +302,8 @@ class GridRuns:
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat(params).items()])
         return run.info.run_id
 
-    def log_point(self, run_id: str, history: list[dict], final: dict, *, artifacts: dict, model=None, cfg: FeatureConfig | None = None, input_example: np.ndarray | None = None) -> str | None:
+    def log_point(self, run_id: str, history: list[dict], final: dict, *, artifacts: dict, model=None, cfg: FeatureConfig | None = None,
+                  input_example: np.ndarray | None = None, calibration: dict | None = None) -> str | None:
         """Per-epoch metrics (step = epoch), final metrics, JSON/figure artifacts and the model; returns the model URI.
 
         Final metrics are logged once, at step 0: one value per run, which the UI's chart view compares as bars
@@ -321,7 +323,7 @@ class GridRuns:
                 client.log_dict(run_id, obj, name)
         if model is None:
             return None
-        return log_model(run_id, model, cfg, input_example)
+        return log_model(run_id, model, cfg, input_example, calibration)
 
     def log_datasets(self, run_id: str, name: str, sources: list[str], digest: str, contexts: dict[str, dict], columns: list | None = None) -> None:
         """The feature shards a run learned from, as MLflow datasets: one input per context
@@ -428,13 +430,15 @@ def _mlflow_schema(columns):
 WEIGHTS_FILE = "weights.safetensors"
 
 
-def log_model(run_id: str, model, cfg: FeatureConfig, input_example: np.ndarray) -> str:
+def log_model(run_id: str, model, cfg: FeatureConfig, input_example: np.ndarray, calibration: dict | None = None) -> str:
     """Log the model with the pytorch flavour in pt2 (torch.export) format: no pickled code.
 
     The FeatureConfig goes into the MLmodel metadata, so the model carries the config it was trained with.
     Beside the pt2 (what MLflow and other tools load), its state dict as safetensors and the arguments that
     build the module again (metadata ``weights``): score rebuilds the module from voiceclf.model and fills it,
     in ~0.1 s where loading the pt2 takes ~2 s (torch.export's deserializer imports torch._dynamo).
+    ``calibration`` (``calibration.Calibration.to_dict()``: two numbers, plain JSON) goes into the metadata
+    too: score maps each file's pooled p(male) with it.
     """
     import torch
     from mlflow.models import infer_signature
@@ -452,7 +456,8 @@ def log_model(run_id: str, model, cfg: FeatureConfig, input_example: np.ndarray)
         info = mlflow.pytorch.log_model(
             model, name="model", serialization_format="pt2", signature=signature, input_example=input_example,
             metadata={"feature_config": cfg.to_dict(), "labels": list(LABELS),
-                      "weights": {"path": f"extra_files/{WEIGHTS_FILE}", **architecture(model)}},
+                      "weights": {"path": f"extra_files/{WEIGHTS_FILE}", **architecture(model)},
+                      **({"calibration": calibration} if calibration else {})},
             extra_files=[str(weights)],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
         )
@@ -510,6 +515,7 @@ class LoadedModel:
     cfg: FeatureConfig
     uri: str
     version: str  # registry version, or "" for a runs:/ or logged-model URI
+    calibration: Calibration = IDENTITY  # the identity for a model logged without one
 
 
 def _model_version(model_uri: str):
@@ -579,6 +585,10 @@ def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
             cfg = FeatureConfig.from_dict(meta)
         except ConfigError as e:
             raise TrackingError(f"{model_uri} was trained with a feature config this code cannot reproduce: {e}") from None
+        try:
+            cal = Calibration.from_dict(metadata.get("calibration"))
+        except (ValueError, TypeError, KeyError) as e:
+            raise TrackingError(f"{model_uri}: its calibration metadata is not usable ({e}); log or register the model again") from None
         weights = metadata.get("weights")
         if weights:  # logged by this code: the module rebuilt from voiceclf.model, filled with the state dict
             module = _rebuild(model_uri, local, weights, cfg)
@@ -588,7 +598,7 @@ def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
                     module = mlflow.pytorch.load_model(local)
             except Exception as e:  # a damaged archive fails in torch or zipfile as well as in MLflow
                 raise TrackingError(f"cannot load {model_uri} from {mlflow.get_tracking_uri()}: {_one_line(e)}") from None
-    return LoadedModel(module, cfg, model_uri, str(version))
+    return LoadedModel(module, cfg, model_uri, str(version), cal)
 
 
 def _rebuild(model_uri: str, local: str, weights: dict, cfg: FeatureConfig):

@@ -14,6 +14,7 @@ validation was higher than the embedding head's while it was 11 points worse on 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import time
@@ -203,6 +204,10 @@ class GridPoint:
     hidden: int = 0  # embedding head: 0 = logistic regression, else one hidden layer of this width
     feature_noise: bool = True  # train-time perturbation in feature space (CNN: shift/noise/masks; head: noise)
     balance: str = "speaker"  # "speaker": every speaker weighs the same in an epoch; "class": only the sexes are balanced
+    # embedding head only: "adam" trains on windows (the epochs above); "lbfgs" fits a logistic regression on one mean
+    # embedding per recording (and per augmented variant) with L2 strength 1/C, to convergence (fit_pooled_logistic)
+    solver: str = "adam"
+    C: float = 1e-3
 
     @property
     def family(self) -> str:
@@ -210,13 +215,17 @@ class GridPoint:
 
     @property
     def name(self) -> str:
+        if self.solver == "lbfgs":
+            return f"{self.feature_set} pooled logistic C={self.C:g}"
         extra = f" hidden={self.hidden} wd={self.weight_decay:g}" if self.family == "embedding_head" else f" gamma={self.gamma:g}"
         return f"{self.feature_set} lr={self.lr:g} ep={self.epochs} bs={self.batch_size}{extra}"
 
 
 #: Hyperparameters a grid file may list per family (each a list of values), and their types.
 GRID_KEYS = {"lr": float, "epochs": int, "gamma": float, "batch_size": int, "step_size": int, "weight_decay": float,
-             "hidden": int, "feature_noise": bool, "balance": str}
+             "hidden": int, "feature_noise": bool, "balance": str, "solver": str, "C": float}
+#: What an lbfgs point ignores: set to the defaults, so the grid trains each lbfgs point once
+_LBFGS_IGNORES = ("lr", "epochs", "gamma", "batch_size", "step_size", "weight_decay", "feature_noise")
 
 
 def grid(values: dict[str, list], feature_set: str) -> list[GridPoint]:
@@ -225,8 +234,24 @@ def grid(values: dict[str, list], feature_set: str) -> list[GridPoint]:
     if unknown:
         raise DataError(f"unknown grid key(s) {sorted(unknown)}; expected some of {sorted(GRID_KEYS)}")
     keys = sorted(values)
-    return [GridPoint(feature_set=feature_set, **{k: GRID_KEYS[k](v) for k, v in zip(keys, combo)})
-            for combo in itertools.product(*(values[k] for k in keys))]
+    points = [GridPoint(feature_set=feature_set, **{k: GRID_KEYS[k](v) for k, v in zip(keys, combo)})
+              for combo in itertools.product(*(values[k] for k in keys))]
+    bad = {p.solver for p in points} - {"adam", "lbfgs"}
+    if bad:
+        raise DataError(f"unknown solver(s) {sorted(bad)}; expected adam or lbfgs")
+    if any(p.solver == "lbfgs" and p.family != "embedding_head" for p in points):
+        raise DataError("solver lbfgs fits the embedding head only (feature set speaker_embedding)")
+    out: list[GridPoint] = []
+    for p in points:  # an lbfgs point is a logistic regression: hidden layers and the epoch settings do not apply
+        if p.solver == "lbfgs":
+            if p.hidden:
+                continue
+            p = dataclasses.replace(p, **{k: getattr(GridPoint, k) for k in _LBFGS_IGNORES})
+        else:  # and C is lbfgs's alone
+            p = dataclasses.replace(p, C=GridPoint.C)
+        if p not in out:
+            out.append(p)
+    return out
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -353,6 +378,10 @@ class PointResult:
     xval: dict = field(default_factory=dict)  # cross-corpus validation (see cross_corpus_score), when two or more corpora train
     per_speaker: pd.DataFrame | None = None
     confusion: np.ndarray | None = None
+    test_files: pd.DataFrame | None = None  # file-level predictions on the test split (file, speaker, corpus, y, p, correct)
+    val_files: pd.DataFrame | None = None  # the same on the validation split, kept epoch
+    test_files_raw: pd.DataFrame | None = None  # test_files before calibration (set with the calibration)
+    calibration: object | None = None  # calibration.Calibration fitted by the grid (pipeline.train_grid)
     model: torch.nn.Module | None = None
     seconds: float = 0.0
     started_s: float = 0.0  # wall clock (time.time()) when the training began, in whichever process it ran
@@ -391,6 +420,16 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
         gen = torch.Generator().manual_seed(seed)
         parts = parts_of(data, split)
         tr, va = parts["train"], parts["val"]
+        if point.solver == "lbfgs":
+            from voiceclf.pooled import fit_pooled_logistic
+
+            model = fit_pooled_logistic(point, tr)
+            row = epoch_row(model, va, float("nan"), float("nan"))
+            result.history.append(row)
+            result.best_epoch = 1
+            if on_epoch:
+                on_epoch(1, row)
+            return _finish(result, model, va, parts["test"], t0)
         x_tr, y_tr = torch.from_numpy(tr.x), torch.from_numpy(tr.y)
         dev = torch.device(device)
         model = build_model(data.cfg, hidden=point.hidden).fit_standardisation(x_tr).to(dev)
@@ -419,10 +458,8 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
                 correct += int((logits.argmax(1) == yb).sum())
                 seen += len(idx)
             sched.step()
-            val_logits = logits_of(model, va.x)
-            val_loss = float(torch.nn.functional.cross_entropy(val_logits, torch.from_numpy(va.y))) if len(va.y) else float("nan")
-            p_val = torch.softmax(val_logits, dim=1)[:, 1].numpy()
-            row = {"train_loss": total / seen, "train_acc": correct / seen, "val_loss": val_loss, **evaluate(file_level(p_val, va), "val")}
+            row = epoch_row(model, va, total / seen, correct / seen)
+            val_loss = row["val_loss"]
             result.history.append(row)
             key = (row["val_score"], -val_loss)
             if best_key is None or key > best_key:
@@ -430,20 +467,40 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
             if on_epoch:
                 on_epoch(epoch, row)
         model.load_state_dict(best_state)
-        model = model.cpu().eval()
-        result.val = {k: v for k, v in result.final.items() if k.startswith("val_")}
-        te = parts["test"]
-        files = file_level(predict_proba(model, te.x), te)
-        result.test = evaluate(files, "test")
-        result.per_speaker = per_speaker(files)
-        from sklearn.metrics import confusion_matrix
-
-        result.confusion = confusion_matrix(files["y"], (files["p"] >= 0.5).astype(int), labels=[0, 1])
-        result.model = model
+        return _finish(result, model, va, parts["test"], t0)
     except Exception:
         result.error = traceback.format_exc()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _finish(result: PointResult, model: torch.nn.Module, va: Data, te: Data, t0: float) -> PointResult:
+    """The kept model's validation and test predictions and metrics."""
+    model = model.cpu().eval()
+    result.val = {k: v for k, v in result.final.items() if k.startswith("val_")}
+    result.val_files = file_level(predict_proba(model, va.x), va)
+    set_test(result, file_level(predict_proba(model, te.x), te))
+    result.model = model
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def epoch_row(model: torch.nn.Module, va: Data, train_loss: float, train_acc: float) -> dict:
+    """One row of a point's history: its training figures and the validation loss and metrics."""
+    val_logits = logits_of(model, va.x)
+    val_loss = float(torch.nn.functional.cross_entropy(val_logits, torch.from_numpy(va.y))) if len(va.y) else float("nan")
+    p_val = torch.softmax(val_logits, dim=1)[:, 1].numpy()
+    return {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, **evaluate(file_level(p_val, va), "val")}
+
+
+def set_test(result: PointResult, files: pd.DataFrame) -> None:
+    """The test metrics, per-speaker table and confusion matrix of ``result`` from its test files' p (raw or calibrated)."""
+    from sklearn.metrics import confusion_matrix
+
+    result.test_files = files
+    result.test = evaluate(files, "test")
+    result.per_speaker = per_speaker(files)
+    result.confusion = confusion_matrix(files["y"], (files["p"] >= 0.5).astype(int), labels=[0, 1])
 
 
 def best(results: list[PointResult]) -> PointResult | None:

@@ -44,6 +44,7 @@ PARAMS_ENV = {
     "VOICECLF_REPORT": "{{ params.report_path | replace('{ds}', %s) }}" % RUN_DATE,
     "VOICECLF_SEGMENTS": "{{ params.segments_path | replace('{ds}', %s) }}" % RUN_DATE,
     "VOICECLF_SEGMENTS_FORMAT": "{{ params.segments_format }}",
+    "VOICECLF_MIN_CONFIDENCE": "{{ params.min_confidence }}",
 }
 
 # HOME reaches the commands the same way (env is a templated field in every Airflow 2 and 3; cwd only from 2.9).
@@ -60,7 +61,7 @@ else the repo holding this DAG file), the same entry points as `make features|tr
 | --- | --- |
 | `featurize` | `python -m jobs.featurize <data_dir> --out <features_dir> --feature-set mfcc_pitch,speaker_embedding` (both families; incremental: known files are skipped) |
 | `train` | `python -m jobs.train --features <features_dir> --grid <grid_file>`; registers `models:/voiceclf@champion` |
-| `score` | `python -m jobs.score <recordings_dir> --out <report_path> [--segments <segments_path> --segments-format <segments_format>]`, `{ds}` in the paths → the run's date |
+| `score` | `python -m jobs.score <recordings_dir> --out <report_path> --min-confidence <min_confidence> [--segments <segments_path> --segments-format <segments_format>]`, `{ds}` in the paths → the run's date |
 
 **Params** (change them in *Trigger DAG w/ config*): `data_dir` (labelled corpus folder or manifest.csv),
 `recordings_dir` (folder to label), `grid_file` (TOML grid), `features_dir` (Parquet shards),
@@ -109,6 +110,7 @@ with DAG(
         "report_path": "reports/report-{ds}.csv",
         "segments_path": "reports/turns-{ds}.csv",
         "segments_format": "csv",
+        "min_confidence": 0.0,  # score: a file whose label is less likely than this is labelled `uncertain` (0: never)
     },
 ) as dag:
     # The commands change into HOME and run the project's interpreter; `exec` hands SIGTERM (task killed)
@@ -133,7 +135,7 @@ with DAG(
 set -eu
 cd -- "$VOICECLF_HOME"
 mkdir -p -- "$(dirname -- "$VOICECLF_REPORT")"
-set -- --out="$VOICECLF_REPORT"
+set -- --out="$VOICECLF_REPORT" --min-confidence="$VOICECLF_MIN_CONFIDENCE"
 if [ -n "$VOICECLF_SEGMENTS" ]; then
     mkdir -p -- "$(dirname -- "$VOICECLF_SEGMENTS")"
     set -- "$@" --segments="$VOICECLF_SEGMENTS" --segments-format="$VOICECLF_SEGMENTS_FORMAT"
