@@ -173,7 +173,7 @@ def featurize_dir(
 def _featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backend: str, scheduler: str | None, variants: int = 0):
     """The workers' results for ``items``, a batch at a time, in order: the one loop featurize and score share.
 
-    Speaker-embedding workers start with torch loaded (``parallel.WORKER_PRELOAD``). Workers get
+    Speaker-embedding workers start with the encoder's module loaded (``parallel.WORKER_PRELOAD``). Workers get
     absolute paths: loky reuses them across calls, and a program may have changed its folder since they
     started. The results carry the items as given (a relative source stays relative in shards and reports).
     """
