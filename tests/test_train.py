@@ -1,5 +1,6 @@
 """The train job: speaker-disjoint splits, runs in MLflow (SQLite store and a real server), the champion."""
 import dataclasses
+import re
 
 import numpy as np
 import pandas as pd
@@ -351,3 +352,39 @@ def test_the_cnns_pooling_is_max_pool_2d(shape):
     got.backward(g)
     want.backward(g)
     assert torch.equal(z.grad, ref.grad)
+
+
+def test_a_train_job_without_a_terminal_logs_epochs_before_any_training_ends(features, tmp_path):
+    """Under cron the log shows training move: each epoch's end in a worker process is a line (issue 22: a CNN training
+    took 8 quiet minutes), and the first comes before the first training is done."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_job("train", "--features", features, "--epochs", "3", "--jobs", "2", "--no-register", "--no-system-metrics",
+                   env={"MLFLOW_TRACKING_URI": uri, "CI": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    epoch = [i for i, line in enumerate(lines) if re.search(r"train: 0/\d+ trainings.* epoch 1/3 loss [0-9.]+ val_score", line)]
+    ended = [i for i, line in enumerate(lines) if re.search(r"train: [1-9]\d*/\d+ trainings", line)]
+    assert epoch and ended and epoch[0] < ended[0], "\n".join(lines[-40:])
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ", lines[epoch[0]])  # timestamped, as cron keeps it
+
+
+def test_the_epoch_relay_says_it_is_still_training_when_no_epoch_ends():
+    """A log never goes quiet for longer than every_s, even inside one long epoch; notes from a worker process arrive."""
+    import time
+
+    from voiceclf import parallel, relay
+
+    said = []
+    with relay.epochs_reported(said.append, across_processes=True, every_s=0.5) as notes:
+        with parallel.engine("loky"):
+            list(parallel.imap(_put_note, [1, 2], n_jobs=2, notes=notes))
+        time.sleep(1.6)
+    notes_at = [i for i, s in enumerate(said) if not s.startswith("still training")]
+    assert sorted(said[i] for i in notes_at) == ["pt epoch 1/2 loss 0.500 val_score 0.750", "pt without b epoch 2/2 loss 0.500 val_score 0.750"], said
+    assert any(s.startswith("still training; last: pt") and s.endswith("s ago)") for s in said[notes_at[-1] :]), said
+
+
+def _put_note(epoch: int, notes) -> None:
+    from voiceclf import relay
+
+    relay.put_quietly(notes, relay.epoch_note("pt", None if epoch == 1 else "b", epoch, 2, {"train_loss": 0.5, "val_score": 0.75}))
