@@ -354,6 +354,26 @@ def test_the_cnns_pooling_is_max_pool_2d(shape):
     assert torch.equal(z.grad, ref.grad)
 
 
+def test_the_cnn_trains_with_torchs_pool_and_scores_with_max_pool2_alike():
+    """Training mode pools with MaxPool2d before the ReLU (a training step ~2x faster); the outputs, and the gradients
+    of every weight, are those of the scoring path's max_pool2 after the ReLU."""
+    from voiceclf.model import GenderCNN
+
+    torch.manual_seed(0)
+    model = GenderCNN()
+    x = torch.randn(8, 3, 98, 12, generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for mode in (True, False):
+        model.train(mode)
+        model.zero_grad()
+        out = model(x)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(3)))
+        grads[mode] = (out.detach(), {k: p.grad.clone() for k, p in model.named_parameters()})
+    torch.testing.assert_close(grads[True][0], grads[False][0], rtol=0, atol=0)
+    for k, g in grads[False][1].items():
+        torch.testing.assert_close(grads[True][1][k], g, rtol=1e-5, atol=1e-7, msg=k)
+
+
 def test_a_train_job_without_a_terminal_logs_epochs_before_any_training_ends(features, tmp_path):
     """Under cron the log shows training move: each epoch's end in a worker process is a line (issue 22: a CNN training
     took 8 quiet minutes), and the first comes before the first training is done."""
