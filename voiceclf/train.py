@@ -180,6 +180,10 @@ class GridPoint:
     hidden: int = 0  # embedding head: 0 = logistic regression, else one hidden layer of this width
     feature_noise: bool = True  # train-time perturbation in feature space (CNN: shift/noise/masks; head: noise)
     balance: str = "speaker"  # "speaker": every speaker weighs the same in an epoch; "class": only the sexes are balanced
+    # windows an epoch draws per training speaker (0: as many as the training split holds). With speaker-balanced
+    # draws, what an epoch teaches is how many voices it sees, not how many windows a voice has (RAVDESS: ~760 each)
+    speaker_windows: int = 0
+    patience: int = 0  # stop after this many epochs without a better val_score (0: train every epoch)
 
     @property
     def family(self) -> str:
@@ -188,12 +192,14 @@ class GridPoint:
     @property
     def name(self) -> str:
         extra = f" hidden={self.hidden} wd={self.weight_decay:g}" if self.family == "embedding_head" else f" gamma={self.gamma:g}"
+        extra += f" spk_win={self.speaker_windows}" if self.speaker_windows else ""
+        extra += f" patience={self.patience}" if self.patience else ""
         return f"{self.feature_set} lr={self.lr:g} ep={self.epochs} bs={self.batch_size}{extra}"
 
 
 #: Hyperparameters a grid file may list per family (each a list of values), and their types.
 GRID_KEYS = {"lr": float, "epochs": int, "gamma": float, "batch_size": int, "step_size": int, "weight_decay": float,
-             "hidden": int, "feature_noise": bool, "balance": str}
+             "hidden": int, "feature_noise": bool, "balance": str, "speaker_windows": int, "patience": int}
 
 
 def grid(values: dict[str, list], feature_set: str) -> list[GridPoint]:
@@ -374,11 +380,16 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
         loss_fn = torch.nn.CrossEntropyLoss()
         opt = torch.optim.Adam(model.parameters(), lr=point.lr, weight_decay=point.weight_decay)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=point.step_size, gamma=point.gamma)
+        per_epoch = len(weights)
+        if point.speaker_windows:
+            per_epoch = min(per_epoch, point.speaker_windows * len(np.unique(tr.speaker)))
         best_key, best_state = None, None
         for epoch in range(1, point.epochs + 1):
+            if point.patience and epoch - result.best_epoch > point.patience:
+                break  # early stopping: the kept epoch is the best one either way
             model.train()
-            # an epoch draws as many windows as there are, by the balance weights
-            order = torch.multinomial(weights, len(weights), replacement=True, generator=gen)
+            # an epoch draws as many windows as there are, by the balance weights, or speaker_windows per speaker
+            order = torch.multinomial(weights, per_epoch, replacement=True, generator=gen)
             total, correct, seen = 0.0, 0, 0
             for i in range(0, len(order), point.batch_size):
                 idx = order[i : i + point.batch_size]
