@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -53,13 +54,16 @@ def run(tree: Path, man: Path, out: Path, jobs: int) -> dict:
            "--allow-outside-paths", "--jobs", str(jobs)]
     t0 = time.perf_counter()
     out.mkdir(parents=True)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(out / "log.txt", "w") as log:
         proc = subprocess.Popen(cmd, cwd=tree, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "CI": "1"})
         _, _, peak_worker = poll_rss(proc)
     if proc.wait() != 0:
         raise SystemExit(f"{cmd} exited {proc.returncode}: {(out / 'log.txt').read_text()[-2000:]}")
-    return {"wall_s": time.perf_counter() - t0, "peak_worker_mb": (peak_worker or 0) / 2**20}
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the job and every worker it reaped: barely moved by other load
+    cpu_s = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": cpu_s, "peak_worker_mb": (peak_worker or 0) / 2**20}
 
 
 def main() -> None:
@@ -82,7 +86,8 @@ def main() -> None:
                 res[name].append(run(tree, man, tmp / f"out-{name}-{r}" / "feat", args.jobs))
                 print(name, r, res[name][-1], flush=True)
         fps = {k: args.files * len(v) / sum(x["wall_s"] for x in v) for k, v in res.items()}
-        print(f"files/s numpy/torch = {fps['numpy'] / fps['torch']:.3f} ({args.corpus}, {args.files} files, {args.rounds} rounds each, "
+        cpu = {k: sum(x["cpu_s"] for x in v) for k, v in res.items()}
+        print(f"CPU numpy/torch = {cpu['numpy'] / cpu['torch']:.3f}; files/s numpy/torch = {fps['numpy'] / fps['torch']:.3f} ({args.corpus}, {args.files} files, {args.rounds} rounds each, "
               f"--jobs {args.jobs}, 2 variants); peak worker RSS MB: numpy {max(x['peak_worker_mb'] for x in res['numpy']):.0f}, "
               f"torch {max(x['peak_worker_mb'] for x in res['torch']):.0f}")
 

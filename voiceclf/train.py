@@ -326,6 +326,13 @@ def sample_weights(data: Data, balance: str) -> np.ndarray:
     return w
 
 
+def windows_per_epoch(data: Data, point: GridPoint) -> int:
+    """Windows one epoch draws: all of the training split's, or ``point.speaker_windows`` per speaker if fewer."""
+    if not point.speaker_windows:
+        return len(data.y)
+    return min(len(data.y), point.speaker_windows * len(np.unique(data.speaker)))
+
+
 @dataclass
 class PointResult:
     point: GridPoint
@@ -380,9 +387,7 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
         loss_fn = torch.nn.CrossEntropyLoss()
         opt = torch.optim.Adam(model.parameters(), lr=point.lr, weight_decay=point.weight_decay)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=point.step_size, gamma=point.gamma)
-        per_epoch = len(weights)
-        if point.speaker_windows:
-            per_epoch = min(per_epoch, point.speaker_windows * len(np.unique(tr.speaker)))
+        per_epoch = windows_per_epoch(tr, point)
         best_key, best_state = None, None
         for epoch in range(1, point.epochs + 1):
             if point.patience and epoch - result.best_epoch > point.patience:
