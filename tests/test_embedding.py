@@ -148,3 +148,22 @@ def test_level_does_not_change_the_embedding():
     b = embedding.embed(embedding.mel_windows(0.1 * y, CFG).features, CFG)
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert torch.get_num_threads() >= 1
+
+
+def test_a_worker_embeds_without_torch(tmp_path):
+    """The featurize/score worker's whole path (decode, gate, mel, encoder) runs without importing torch (~510 MB)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    synth.make_corpus(tmp_path, speakers=2, clips=1, seed=5)
+    code = ("import sys; from pathlib import Path; from voiceclf import batch, parallel; from voiceclf.config import FeatureConfig\n"
+            f"root = Path({str(tmp_path)!r}); cfg = FeatureConfig.for_feature_set('speaker_embedding')\n"
+            "[__import__(m) for m in parallel.WORKER_PRELOAD[cfg.family]]\n"
+            "items = [batch.Item(path=p.relative_to(root).as_posix(), source=str(root)) for p in sorted(root.glob('*/*.wav'))]\n"
+            "res = batch.featurize_batch(items, cfg, variants=1)\n"
+            "print(len(res), all(r.windows is not None and r.windows.features.shape[1:] == (256,) for r in res), 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["2", "True", "False"], proc.stdout
