@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import signal
+import threading
 import sys
 import time
 import traceback
@@ -181,11 +182,14 @@ def output_lock(target: str | Path, wait: bool = False):
 class Reporter:
     """A rich progress bar on a terminal; timestamped log lines every ``every`` items otherwise (cron, Airflow)."""
 
+    note_every_s = 10.0  # without a terminal, a new note alone is logged at most this often (seconds)
+
     def __init__(self, description: str, total: int, unit: str = "files", every: int | None = None) -> None:
         self.description, self.total, self.unit = description, total, unit
         self.every = every or max(1, min(500, total // 10 or 1))
         self.done = self.errors = 0
         self.start = time.perf_counter()
+        self._note, self._said = "", float("-inf")  # the last note logged, and when
         self._bar = None
         if interactive():
             self._bar = Progress(
@@ -211,8 +215,11 @@ class Reporter:
                 self._task, completed=self.done, rate=f"{self.rate:.1f} {self.unit}/s",
                 errors=f"{self.errors} errors" if self.errors else "", description=escape(f"{self.description} {note}".strip()),
             )
-        elif self.done // self.every != before // self.every or self.done == self.total:
+        elif (self.done // self.every != before // self.every or self.done == self.total
+              or (note and note != self._note and time.perf_counter() - self._said >= self.note_every_s)):
+            # a note alone (a training's epoch) is a line too, at most one per note_every_s: cron logs show a long stage moving
             log.info("%s: %d/%d %s, %d errors, %.1f %s/s %s", self.description, self.done, self.total, self.unit, self.errors, self.rate, self.unit, note)
+            self._note, self._said = note, time.perf_counter()
 
     @property
     def seconds(self) -> float:
@@ -231,13 +238,15 @@ class Reporter:
 def progress_bars():
     """The ``on_progress`` callback a job hands to a pipeline function: one :class:`Reporter` per stage."""
     open_: list[Reporter] = []
+    lock = threading.Lock()  # a stage's notes may come from a thread of the library (train's epoch relay)
 
     def on_progress(p) -> None:
-        if not open_ or open_[-1].description != p.stage:
-            close()
-            open_.append(Reporter(p.stage, p.total, unit=p.unit).__enter__())
-        rep = open_[-1]
-        rep.advance(p.done - rep.done, errors=p.errors - rep.errors, note=p.note)
+        with lock:
+            if not open_ or open_[-1].description != p.stage:
+                close()
+                open_.append(Reporter(p.stage, p.total, unit=p.unit).__enter__())
+            rep = open_[-1]
+            rep.advance(p.done - rep.done, errors=p.errors - rep.errors, note=p.note)
 
     def close() -> None:
         while open_:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from voiceclf import batch, embedding, synth
+from voiceclf import batch, embedding, synth, torch_file
 from voiceclf.config import ENCODER_SHA256, ConfigError, FeatureConfig
 
 CFG = FeatureConfig.for_feature_set("speaker_embedding")
@@ -16,8 +16,64 @@ def test_weights_come_from_the_installed_wheel_with_the_pinned_hash():
     assert path.name == "pretrained.pt" and path.parent.name == "resemblyzer"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == ENCODER_SHA256 == CFG.encoder_sha256
     enc = embedding.load_encoder(ENCODER_SHA256)
-    assert sum(p.numel() for p in enc.parameters()) == 1_423_616  # 3-layer LSTM 40→256 + linear 256→256
+    assert enc.n_parameters == 1_423_616  # 3-layer LSTM 40→256 + linear 256→256
     assert embedding.load_encoder(ENCODER_SHA256) is enc  # read, hashed and built once per process, not per batch
+
+
+class TorchEncoder(torch.nn.Module):
+    """The encoder as torch modules (what embedding.py ran before it ran in numpy): the reference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(40, 256, 3, batch_first=True)
+        self.linear = torch.nn.Linear(256, 256)
+
+    def forward(self, mels):
+        _, (hidden, _) = self.lstm(mels)
+        raw = torch.relu(self.linear(hidden[-1]))
+        return raw / torch.linalg.vector_norm(raw, dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def test_numpy_encoder_equals_torchs_lstm_on_the_same_weights():
+    """The weights read without torch are torch.load's bit for bit; the numpy LSTM gives torch's embeddings."""
+    import io
+
+    data = embedding.weights_path().read_bytes()
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)["model_state"]
+    ref = TorchEncoder()
+    ref.load_state_dict({k: v for k, v in state.items() if k.startswith(("lstm.", "linear."))})
+    mine = torch_file.read_legacy(data)["model_state"]
+    assert sorted(mine) == sorted(state) and all(np.array_equal(mine[k], v.numpy()) for k, v in state.items())
+    rng = np.random.default_rng(5)
+    windows = [rng.random((7, 160, 40), dtype=np.float32) ** 4]  # noise-like mel power
+    for gender in ("female", "male"):  # synthetic voices through the real mel
+        y = synth.synth_utterance(gender, rng, duration_s=3.0).astype(np.float32)
+        windows.append(embedding.mel_windows(y, CFG).features)
+    t = np.arange(56000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 180 * t * (1 + 0.05 * np.sin(5 * t)))).astype(np.float32)
+    windows.append(embedding.mel_windows(tone, CFG).features)  # a voice-like sweep through the real mel
+    mels = np.concatenate(windows)
+    assert len(mels) >= 9
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(mels)).numpy()
+    got = embedding.embed(mels, CFG, batch_size=4)  # batches of 4 and a remainder
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    assert got.dtype == np.float32 and np.abs(got - expected).max() < 2e-6
+
+
+def test_a_weights_file_naming_other_code_is_refused():
+    """Only a float32 state dict's three names may appear in the file: any other name is refused, never imported."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    data = b"".join(pickle.dumps(x, protocol=2) for x in (torch_file.MAGIC, torch_file.PROTOCOL, {}, {"model_state": Evil()}, []))
+    with pytest.raises(ValueError, match=r"print is not allowed"):
+        torch_file.read_legacy(data)
+    with pytest.raises(ValueError, match="magic number"):
+        torch_file.read_legacy(pickle.dumps(1, protocol=2) * 5)
 
 
 def test_another_encoder_is_refused():
@@ -92,3 +148,22 @@ def test_level_does_not_change_the_embedding():
     b = embedding.embed(embedding.mel_windows(0.1 * y, CFG).features, CFG)
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert torch.get_num_threads() >= 1
+
+
+def test_a_worker_embeds_without_torch(tmp_path):
+    """The featurize/score worker's whole path (decode, gate, mel, encoder) runs without importing torch (~510 MB)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    synth.make_corpus(tmp_path, speakers=2, clips=1, seed=5)
+    code = ("import sys; from pathlib import Path; from voiceclf import batch, parallel; from voiceclf.config import FeatureConfig\n"
+            f"root = Path({str(tmp_path)!r}); cfg = FeatureConfig.for_feature_set('speaker_embedding')\n"
+            "[__import__(m) for m in parallel.WORKER_PRELOAD[cfg.family]]\n"
+            "items = [batch.Item(path=p.relative_to(root).as_posix(), source=str(root)) for p in sorted(root.glob('*/*.wav'))]\n"
+            "res = batch.featurize_batch(items, cfg, variants=1)\n"
+            "print(len(res), all(r.windows is not None and r.windows.features.shape[1:] == (256,) for r in res), 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["2", "True", "False"], proc.stdout

@@ -507,7 +507,7 @@ def test_librosa_gufuncs_are_compiled_in_the_parent_before_any_worker_starts(tmp
 
 
 def test_a_worker_imports_its_preload_and_freezes_it_before_its_first_task(tmp_path):
-    """What a loky worker imports as it starts (torch for the speaker encoder) stays out of the cyclic collector's
+    """What a loky worker imports as it starts (its featurize modules) stays out of the cyclic collector's
     work for the worker's life and at its exit (gc.freeze), which cost ~1 s at every embedding job's end."""
     code = ("import gc, sys\nfrom voiceclf import parallel\n"
             "def probe(_):\n    import gc, sys\n    return gc.get_freeze_count(), 'json.decoder' in sys.modules\n"

@@ -1,5 +1,6 @@
 """The train job: speaker-disjoint splits, runs in MLflow (SQLite store and a real server), the champion."""
 import dataclasses
+import re
 
 import numpy as np
 import pandas as pd
@@ -351,3 +352,80 @@ def test_the_cnns_pooling_is_max_pool_2d(shape):
     got.backward(g)
     want.backward(g)
     assert torch.equal(z.grad, ref.grad)
+
+
+def test_the_cnn_trains_with_torchs_pool_and_scores_with_max_pool2_alike():
+    """Training mode pools with MaxPool2d before the ReLU (a training step ~2x faster); the outputs, and the gradients
+    of every weight, are those of the scoring path's max_pool2 after the ReLU."""
+    from voiceclf.model import GenderCNN
+
+    torch.manual_seed(0)
+    model = GenderCNN()
+    x = torch.randn(8, 3, 98, 12, generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for mode in (True, False):
+        model.train(mode)
+        model.zero_grad()
+        out = model(x)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(3)))
+        grads[mode] = (out.detach(), {k: p.grad.clone() for k, p in model.named_parameters()})
+    torch.testing.assert_close(grads[True][0], grads[False][0], rtol=0, atol=0)
+    for k, g in grads[False][1].items():
+        torch.testing.assert_close(grads[True][1][k], g, rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_a_train_job_without_a_terminal_logs_epochs_before_any_training_ends(features, tmp_path):
+    """Under cron the log shows training move: each epoch's end in a worker process is a line (issue 22: a CNN training
+    took 8 quiet minutes), and the first comes before the first training is done."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_job("train", "--features", features, "--epochs", "3", "--jobs", "2", "--no-register", "--no-system-metrics",
+                   env={"MLFLOW_TRACKING_URI": uri, "CI": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    epoch = [i for i, line in enumerate(lines) if re.search(r"train: 0/\d+ trainings.* epoch 1/3 loss [0-9.]+ val_score", line)]
+    ended = [i for i, line in enumerate(lines) if re.search(r"train: [1-9]\d*/\d+ trainings", line)]
+    assert epoch and ended and epoch[0] < ended[0], "\n".join(lines[-40:])
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ", lines[epoch[0]])  # timestamped, as cron keeps it
+
+
+def test_the_epoch_relay_says_it_is_still_training_when_no_epoch_ends():
+    """A log never goes quiet for longer than every_s, even inside one long epoch; notes from a worker process arrive."""
+    import time
+
+    from voiceclf import parallel, relay
+
+    said = []
+    with relay.epochs_reported(said.append, across_processes=True, every_s=0.5) as notes:
+        with parallel.engine("loky"):
+            list(parallel.imap(_put_note, [1, 2], n_jobs=2, notes=notes))
+        time.sleep(1.6)
+    notes_at = [i for i, s in enumerate(said) if not s.startswith("still training")]
+    assert sorted(said[i] for i in notes_at) == ["pt epoch 1/2 loss 0.500 val_score 0.750", "pt without b epoch 2/2 loss 0.500 val_score 0.750"], said
+    assert any(s.startswith("still training; last: pt") and s.endswith("s ago)") for s in said[notes_at[-1] :]), said
+
+
+def _put_note(epoch: int, notes) -> None:
+    from voiceclf import relay
+
+    relay.put_quietly(notes, relay.epoch_note("pt", None if epoch == 1 else "b", epoch, 2, {"train_loss": 0.5, "val_score": 0.75}))
+
+
+def test_speaker_windows_caps_an_epoch_and_patience_stops_training(features):
+    """speaker_windows: an epoch draws that many windows per training speaker (never more than there are);
+    patience: training stops once that many epochs in a row did not beat the kept one."""
+    import dataclasses as dc
+
+    from voiceclf import pipeline
+
+    data, _ = pipeline.load_data([features])
+    d = data["mfcc_pitch"]
+    n_spk = len(np.unique(d.speaker))
+    point = tr.GridPoint(epochs=12, patience=2, speaker_windows=4)
+    assert tr.windows_per_epoch(d, point) == 4 * n_spk < len(d.y)
+    assert tr.windows_per_epoch(d, dc.replace(point, speaker_windows=10**6)) == tr.windows_per_epoch(d, tr.GridPoint()) == len(d.y)
+    assert "spk_win=4 patience=2" in point.name and "spk_win" not in tr.GridPoint().name  # old names unchanged
+    split = tr.split_speakers(pipeline.all_speakers(data), seed=0)
+    res = tr.train_point(dc.replace(point, lr=3e-2), d, split, seed=0, threads=1)  # a high rate: val_score stalls early
+    assert res.error is None, res.error
+    assert len(res.history) == 12 or len(res.history) == res.best_epoch + 2, (len(res.history), res.best_epoch)
+    assert len(res.history) < 12, "expected an early stop on synthetic speakers"

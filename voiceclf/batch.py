@@ -191,7 +191,7 @@ def _no_speech(result: Result, why: str | None) -> Result:
 def windows_of(y: np.ndarray, cfg: FeatureConfig) -> features.Windows:
     """A cleaned waveform's windows: model input for the CNN, mel windows for the speaker encoder."""
     if cfg.is_embedding:
-        from voiceclf import embedding  # imports torch: ~200 MB a CNN worker does without
+        from voiceclf import embedding
 
         return embedding.mel_windows(y, cfg)
     return features.extract(y, cfg)
@@ -252,10 +252,6 @@ def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0, ma
     whenever EMBED_EVERY of them are waiting, so a batch of long files never holds all of theirs at once.
     """
     with _threadpools().limit(limits=1):
-        if cfg.is_embedding:
-            import torch
-
-            torch.set_num_threads(1)
         results, waiting, ungated = [], [], []
         for it in items:
             with warnings_naming(it.abspath):

@@ -3,9 +3,10 @@
 The encoder is GE2E (Wan et al. 2018) as trained by Resemblyzer on thousands of speakers: a 40-band
 mel spectrogram (25 ms / 10 ms at 16 kHz, power, not log), a 3-layer LSTM of 256 units, a linear
 layer of 256, ReLU and L2 normalisation. Its weights ship inside the Resemblyzer wheel
-(``resemblyzer/pretrained.pt``, Apache-2.0). This module is the encoder, written out as a small
-torch module, so the package itself is never imported (``import resemblyzer`` pulls webrtcvad,
-which needs ``pkg_resources``): only its weights file is read, with ``weights_only=True``, and
+(``resemblyzer/pretrained.pt``, Apache-2.0). This module is the encoder, written out in numpy (as
+``vad.py`` does for the speech gate), so neither the package (``import resemblyzer`` pulls webrtcvad,
+which needs ``pkg_resources``) nor torch is imported: only its weights file is read, as arrays
+(``torch_file``: the semantics of ``torch.load(weights_only=True)``, no code from the file runs), and
 its sha256 must equal the one the FeatureConfig names. Nothing is fetched at run time.
 """
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
-import io
 from pathlib import Path
 
 import numpy as np
 
+from voiceclf import torch_file
 from voiceclf.io import read_pinned
 from voiceclf.config import EMBEDDING_DIM, FeatureConfig
 from voiceclf.features import Windows, no_windows, speech_track
@@ -37,33 +38,61 @@ class WeightsMissing(EncoderError):
     missing = "weights"  # what to install; the jobs turn it into a next step
 
 
-@functools.lru_cache(maxsize=1)
-def _encoder_class() -> type:
-    """The encoder module, defined on first use: torch is imported only by a process that embeds (~1.5 s and
-    ~200 MB that a CNN featurize job, parent or worker, does without)."""
-    import torch
-    from torch import nn
+class SpeakerEncoder:
+    """GE2E speaker encoder: (N, T, 40) mel power frames → (N, 256) L2-normalised embeddings, in numpy.
 
-    class SpeakerEncoder(nn.Module):
-        """GE2E speaker encoder: (B, T, 40) mel power frames → (B, 256) L2-normalised embeddings."""
+    torch's ``nn.LSTM`` (3 layers, gates input, forget, cell, output; both biases) and ``Linear`` + ReLU,
+    written out: a featurize or score worker then never imports torch (~510 MB of its 637 MB peak). The
+    layers run in a wavefront, one time step of all three at a time, each as one matrix product of
+    ``[input, previous h]`` with the stacked weights: no (T, N, 1024) buffer of input gates sits in memory.
+    As in ``vad.SileroVAD``, the gates are reordered (input, forget, output | cell) and the three sigmoid
+    gates' rows halved, so one tanh per step gives all four: sigmoid(x) = (1 + tanh(x / 2)) / 2.
+    """
 
-        def __init__(self, n_mels: int = N_MELS, hidden: int = 256, layers: int = 3, dim: int = EMBEDDING_DIM) -> None:
-            super().__init__()
-            self.lstm = nn.LSTM(n_mels, hidden, layers, batch_first=True)
-            self.linear = nn.Linear(hidden, dim)
+    def __init__(self, w: dict[str, np.ndarray], hidden: int = 256, layers: int = 3) -> None:
+        self.hidden, self.layers = hidden, layers
+        order = np.r_[0 : 2 * hidden, 3 * hidden : 4 * hidden, 2 * hidden : 3 * hidden]
+        scale = np.r_[np.full(3 * hidden, 0.5, np.float32), np.ones(hidden, np.float32)]
+        self._w, self._b = [], []
+        for i in range(layers):
+            stacked = np.concatenate([w[f"lstm.weight_ih_l{i}"], w[f"lstm.weight_hh_l{i}"]], axis=1)  # (4H, in + H)
+            self._w.append(np.ascontiguousarray((stacked[order] * scale[:, None]).T, np.float32))
+            self._b.append(((w[f"lstm.bias_ih_l{i}"] + w[f"lstm.bias_hh_l{i}"])[order] * scale).astype(np.float32))
+        self._linear_w = np.ascontiguousarray(w["linear.weight"].T, np.float32)
+        self._linear_b = w["linear.bias"].astype(np.float32)
 
-        def forward(self, mels: torch.Tensor) -> torch.Tensor:
-            _, (hidden, _) = self.lstm(mels)
-            raw = torch.relu(self.linear(hidden[-1]))
-            return raw / torch.linalg.vector_norm(raw, dim=1, keepdim=True).clamp_min(1e-12)
+    def __call__(self, mels: np.ndarray) -> np.ndarray:
+        n, steps, n_mels = mels.shape
+        H = self.hidden
+        # per layer: [input at t | h at t - 1]; layer i's h is written straight into layer i + 1's input
+        xh = [np.zeros((n, (n_mels if i == 0 else H) + H), np.float32) for i in range(self.layers)]
+        c = np.zeros((self.layers, n, H), np.float32)
+        gates, tmp = np.empty((n, 4 * H), np.float32), np.empty((n, H), np.float32)
+        for t in range(steps):
+            xh[0][:, :n_mels] = mels[:, t]
+            for i in range(self.layers):
+                np.matmul(xh[i], self._w[i], out=gates)
+                gates += self._b[i]
+                np.tanh(gates, out=gates)
+                sig = gates[:, : 3 * H]
+                sig += 1.0
+                sig *= 0.5
+                c[i] *= gates[:, H : 2 * H]
+                np.multiply(gates[:, :H], gates[:, 3 * H :], out=tmp)
+                c[i] += tmp
+                np.tanh(c[i], out=tmp)
+                h = xh[i][:, -H:]
+                np.multiply(gates[:, 2 * H : 3 * H], tmp, out=h)
+                if i + 1 < self.layers:
+                    xh[i + 1][:, :H] = h
+        raw = np.maximum(xh[-1][:, -H:] @ self._linear_w + self._linear_b, 0)
+        return raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
 
-    return SpeakerEncoder
-
-
-def __getattr__(name: str):
-    if name == "SpeakerEncoder":
-        return _encoder_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    @property
+    def n_parameters(self) -> int:
+        """Weights of the LSTM and the linear layer, as torch counts them (its two biases per layer apart)."""
+        lstm = sum(w.size + 2 * b.size for w, b in zip(self._w, self._b))
+        return lstm + self._linear_w.size + self._linear_b.size
 
 
 def weights_path() -> Path:
@@ -95,17 +124,27 @@ def check(sha256: str) -> None:
     _pinned_weights(sha256)
 
 
-@functools.lru_cache(maxsize=2)
-def load_encoder(sha256: str) -> "SpeakerEncoder":
-    """The encoder whose weights hash to ``sha256``, once per process; refuse any other weights."""
-    data = _pinned_weights(sha256)
-    import torch
+#: The encoder's arrays in the weights file (its ``model_state``) and their shapes; the file holds more (the
+#: similarity scale GE2E trained with, the optimizer's state), which is read but not used.
+SHAPES = {"linear.weight": (256, 256), "linear.bias": (256,)} | {
+    k: shape for i, n_in in enumerate((N_MELS, 256, 256)) for k, shape in (
+        (f"lstm.weight_ih_l{i}", (1024, n_in)), (f"lstm.weight_hh_l{i}", (1024, 256)),
+        (f"lstm.bias_ih_l{i}", (1024,)), (f"lstm.bias_hh_l{i}", (1024,)))}
 
-    checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    state = {k: v for k, v in checkpoint["model_state"].items() if k.startswith(("lstm.", "linear."))}
-    encoder = _encoder_class()()
-    encoder.load_state_dict(state)  # strict: every weight of the module comes from the file
-    return encoder.eval()
+
+@functools.lru_cache(maxsize=2)
+def load_encoder(sha256: str) -> SpeakerEncoder:
+    """The encoder whose weights hash to ``sha256``, once per process; refuse any other weights."""
+    path = weights_path()
+    data = _pinned_weights(sha256)
+    try:
+        state = torch_file.read_legacy(data)["model_state"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise EncoderError(f"{path}: not a weights file this code reads ({type(e).__name__}: {e})") from None
+    wrong = [k for k, shape in SHAPES.items() if not isinstance(state.get(k), np.ndarray) or state[k].shape != shape]
+    if wrong:
+        raise EncoderError(f"{path}: not the GE2E encoder this code implements (weights {', '.join(wrong)})")
+    return SpeakerEncoder(state)
 
 
 def mel_frames(track: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
@@ -136,11 +175,8 @@ def mel_windows(y: np.ndarray, cfg: FeatureConfig) -> Windows:
 
 def embed(mels: np.ndarray, cfg: FeatureConfig, batch_size: int = 256) -> np.ndarray:
     """(N, 160, 40) mel windows → (N, 256) float32 embeddings, in batches across files."""
-    import torch
-
     encoder = load_encoder(cfg.encoder_sha256)
-    with torch.no_grad():
-        out = [encoder(torch.from_numpy(mels[i : i + batch_size])).numpy() for i in range(0, len(mels), batch_size)]
+    out = [encoder(mels[i : i + batch_size]) for i in range(0, len(mels), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, EMBEDDING_DIM), np.float32)
 
 

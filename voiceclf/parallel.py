@@ -22,9 +22,9 @@ from typing import Callable, Iterable, Iterator
 import joblib
 
 BACKENDS = ("loky", "threading", "dask")
-#: What a featurize worker imports as it starts (:func:`start_worker`), by model family: torch only where the
-#: speaker encoder runs (~200 MB and a second of start-up a CNN worker does without).
-WORKER_PRELOAD = {"cnn": ("voiceclf.batch",), "embedding_head": ("voiceclf.batch", "torch", "voiceclf.embedding")}
+#: What a featurize worker imports as it starts (:func:`start_worker`), by model family. No worker imports torch:
+#: the speaker encoder runs in numpy (``embedding.py``), which kept its workers under 500 MB.
+WORKER_PRELOAD = {"cnn": ("voiceclf.batch",), "embedding_head": ("voiceclf.batch", "voiceclf.embedding")}
 
 
 class EngineError(RuntimeError):

@@ -186,7 +186,7 @@ def _featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backe
                 max_windows: int | None = longfile.MAX_WINDOWS):
     """The workers' results for ``items``, a batch at a time, in order: the one loop featurize and score share.
 
-    Speaker-embedding workers start with torch loaded (``parallel.WORKER_PRELOAD``). Workers get
+    Speaker-embedding workers start with the encoder's module loaded (``parallel.WORKER_PRELOAD``). Workers get
     absolute paths: loky reuses them across calls, and a program may have changed its folder since they
     started. The results carry the items as given (a relative source stays relative in shards and reports).
     """
@@ -458,12 +458,16 @@ def all_speakers(data: dict[str, tr.Data]) -> pd.DataFrame:
     return spk.sort_values("speaker", ignore_index=True)
 
 
-def run_task(task: tuple, points: list[tr.GridPoint], data: dict, seed: int, threads: int, device: str) -> tr.PointResult:
-    """One training of a grid point (in a worker): on the split, or on a cross-corpus validation split."""
+def run_task(task: tuple, points: list[tr.GridPoint], data: dict, seed: int, threads: int, device: str, epochs=None) -> tr.PointResult:
+    """One training of a grid point (in a worker): on the split, or on a cross-corpus validation split.
+    ``epochs``: a queue for each epoch's end (``relay.epochs_reported``), or None."""
+    from voiceclf import relay
     from voiceclf import train as tr
 
-    i, _corpus, split = task
-    return tr.train_point(points[i], data[points[i].feature_set], split, seed=seed, threads=threads, device=device)
+    i, left_out, split = task
+    pt = points[i]
+    on_epoch = (lambda e, row: relay.put_quietly(epochs, relay.epoch_note(pt.name, left_out, e, pt.epochs, row))) if epochs is not None else None
+    return tr.train_point(pt, data[pt.feature_set], split, seed=seed, threads=threads, device=device, on_epoch=on_epoch)
 
 
 def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data], split: dict) -> float:
@@ -672,7 +676,7 @@ def train_grid(
     ``shards.ShardError``, ``tracking.TrackingError`` (the store is unreachable or fails mid-run) and
     :class:`TrainError` (every point failed).
     """
-    from voiceclf import tracking
+    from voiceclf import relay, tracking
     from voiceclf import train as tr
 
     uri = tracking.connect(tracking_uri)
@@ -734,21 +738,20 @@ def train_grid(
         model_uris = {}
         done = failed_n = 0
         on_progress(Progress("train", 0, len(tasks), unit="trainings"))
-        with parallel.engine(backend, scheduler):
-            if n_jobs == 1:  # in-process: per-epoch progress
+        # every epoch's end is a progress note, from the workers too (a CNN training takes minutes); Dask's are out of reach
+        report = lambda note: on_progress(Progress("train", done, len(tasks), failed_n, "trainings", note))  # noqa: E731
+        with parallel.engine(backend, scheduler), relay.epochs_reported(report, across_processes=n_jobs > 1 and backend != "dask") as epochs:
+            if n_jobs == 1:  # in-process
                 def in_process():
-                    for i, c, sub in tasks:
-                        open_child(i, time.time())
+                    for task in tasks:
+                        open_child(task[0], time.time())
                         if per_point:  # a point's trainings are consecutive, the one on the split first; finish() stops it
-                            runs.watch(child_ids[i])
-
-                        def on_epoch(e, row, pt=points[i], c=c):
-                            on_progress(Progress("train", done, len(tasks), failed_n, "trainings",
-                                                 f"{pt.name}{f' without {c}' if c else ''} epoch {e}/{pt.epochs} loss {row['train_loss']:.3f} val_score {row['val_score']:.3f}"))
-                        yield tr.train_point(points[i], data[points[i].feature_set], sub, seed=seed, threads=threads, device=device, on_epoch=on_epoch)
+                            runs.watch(child_ids[task[0]])
+                        yield run_task(task, points, data, seed, threads, device, epochs)
                 stream = in_process()
             else:
-                stream = parallel.imap(run_task, tasks, n_jobs=n_jobs, points=points, data=data, seed=seed, threads=threads, device=device)
+                stream = parallel.imap(run_task, tasks, n_jobs=n_jobs, points=points, data=data, seed=seed, threads=threads, device=device,
+                                       epochs=epochs if backend != "dask" else None)
             for (i, left_out, _), res in zip(tasks, stream):
                 pt = points[i]
                 open_child(i, res.started_s)

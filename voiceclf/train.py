@@ -208,6 +208,10 @@ class GridPoint:
     # embedding per recording (and per augmented variant) with L2 strength 1/C, to convergence (fit_pooled_logistic)
     solver: str = "adam"
     C: float = 1e-3
+    # windows an epoch draws per training speaker (0: as many as the training split holds). With speaker-balanced
+    # draws, what an epoch teaches is how many voices it sees, not how many windows a voice has (RAVDESS: ~760 each)
+    speaker_windows: int = 0
+    patience: int = 0  # stop after this many epochs without a better val_score (0: train every epoch)
 
     @property
     def family(self) -> str:
@@ -218,14 +222,16 @@ class GridPoint:
         if self.solver == "lbfgs":
             return f"{self.feature_set} pooled logistic C={self.C:g}"
         extra = f" hidden={self.hidden} wd={self.weight_decay:g}" if self.family == "embedding_head" else f" gamma={self.gamma:g}"
+        extra += f" spk_win={self.speaker_windows}" if self.speaker_windows else ""
+        extra += f" patience={self.patience}" if self.patience else ""
         return f"{self.feature_set} lr={self.lr:g} ep={self.epochs} bs={self.batch_size}{extra}"
 
 
 #: Hyperparameters a grid file may list per family (each a list of values), and their types.
 GRID_KEYS = {"lr": float, "epochs": int, "gamma": float, "batch_size": int, "step_size": int, "weight_decay": float,
-             "hidden": int, "feature_noise": bool, "balance": str, "solver": str, "C": float}
+             "hidden": int, "feature_noise": bool, "balance": str, "solver": str, "C": float, "speaker_windows": int, "patience": int}
 #: What an lbfgs point ignores: set to the defaults, so the grid trains each lbfgs point once
-_LBFGS_IGNORES = ("lr", "epochs", "gamma", "batch_size", "step_size", "weight_decay", "feature_noise")
+_LBFGS_IGNORES = ("lr", "epochs", "gamma", "batch_size", "step_size", "weight_decay", "feature_noise", "speaker_windows", "patience")
 
 
 def grid(values: dict[str, list], feature_set: str) -> list[GridPoint]:
@@ -368,6 +374,13 @@ def sample_weights(data: Data, balance: str) -> np.ndarray:
     return w
 
 
+def windows_per_epoch(data: Data, point: GridPoint) -> int:
+    """Windows one epoch draws: all of the training split's, or ``point.speaker_windows`` per speaker if fewer."""
+    if not point.speaker_windows:
+        return len(data.y)
+    return min(len(data.y), point.speaker_windows * len(np.unique(data.speaker)))
+
+
 @dataclass
 class PointResult:
     point: GridPoint
@@ -437,11 +450,14 @@ def train_point(point: GridPoint, data: Data, split: dict[str, list], seed: int 
         loss_fn = torch.nn.CrossEntropyLoss()
         opt = torch.optim.Adam(model.parameters(), lr=point.lr, weight_decay=point.weight_decay)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=point.step_size, gamma=point.gamma)
+        per_epoch = windows_per_epoch(tr, point)
         best_key, best_state = None, None
         for epoch in range(1, point.epochs + 1):
+            if point.patience and epoch - result.best_epoch > point.patience:
+                break  # early stopping: the kept epoch is the best one either way
             model.train()
-            # an epoch draws as many windows as there are, by the balance weights
-            order = torch.multinomial(weights, len(weights), replacement=True, generator=gen)
+            # an epoch draws as many windows as there are, by the balance weights, or speaker_windows per speaker
+            order = torch.multinomial(weights, per_epoch, replacement=True, generator=gen)
             total, correct, seen = 0.0, 0, 0
             for i in range(0, len(order), point.batch_size):
                 idx = order[i : i + point.batch_size]
