@@ -179,7 +179,11 @@ def test_figures_zoom_the_accuracy_axis_and_keep_titles_inside(tmp_path):
     lo, hi = acc.get_ylim()
     assert 0.85 < lo < 0.91 and 0.98 <= hi <= 1.01  # zoomed to 0.91..0.98, not 0..1
     conf = figures.confusion_figure(np.array([[12, 1], [2, 14]]), "test (held-out speakers), files\nspeaker_embedding lr=0.001 ep=30 bs=128 hidden=64 wd=0.01")
-    for f in (fig, conf):
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 200)
+    rel = figures.reliability_figure(p, p, (rng.uniform(0, 1, 200) < p).astype(int),
+                                     "test (held-out speakers), files\nspeaker_embedding lr=0.001 ep=30 bs=128 hidden=64 wd=0.01")
+    for f in (fig, conf, rel):
         FigureCanvasAgg(f).draw()
         renderer = f.canvas.get_renderer()
         box = f.bbox

@@ -83,7 +83,7 @@ def reliability_figure(p_raw: np.ndarray, p_cal: np.ndarray, y: np.ndarray, titl
     confidence. Bin sizes as the marker's area."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.2, 4.0))
+    fig = Figure(figsize=(4.2, 4.0), layout="constrained")  # constrained: the title stays inside the image
     ax = fig.subplots()
     ax.plot([0.5, 1], [0.5, 1], color="grey", linestyle=":", label="honest")
     y = np.asarray(y)
@@ -99,6 +99,5 @@ def reliability_figure(p_raw: np.ndarray, p_cal: np.ndarray, y: np.ndarray, titl
         ax.scatter(xs, ys, s=10 + 200 * ns / max(ns.sum(), 1), alpha=0.3)
     ax.set(xlabel="confidence (probability of the reported label)", ylabel="share labelled right", xlim=(0.5, 1.0), ylim=(0.0, 1.02))
     ax.legend(loc="lower right")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    ax.set_title(wrap(title, width_in=fig.get_figwidth(), fontsize_pt=9), fontsize=9)
     return fig
