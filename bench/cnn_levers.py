@@ -24,6 +24,7 @@ SETTINGS = {
     "base": {},  # jobs/grid.toml's CNN point as it was: 8 epochs of every window
     "spk32": {"speaker_windows": 32},
     "spk64": {"speaker_windows": 64},
+    "spk96": {"speaker_windows": 96},
     "spk32_ep16": {"speaker_windows": 32, "epochs": 16},
     "spk32_ep16_p4": {"speaker_windows": 32, "epochs": 16, "patience": 4},
     "ep4": {"epochs": 4},
