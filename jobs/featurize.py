@@ -11,8 +11,8 @@ from rich.markup import escape
 
 from jobs import _cli
 from jobs._cli import JobError, log
-from voiceclf import corpus, io, parallel, pipeline, shards
-from voiceclf.config import FEATURE_SETS, ConfigError, FeatureConfig
+from voiceclf import parallel, pipeline, shards
+from voiceclf.config import FEATURE_SETS, FeatureConfig
 
 
 def _feature_sets(text: str) -> list[str]:
@@ -83,14 +83,6 @@ def run(args: argparse.Namespace) -> int:
                 args.sources, args.out, args.feature_set, variants=args.variants, shard_rows=args.shard_rows, jobs=args.jobs,
                 backend=args.backend, scheduler=args.scheduler, wait=args.wait, allow_unlabelled=args.allow_unlabelled,
                 allow_outside_paths=args.allow_outside_paths, on_progress=on_progress)
-    except io.LockedError as e:
-        raise JobError(f"{e}; rerun with --wait to queue behind it", _cli.LOCKED) from None
-    except pipeline.ModelError as e:
-        raise JobError.of(e, _cli.FAILURE) from None
-    except corpus.CorpusError as e:
-        raise JobError(f"{e} (--allow-outside-paths accepts them)" if e.outside_paths else str(e), _cli.USAGE) from None
-    except (shards.ShardError, ConfigError, parallel.EngineError, pipeline.OutputError, io.UnsafeOutputError) as e:
-        raise JobError.of(e, _cli.USAGE) from None
     except OSError as e:
         if e.errno not in _cli.DISK_FULL:
             raise
