@@ -5,7 +5,7 @@ import contextlib
 import dataclasses
 import os
 
-from voiceclf import batch, longfile, parallel, vad
+from voiceclf import batch, longfile, parallel, pinned, vad
 from voiceclf.config import FeatureConfig
 
 
@@ -24,7 +24,7 @@ def check_weights(cfg: FeatureConfig, where: str = "") -> None:
             from voiceclf import embedding
 
             embedding.check(cfg.encoder_sha256)
-    except RuntimeError as e:  # vad.VadError, embedding.EncoderError
+    except pinned.WeightsError as e:  # vad.VadError, embedding.EncoderError, pinned.WeightsMissing
         err = ModelError(f"{where}{e}")
         err.missing = getattr(e, "missing", None)
         raise err from None
