@@ -26,9 +26,10 @@ def _feature_sets(text: str) -> list[str]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m jobs.featurize",
-        description="Turn labelled audio folders into Parquet feature shards (one row per 1-s window). "
+        description="Turn labelled audio folders into Parquet feature shards (one row per window: 1 s for mfcc_pitch and "
+        "mfcc_deltas, 1.6 s for speaker_embedding). "
         "Accepted layouts: AudioMNIST (<root>/<NN>/*.wav + audioMNIST_meta.txt), label folders "
-        "(<root>/female/**, <root>/male/**), or a manifest CSV (path,label[,speaker]). "
+        "(<root>/female/**, <root>/male/**), or a manifest CSV (path,label[,speaker][,corpus]; corpus defaults to the manifest folder's name). "
         "Incremental: files already in OUT (by sha256) are skipped; first, the rows of OUT from these sources are brought "
         "in line with them (a moved or relabelled file takes its new path and label, a deleted one is dropped).",
         epilog="Exit codes: 0 ok (per-file errors are listed in OUT/errors.csv), 1 failure, 2 bad arguments or inputs, "
