@@ -100,7 +100,7 @@ def pooled_method(files: pd.DataFrame, held: str, C: float, measures, head: str 
 
 
 def head_method(data: tr.Data, held: str) -> tuple[pd.DataFrame, float]:
-    from voiceclf.pipeline import calibrate_point
+    from voiceclf.champion import calibrate_point
 
     point = tr.GridPoint(feature_set="speaker_embedding", lr=1e-3, epochs=30, gamma=0.5, step_size=10, batch_size=128, hidden=0, weight_decay=1e-2)
     speakers = data.speakers()

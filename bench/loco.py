@@ -77,7 +77,7 @@ def run(data: dict[str, tr.Data], points: list[tr.GridPoint], n_jobs: int = -1, 
             folds[c].results[pt] = res
         else:
             xres.setdefault((c, pt), {})[sub_name] = res
-    from voiceclf.pipeline import calibrate_point
+    from voiceclf.champion import calibrate_point
 
     for (c, pt), per in xres.items():  # the calibration train_grid would fit and register, and the xval scores
         calibrate_point(folds[c].results[pt], per)

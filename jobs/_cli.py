@@ -119,7 +119,8 @@ OWNS_PROCESS = False
 
 
 def main_wrapper(job: str, run) -> None:
-    """Run ``run()`` (which returns an exit code) and turn failures into one line + exit code."""
+    """Run ``run()`` (which returns an exit code) and turn failures into one line + exit code: a :class:`JobError`'s,
+    a library error's from the one table (:func:`job_error`), else an internal error's."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     # A scheduled job fails within ~15 s when its tracking server dies mid-run, instead of after MLflow's
     # default of minutes of retries. Set here, not in the library: a program that imports voiceclf keeps its own.
@@ -127,22 +128,16 @@ def main_wrapper(job: str, run) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     try:
         code = run()
-    except JobError as e:
-        console.print(f"[bold red]voiceclf {job}: error:[/] {escape(one_line(e))}", highlight=False, soft_wrap=True)
-        code = e.code
     except (KeyboardInterrupt, Interrupted) as e:
         console.print(f"voiceclf {job}: interrupted ({escape(str(e) or 'SIGINT')}); no partial output was kept, rerun to finish", highlight=False, soft_wrap=True)
         code = INTERRUPTED
-    except Exception as e:  # a bug: still one line for cron and Airflow, the traceback only where asked for
-        if os.environ.get("VOICECLF_TRACEBACK"):
-            console.print_exception()
-        if (line := store_failure(e)) is not None:  # not a bug: the tracking store's database is locked, damaged or full
-            console.print(f"[bold red]voiceclf {job}: error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    except Exception as e:
+        known = e if isinstance(e, JobError) else job_error(e)
+        if known is not None:
+            console.print(f"[bold red]voiceclf {job}: error:[/] {escape(one_line(known))}", highlight=False, soft_wrap=True)
+            code = known.code
         else:
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            console.print(f"[bold red]voiceclf {job}: internal error:[/] {type(e).__name__}: {escape(str(e).splitlines()[0]) if str(e) else ''} "
-                          f"(at {Path(where.filename).name}:{where.lineno}; VOICECLF_TRACEBACK=1 shows the traceback)", highlight=False, soft_wrap=True)
-        code = FAILURE
+            code = _internal_error(job, e)
     main = sys.modules.get("__main__")
     if OWNS_PROCESS or getattr(getattr(main, "__spec__", None), "name", None) == f"jobs.{job}":
         # The job is this process (python -m jobs.X), and its work is done. Leaving the interpreter collects every
@@ -151,6 +146,49 @@ def main_wrapper(job: str, run) -> None:
         # writers. Not when a job's main is called inside another program (or the tests), whose objects it would pin.
         gc.freeze()
     sys.exit(code)
+
+
+def _internal_error(job: str, e: Exception) -> int:
+    """A bug: still one line for cron and Airflow, the traceback only where asked for."""
+    if os.environ.get("VOICECLF_TRACEBACK"):
+        console.print_exception()
+    if (line := store_failure(e)) is not None:  # not a bug: the tracking store's database is locked, damaged or full
+        console.print(f"[bold red]voiceclf {job}: error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    else:
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        console.print(f"[bold red]voiceclf {job}: internal error:[/] {type(e).__name__}: {escape(str(e).splitlines()[0]) if str(e) else ''} "
+                      f"(at {Path(where.filename).name}:{where.lineno}; VOICECLF_TRACEBACK=1 shows the traceback)", highlight=False, soft_wrap=True)
+    return FAILURE
+
+
+def _error_table() -> list[tuple[tuple[type, ...], int]]:
+    """The one exception → exit-code table of every job (README "Exit codes"), first match wins. Imported when an error
+    is met: a job that never opens the tracking store (featurize) does not import MLflow for its error class, and
+    none of its errors can then be a TrackingError."""
+    from voiceclf import corpus, parallel, pipeline, shards
+    from voiceclf.config import ConfigError, DataError
+
+    table = [
+        ((io.LockedError,), LOCKED),
+        ((corpus.CorpusError, shards.ShardError, ConfigError, DataError, parallel.EngineError, io.UnsafeOutputError,
+          pipeline.OutputError, pipeline.GridError), USAGE),
+        ((pipeline.ModelError, pipeline.TrainError), FAILURE),
+    ]
+    if (tracking := sys.modules.get("voiceclf.tracking")) is not None:
+        table.append(((tracking.TrackingError,), FAILURE))
+    return table
+
+
+def job_error(e: Exception) -> JobError | None:
+    """A library error as the job's last line and exit code (:func:`_error_table`), or None for what is not one (a bug)."""
+    for types, code in _error_table():
+        if isinstance(e, types):
+            if code == LOCKED:
+                return JobError(f"{e}; rerun with --wait to queue behind it", LOCKED)
+            if getattr(e, "outside_paths", False):  # a manifest's paths outside its folder (corpus.CorpusError)
+                return JobError(f"{e} (--allow-outside-paths accepts them)", code)
+            return JobError.of(e, code)
+    return None
 
 
 #: errno values of a full disk or quota (EFBIG: a file-size limit): the output's folder cannot take the write.
@@ -169,14 +207,9 @@ def store_failure(e: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def output_lock(target: str | Path, wait: bool = False):
-    """:func:`voiceclf.io.lock` on ``target``; a second run on the same output exits with LOCKED."""
-    try:
-        with io.lock(target, wait=wait):
-            yield
-    except io.LockedError as e:
-        raise JobError(f"{e}; rerun with --wait to queue behind it", LOCKED) from None
-    except io.UnsafeOutputError as e:
-        raise JobError(str(e), USAGE) from None
+    """:func:`voiceclf.io.lock` on ``target``; a second run on the same output exits with LOCKED (:func:`job_error`)."""
+    with io.lock(target, wait=wait):
+        yield
 
 
 class Reporter:

@@ -100,13 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> None:
-    def demo() -> int:
-        try:
-            return run(parse_args(argv))
-        except (tracking.TrackingError, pipeline.TrainError, pipeline.ModelError, io.LockedError) as e:  # one line each
-            raise JobError.of(e, _cli.FAILURE) from None
-
-    _cli.main_wrapper("demo", demo)
+    _cli.main_wrapper("demo", lambda: run(parse_args(argv)))  # library errors: exit codes of _cli's one table
 
 
 if __name__ == "__main__":

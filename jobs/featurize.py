@@ -11,8 +11,8 @@ from rich.markup import escape
 
 from jobs import _cli
 from jobs._cli import JobError, log
-from voiceclf import corpus, io, parallel, pipeline, shards
-from voiceclf.config import FEATURE_SETS, ConfigError, FeatureConfig
+from voiceclf import parallel, pipeline, shards
+from voiceclf.config import FEATURE_SETS, FeatureConfig
 
 
 def _feature_sets(text: str) -> list[str]:
@@ -26,9 +26,10 @@ def _feature_sets(text: str) -> list[str]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m jobs.featurize",
-        description="Turn labelled audio folders into Parquet feature shards (one row per 1-s window). "
+        description="Turn labelled audio folders into Parquet feature shards (one row per window: 1 s for mfcc_pitch and "
+        "mfcc_deltas, 1.6 s for speaker_embedding). "
         "Accepted layouts: AudioMNIST (<root>/<NN>/*.wav + audioMNIST_meta.txt), label folders "
-        "(<root>/female/**, <root>/male/**), or a manifest CSV (path,label[,speaker]). "
+        "(<root>/female/**, <root>/male/**), or a manifest CSV (path,label[,speaker][,corpus]; corpus defaults to the manifest folder's name). "
         "Incremental: files already in OUT (by sha256) are skipped; first, the rows of OUT from these sources are brought "
         "in line with them (a moved or relabelled file takes its new path and label, a deleted one is dropped).",
         epilog="Exit codes: 0 ok (per-file errors are listed in OUT/errors.csv), 1 failure, 2 bad arguments or inputs, "
@@ -83,14 +84,6 @@ def run(args: argparse.Namespace) -> int:
                 args.sources, args.out, args.feature_set, variants=args.variants, shard_rows=args.shard_rows, jobs=args.jobs,
                 backend=args.backend, scheduler=args.scheduler, wait=args.wait, allow_unlabelled=args.allow_unlabelled,
                 allow_outside_paths=args.allow_outside_paths, on_progress=on_progress)
-    except io.LockedError as e:
-        raise JobError(f"{e}; rerun with --wait to queue behind it", _cli.LOCKED) from None
-    except pipeline.ModelError as e:
-        raise JobError.of(e, _cli.FAILURE) from None
-    except corpus.CorpusError as e:
-        raise JobError(f"{e} (--allow-outside-paths accepts them)" if e.outside_paths else str(e), _cli.USAGE) from None
-    except (shards.ShardError, ConfigError, parallel.EngineError, pipeline.OutputError, io.UnsafeOutputError) as e:
-        raise JobError.of(e, _cli.USAGE) from None
     except OSError as e:
         if e.errno not in _cli.DISK_FULL:
             raise

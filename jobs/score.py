@@ -14,8 +14,7 @@ from pathlib import Path
 
 from jobs import _cli
 from jobs._cli import JobError
-from voiceclf import corpus, io, parallel, pipeline, tracking, turn_formats
-from voiceclf.config import DataError
+from voiceclf import io, parallel, pipeline, tracking, turn_formats
 
 # voiceclf.train (torch) is imported where used: score starts its workers before it imports torch
 # (pipeline.score_dirs), and an import at the top here would come first.
@@ -122,23 +121,19 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(args.out, args.segments)
     for path in filter(None, (args.out, args.segments)):
         check_writable(path)
-    try:
-        with _cli.output_lock(args.out, wait=args.wait), _cli.progress_bars() as on_progress:
-            res = pipeline.score_dirs(args.dirs, model_uri=args.model_uri, tracking_uri=args.tracking_uri, threshold=args.threshold,
-                                      min_confidence=args.min_confidence,
-                                      jobs=args.jobs, device=args.device, backend=args.backend, scheduler=args.scheduler,
-                                      on_progress=on_progress)
-            res.report = own_outputs(res.report, [p for p in (args.out, args.segments) if p is not None])
-            write_or_rescue(res.report, args.out, "report")
-            if args.segments:
-                try:  # the report is written by now: a segments file its disk cannot take loses only itself
-                    turn_formats.write(res.segments, res.report, args.segments, args.segments_format)
-                except OSError as e:
-                    raise JobError(f"cannot write {args.segments}: {e.strerror or e}; the report {args.out} was written", _cli.FAILURE) from None
-    except (corpus.CorpusError, parallel.EngineError, DataError) as e:  # DataError: --device cuda without CUDA, as in train
-        raise JobError.of(e, _cli.USAGE) from None
-    except (tracking.TrackingError, pipeline.ModelError) as e:
-        raise JobError.of(e, _cli.FAILURE) from None
+    # library errors (a held lock, no model, --device cuda without CUDA, ...): exit codes of _cli's one table
+    with _cli.output_lock(args.out, wait=args.wait), _cli.progress_bars() as on_progress:
+        res = pipeline.score_dirs(args.dirs, model_uri=args.model_uri, tracking_uri=args.tracking_uri, threshold=args.threshold,
+                                  min_confidence=args.min_confidence,
+                                  jobs=args.jobs, device=args.device, backend=args.backend, scheduler=args.scheduler,
+                                  on_progress=on_progress)
+        res.report = own_outputs(res.report, [p for p in (args.out, args.segments) if p is not None])
+        write_or_rescue(res.report, args.out, "report")
+        if args.segments:
+            try:  # the report is written by now: a segments file its disk cannot take loses only itself
+                turn_formats.write(res.segments, res.report, args.segments, args.segments_format)
+            except OSError as e:
+                raise JobError(f"cannot write {args.segments}: {e.strerror or e}; the report {args.out} was written", _cli.FAILURE) from None
     report = res.report
     counts = report["status"].value_counts()
     labels = report.loc[report["status"] == "ok", "label"].value_counts()

@@ -12,10 +12,8 @@ import pandas as pd
 from rich.markup import escape
 
 from jobs import _cli
-from jobs._cli import JobError, log
-from voiceclf import parallel, pipeline, shards, tracking
-from voiceclf import train as tr
-from voiceclf.config import ConfigError
+from jobs._cli import log
+from voiceclf import parallel, pipeline, tracking
 
 DEFAULT_GRID = Path(__file__).with_name("grid.toml")
 CLI_GRID_KEYS = ("lr", "epochs", "gamma", "batch_size", "hidden")
@@ -80,26 +78,18 @@ def grids_of(args: argparse.Namespace) -> dict[str, dict]:
     overrides = {key: getattr(args, key) for key in CLI_GRID_KEYS if getattr(args, key)}
     if args.no_feature_noise:
         overrides["feature_noise"] = [False]
-    try:
-        return pipeline.read_grid(args.grid, overrides)
-    except pipeline.GridError as e:
-        raise JobError.of(e, _cli.USAGE) from None
+    return pipeline.read_grid(args.grid, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
     grids = grids_of(args)
-    try:
-        with _cli.progress_bars() as on_progress:
-            out = pipeline.train_grid(
-                args.features, grids, holdout_corpus=args.holdout_corpus, experiment=args.experiment, tracking_uri=args.tracking_uri,
-                seed=args.seed, jobs=args.jobs, device=args.device, backend=args.backend, scheduler=args.scheduler,
-                system_metrics=not args.no_system_metrics, register=not args.no_register, force_promote=args.force_promote,
-                on_progress=on_progress)
-    except (pipeline.GridError, tr.DataError, shards.ShardError, ConfigError, parallel.EngineError) as e:
-        raise JobError.of(e, _cli.USAGE) from None
-    except (tracking.TrackingError, pipeline.TrainError) as e:
-        raise JobError.of(e, _cli.FAILURE) from None
+    with _cli.progress_bars() as on_progress:  # library errors: exit codes of _cli's one table
+        out = pipeline.train_grid(
+            args.features, grids, holdout_corpus=args.holdout_corpus, experiment=args.experiment, tracking_uri=args.tracking_uri,
+            seed=args.seed, jobs=args.jobs, device=args.device, backend=args.backend, scheduler=args.scheduler,
+            system_metrics=not args.no_system_metrics, register=not args.no_register, force_promote=args.force_promote,
+            on_progress=on_progress)
     show_table(out.table)
     w = out.winner
     if out.version is None:

@@ -90,8 +90,8 @@ def test_a_jobs_parent_checks_the_encoder_without_torch_or_librosa():
 
     from conftest import REPO
 
-    code = ("import sys; from voiceclf import pipeline; from voiceclf.config import FeatureConfig; "
-            "pipeline._check_weights(FeatureConfig.for_feature_set('speaker_embedding')); "
+    code = ("import sys; from voiceclf import extract; from voiceclf.config import FeatureConfig; "
+            "extract.check_weights(FeatureConfig.for_feature_set('speaker_embedding')); "
             "print(sorted(m for m in ('torch', 'librosa') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]

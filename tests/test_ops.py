@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -157,3 +158,28 @@ def test_dask_backend_trains_the_grid_like_loky(dask_cluster, features, tmp_path
         runs = client.search_runs([client.get_experiment_by_name("voiceclf").experiment_id])
         metrics[backend] = sorted((r.data.params["lr"], r.data.metrics["val_loss"]) for r in runs if "mlflow.parentRunId" in r.data.tags)
     assert len(metrics["loky"]) == 2 and metrics["loky"] == metrics["dask"]
+
+
+def test_library_errors_map_to_the_readme_exit_codes_through_one_table(capsys):
+    """Every job ends through _cli.main_wrapper's one table: a held lock is 3 in each (demo said 1), bad inputs 2,
+    an unusable model or store 1, and what is not a library error stays an internal error (1)."""
+    from jobs import _cli
+    from voiceclf import io, pipeline
+
+    def exit_code(job: str, error: Exception) -> int:
+        def run():
+            raise error
+
+        with pytest.raises(SystemExit) as ended:
+            _cli.main_wrapper(job, run)
+        return ended.value.code
+
+    cases = [(io.LockedError(Path("out"), "123"), _cli.LOCKED), (pipeline.GridError("bad grid"), _cli.USAGE),
+             (pipeline.OutputError("not writable"), _cli.USAGE), (pipeline.ModelError("cannot run"), _cli.FAILURE),
+             (pipeline.TrainError("every grid point failed"), _cli.FAILURE), (tracking.TrackingError("no such model"), _cli.FAILURE)]
+    for job in ("featurize", "train", "score", "demo"):
+        for error, code in cases:
+            assert exit_code(job, error) == code, (job, error)
+            assert f"voiceclf {job}: error:" in capsys.readouterr().err
+    assert "rerun with --wait" in (capsys.readouterr(), exit_code("demo", io.LockedError(Path("out"), "123")), capsys.readouterr().err)[2]
+    assert exit_code("score", KeyError("bug")) == _cli.FAILURE and "internal error" in capsys.readouterr().err

@@ -415,16 +415,16 @@ def test_speaker_windows_caps_an_epoch_and_patience_stops_training(features):
     patience: training stops once that many epochs in a row did not beat the kept one."""
     import dataclasses as dc
 
-    from voiceclf import pipeline
+    from voiceclf import grid
 
-    data, _ = pipeline.load_data([features])
+    data, _ = grid.load_data([features])
     d = data["mfcc_pitch"]
     n_spk = len(np.unique(d.speaker))
     point = tr.GridPoint(epochs=12, patience=2, speaker_windows=4)
     assert tr.windows_per_epoch(d, point) == 4 * n_spk < len(d.y)
     assert tr.windows_per_epoch(d, dc.replace(point, speaker_windows=10**6)) == tr.windows_per_epoch(d, tr.GridPoint()) == len(d.y)
     assert "spk_win=4 patience=2" in point.name and "spk_win" not in tr.GridPoint().name  # old names unchanged
-    split = tr.split_speakers(pipeline.all_speakers(data), seed=0)
+    split = tr.split_speakers(grid.all_speakers(data), seed=0)
     res = tr.train_point(dc.replace(point, lr=3e-2), d, split, seed=0, threads=1)  # a high rate: val_score stalls early
     assert res.error is None, res.error
     assert len(res.history) == 12 or len(res.history) == res.best_epoch + 2, (len(res.history), res.best_epoch)

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
-from voiceclf import pipeline, tracking
+from voiceclf import run_log, tracking
 from voiceclf import train as tr
 
 
@@ -33,14 +33,14 @@ def grid_of(store: str):
 def test_run_names_tell_points_and_grids_apart_at_table_width(champion):
     """Family first, then only what varies; short enough for the table's ~16 visible characters."""
     points = [tr.GridPoint("mfcc_pitch"), tr.GridPoint("speaker_embedding", hidden=0), tr.GridPoint("speaker_embedding", hidden=64)]
-    names = pipeline.run_names(points)
+    names = run_log.run_names(points)
     assert names == ["cnn", "head hidden=0", "head hidden=64"]
-    lrs = pipeline.run_names([tr.GridPoint(lr=1e-3), tr.GridPoint(lr=3e-4), tr.GridPoint("mfcc_deltas", lr=1e-3)])
+    lrs = run_log.run_names([tr.GridPoint(lr=1e-3), tr.GridPoint(lr=3e-4), tr.GridPoint("mfcc_deltas", lr=1e-3)])
     assert lrs == ["cnn mfcc_pitch lr=0.001", "cnn mfcc_pitch lr=0.0003", "cnn mfcc_deltas lr=0.001"]
-    assert len(set(pipeline.run_names([tr.GridPoint(), tr.GridPoint()]))) == 2  # equal points still get two names
+    assert len(set(run_log.run_names([tr.GridPoint(), tr.GridPoint()]))) == 2  # equal points still get two names
     when = time.mktime((2026, 12, 5, 11, 8, 0, 0, 0, -1))
-    assert pipeline.grid_run_name(["corpus"], 3, "demo", when) == "demo 12-05 11:08 corpus · 3 pts"
-    assert pipeline.grid_run_name(["a", "b"], 1, when=when) == "12-05 11:08 a+b · 1 pt"
+    assert run_log.grid_run_name(["corpus"], 3, "demo", when) == "demo 12-05 11:08 corpus · 3 pts"
+    assert run_log.grid_run_name(["a", "b"], 1, when=when) == "12-05 11:08 a+b · 1 pt"
 
     parent, children = grid_of(champion)
     corpus = children[0].data.params["corpora"]
@@ -116,7 +116,7 @@ def test_the_parent_carries_its_winners_summary_metrics_under_the_same_names(cha
     # with cross-corpus validation the same function puts xval_score there (two corpora are trained in test_corpora)
     res = tr.PointResult(tr.GridPoint(), history=[{"val_score": 0.9, "val_loss": 0.3}], best_epoch=1, val={"val_score": 0.9},
                          test={"test_score": 0.8}, xval={"xval_score": 0.85})
-    assert pipeline.point_metrics(res)["xval_score"] == 0.85
+    assert run_log.point_metrics(res)["xval_score"] == 0.85
 
 
 def test_datasets_have_a_profile_and_a_schema(champion):

@@ -178,3 +178,21 @@ def test_chunk_spectra_are_the_models_reading_of_the_chunks(n, first, count):
     frames = np.stack([chunks[:, 128 * j : 128 * j + 256] for j in range(4)], axis=1)
     want = np.abs(scipy.fft.rfft(frames * vad._hann(), axis=-1)).transpose(0, 2, 1)
     np.testing.assert_array_equal(vad.chunk_spectra(y, first, count), want)
+
+
+def test_weights_not_installed_are_one_error_class_for_detector_and_encoder(monkeypatch):
+    """Both pinned weights say "not installed" with pinned.WeightsMissing (one class), which the jobs turn into
+    `make setup`; a wrong hash stays the module's own error, a pinned.WeightsError too."""
+    from voiceclf import embedding, pinned
+
+    assert pinned.in_wheel("no-such-distribution", "x.bin") is None
+    monkeypatch.setattr(vad, "in_wheel", lambda dist, rel: None)
+    with pytest.raises(pinned.WeightsMissing, match="Silero VAD weights are not installed") as vad_missing:
+        vad.weights_path()
+    monkeypatch.setattr(embedding, "in_wheel", lambda dist, rel: None)
+    monkeypatch.setattr(embedding.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(pinned.WeightsMissing, match="speaker encoder weights are not installed") as enc_missing:
+        embedding.weights_path()
+    assert vad_missing.value.missing == enc_missing.value.missing == "weights"
+    assert issubclass(vad.VadError, pinned.WeightsError) and issubclass(embedding.EncoderError, pinned.WeightsError)
+    assert not hasattr(vad, "WeightsMissing") and not hasattr(embedding, "WeightsMissing")

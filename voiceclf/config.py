@@ -46,7 +46,8 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Every parameter that turns a recording into (3, 98, 12) model input.
+    """Every parameter that turns a recording into model input: (3, 98, 12) MFC images per 1-s window for the
+    CNN sets, or a 256-d speaker embedding per 1.6-s window for ``speaker_embedding`` (:attr:`shape`).
 
     Times are in seconds, frequencies in Hz, lengths in samples at ``sample_rate``.
     """

@@ -12,14 +12,13 @@ its sha256 must equal the one the FeatureConfig names. Nothing is fetched at run
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 
 from voiceclf import torch_file
-from voiceclf.io import read_pinned
+from voiceclf.pinned import WeightsError, in_wheel, not_installed, read_pinned
 from voiceclf.config import EMBEDDING_DIM, FeatureConfig
 from voiceclf.features import Windows, no_windows, speech_track
 
@@ -28,14 +27,8 @@ FRAMES_PER_WINDOW = 160  # 1.6 s at the 10 ms hop: the partial-utterance length 
 _WEIGHTS = "resemblyzer/pretrained.pt"
 
 
-class EncoderError(RuntimeError):
-    """The encoder weights are missing or are not the ones the FeatureConfig names."""
-
-
-class WeightsMissing(EncoderError):
-    """The resemblyzer wheel that holds the weights is not installed."""
-
-    missing = "weights"  # what to install; the jobs turn it into a next step
+class EncoderError(WeightsError):
+    """The encoder weights are not the ones the FeatureConfig names, or not a GE2E encoder (missing: pinned.WeightsMissing)."""
 
 
 class SpeakerEncoder:
@@ -97,19 +90,14 @@ class SpeakerEncoder:
 
 def weights_path() -> Path:
     """Where the installed Resemblyzer wheel keeps the encoder weights (found without importing it)."""
-    try:
-        files = importlib.metadata.files("resemblyzer") or []
-        for f in files:
-            if f.as_posix() == _WEIGHTS:
-                return Path(f.locate())
-    except importlib.metadata.PackageNotFoundError:
-        pass
+    if (path := in_wheel("resemblyzer", _WEIGHTS)) is not None:
+        return path
     spec = importlib.util.find_spec("resemblyzer")  # a top-level package's __init__ is not run by find_spec
     if spec and spec.submodule_search_locations:
         for loc in spec.submodule_search_locations:
             if (Path(loc) / "pretrained.pt").is_file():
                 return Path(loc) / "pretrained.pt"
-    raise WeightsMissing("the speaker encoder weights are not installed (they come with the resemblyzer==0.1.4 wheel)")
+    raise not_installed("speaker encoder", "resemblyzer==0.1.4")
 
 
 def _pinned_weights(sha256: str) -> bytes:
@@ -117,7 +105,7 @@ def _pinned_weights(sha256: str) -> bytes:
 
 
 def check(sha256: str) -> None:
-    """Raise unless the installed encoder weights hash to ``sha256`` (:class:`WeightsMissing` when there are none).
+    """Raise unless the installed encoder weights hash to ``sha256`` (:class:`pinned.WeightsMissing` when there are none).
 
     Without torch: a job's parent checks before its workers start, and never runs the encoder itself.
     """

@@ -118,17 +118,6 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
         df.to_parquet(f, index=False)
 
 
-def read_pinned(path: Path, sha256: str, error: type[Exception], what: str, hint: str) -> bytes:
-    """The bytes of a pretrained-weights file, only if they hash to ``sha256``; else ``error`` naming both hashes."""
-    import hashlib
-
-    data = path.read_bytes()
-    found = hashlib.sha256(data).hexdigest()
-    if found != sha256:
-        raise error(f"{path}: the {what} weights have sha256 {found[:12]}…, but the features were defined with {sha256[:12]}…; {hint}")
-    return data
-
-
 # ----------------------------------------------------------------------------- file names that are not UTF-8
 # A Samba or Latin-1 share holds names whose bytes are not UTF-8; Python lists them with surrogate escapes
 # ('bad\udcffname.wav'), which no UTF-8 writer (CSV, Parquet, pandas' Arrow strings) accepts. Names are

@@ -24,7 +24,7 @@ def device_of(model) -> torch.device:
 
 @torch.no_grad()
 def p_male(model, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """p(male) for windows x (N, 3, 98, 12), in batches so memory stays bounded; computed on the
+    """p(male) for windows x (N, *cfg.shape): MFC images (N, 3, 98, 12) or embeddings (N, 256), in batches so memory stays bounded; computed on the
     model's device (a no-op move on the CPU), returned on the CPU. Batches of 128 windows stay in cache: the
     CNN ran ~1.8x faster per window on one CPU thread than in batches of 512, with the same bits (tests/test_score.py)."""
     device = device_of(model)

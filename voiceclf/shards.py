@@ -370,7 +370,7 @@ def _read_part(path: Path, cfg: FeatureConfig, with_features: bool) -> pa.Table:
 
 
 def read(dirs: list[str | Path] | str | Path, *, with_features: bool = True) -> tuple[pd.DataFrame, np.ndarray | None, FeatureConfig]:
-    """Read shard directories → (one row per window without features, features (N, 3, 98, 12), config).
+    """Read shard directories → (one row per window without features, features (N, *cfg.shape): (N, 3, 98, 12) or (N, 256), config).
 
     All shards must share one FeatureConfig.
     """

@@ -511,7 +511,7 @@ def champion_uri(model_name: str = MODEL_NAME) -> str:
 
 @dataclass
 class LoadedModel:
-    module: object  # a torch module: (N, 3, 98, 12) → (N, 2) logits
+    module: object  # a torch module: (N, *cfg.shape) windows → (N, 2) logits
     cfg: FeatureConfig
     uri: str
     version: str  # registry version, or "" for a runs:/ or logged-model URI

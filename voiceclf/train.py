@@ -394,7 +394,7 @@ class PointResult:
     test_files: pd.DataFrame | None = None  # file-level predictions on the test split (file, speaker, corpus, y, p, correct)
     val_files: pd.DataFrame | None = None  # the same on the validation split, kept epoch
     test_files_raw: pd.DataFrame | None = None  # test_files before calibration (set with the calibration)
-    calibration: object | None = None  # calibration.Calibration fitted by the grid (pipeline.train_grid)
+    calibration: object | None = None  # calibration.Calibration fitted by the grid (grid.train_grid)
     model: torch.nn.Module | None = None
     seconds: float = 0.0
     started_s: float = 0.0  # wall clock (time.time()) when the training began, in whichever process it ran

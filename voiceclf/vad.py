@@ -18,14 +18,14 @@ never imports torch (about 200 MB per worker and a second of start-up).
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import scipy.fft
 
-from voiceclf.io import read_pinned, read_safetensors
+from voiceclf.io import read_safetensors
+from voiceclf.pinned import WeightsError, in_wheel, not_installed, read_pinned
 from voiceclf.config import VAD_SHA256 as SILERO_SHA256, FeatureConfig
 
 SAMPLE_RATE = 16000
@@ -35,14 +35,8 @@ N_FFT, HOP = 256, 128
 _WEIGHTS = "silero_vad/data/silero_vad_16k.safetensors"
 
 
-class VadError(RuntimeError):
-    """The Silero VAD weights are missing or are not the ones the FeatureConfig names."""
-
-
-class WeightsMissing(VadError):
-    """The silero-vad wheel that holds the weights is not installed."""
-
-    missing = "weights"  # what to install; the jobs turn it into a next step
+class VadError(WeightsError):
+    """The Silero VAD weights are not the ones the FeatureConfig names, or not this network (missing: pinned.WeightsMissing)."""
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -136,13 +130,9 @@ class SileroVAD:
 
 def weights_path() -> Path:
     """Where the installed silero-vad wheel keeps the weights (found without importing the package)."""
-    try:
-        for f in importlib.metadata.files("silero-vad") or []:
-            if f.as_posix() == _WEIGHTS:
-                return Path(f.locate())
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    raise WeightsMissing("the Silero VAD weights are not installed (they come with the silero-vad==6.2.3 wheel)")
+    if (path := in_wheel("silero-vad", _WEIGHTS)) is None:
+        raise not_installed("Silero VAD", "silero-vad==6.2.3")
+    return path
 
 
 @functools.lru_cache(maxsize=2)
@@ -312,6 +302,6 @@ def why_not_speech_in(blocks: Iterable[np.ndarray], cfg: FeatureConfig) -> str |
 
 
 def check(cfg: FeatureConfig) -> None:
-    """Raise :class:`VadError` unless the detector ``cfg`` names is installed (nothing to check when it is off)."""
+    """Raise :class:`VadError` (:class:`pinned.WeightsMissing`) unless the detector ``cfg`` names is installed (nothing to check when it is off)."""
     if cfg.vad_min_speech_s > 0:
         load_vad(cfg.vad_sha256)
