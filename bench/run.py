@@ -176,7 +176,7 @@ def main(argv=None) -> int:
 
         device = str(tr.pick_device(args.device))
     except tr.DataError as e:
-        print(f"bench: error: --device {args.device}: {e}", file=sys.stderr)
+        print(f"bench: error: --{e}", file=sys.stderr)  # "--device cuda: torch sees no CUDA device ..."
         return 2
     if not corpora.DATA_ROOT.is_dir():
         print(f"bench: reference data not found at {corpora.DATA_ROOT}; nothing to benchmark (skipped).")
