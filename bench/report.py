@@ -126,7 +126,7 @@ def flow(r: dict, missed: list[str]) -> list[str]:
     files = ", ".join(f"{n:,}" for n in dict.fromkeys(r["files"].values()))
     return ["## Time to a champion: the README's flow", "",
             f"`make features` ({files} recordings, both feature sets, `--variants {r['variants']}`) into a fresh folder, then `make train` "
-            f"with the default grid (`jobs/grid.toml`, {r['points']} points) into a temporary SQLite store, in this process through "
+            f"with the default grid (`jobs/grid.toml`, {r['points']} points, its own epochs even with --quick, where only the corpora shrink) into a temporary SQLite store, in this process through "
             f"`voiceclf.pipeline` (`featurize_dir`, `train_grid`), device `{r['device']}`. Target (issue 22): total ≤ {target:.0f} s on 2 cores.", "",
             "| features | train | total | target | winner | `xval_score` | `val_score` |", "|---|---|---|---|---|---|---|",
             f"| {r['features_s']:.0f} s | {r['train_s']:.0f} s | **{r['total_s']:.0f} s** | ≤ {target:.0f} s: {ok_mark(ok)} | "
