@@ -16,6 +16,7 @@ AUGMENT ?=
 SEGMENTS ?=
 SEGMENTS_FORMAT ?= csv
 MIN_CONFIDENCE ?=
+DEVICE ?=
 
 .PHONY: setup test demo features train score ui server bench airflow-check clean
 
@@ -24,7 +25,7 @@ MIN_CONFIDENCE ?=
 # a simple variable, which make never expands again; the recipes read it from the environment, quoted
 # ("$$DIR"), so the shell does not run it either. (Quoting for the shell inside make's text was not enough:
 # make itself expanded $(...) in a value before any shell saw it, even under `make -n`.)
-USER_VARS := DATA OUT FEATURES DIR JOBS HOST PORT FEATURE_SETS VARIANTS AUGMENT SEGMENTS SEGMENTS_FORMAT MIN_CONFIDENCE
+USER_VARS := DATA OUT FEATURES DIR JOBS HOST PORT FEATURE_SETS VARIANTS AUGMENT SEGMENTS SEGMENTS_FORMAT MIN_CONFIDENCE DEVICE
 $(foreach v,$(USER_VARS),$(if $(filter command line environment environment override,$(origin $(v))),$(eval override $(v) := $$(value $(v)))))
 override VARIANTS := $(or $(VARIANTS),$(AUGMENT))
 export $(USER_VARS)
@@ -79,8 +80,9 @@ server: setup
 	mkdir -p mlruns && .venv/bin/mlflow server --backend-store-uri "sqlite:///$$PWD/mlruns/server.db" \
 		--artifacts-destination "$$PWD/mlruns/server-artifacts" --host "$$HOST" --port "$$PORT"
 
+# DEVICE=cuda (or cpu; default auto) trains and scores the benchmark's models there: the same figures on a GPU machine.
 bench: setup
-	$(PY) -m bench.run
+	$(PY) -m bench.run $${DEVICE:+--device "$$DEVICE"}
 
 airflow-check:
 	bash jobs/airflow/check.sh

@@ -203,7 +203,7 @@ def single_speaker(model, files: pd.DataFrame, switch_p: float = turns.SWITCH_P)
     return {"files": len(df), "old_bacc": bacc("old"), "new_bacc": bacc("new"), "mixed": int((df["new"] == "mixed").sum())}
 
 
-def champion(runner: Runner, workdir: Path, features: Path) -> dict:
+def champion(runner: Runner, workdir: Path, features: Path, device: str = "cpu") -> dict:
     """The store of a champion trained without the held-out corpus (embedding head only), trained once."""
     store = workdir / "mlruns"
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
@@ -212,17 +212,17 @@ def champion(runner: Runner, workdir: Path, features: Path) -> dict:
             raise BenchError(f"conversations: no speaker_embedding features at {features} to train a champion (run the accuracy section first)")
         shutil.rmtree(store, ignore_errors=True)
         store.mkdir(parents=True)
-        runner.job("train", ["--features", shown(features), "--holdout-corpus", HELD_OUT, "--jobs", "1", "--no-system-metrics"],
+        runner.job("train", ["--features", shown(features), "--holdout-corpus", HELD_OUT, "--jobs", "1", "--no-system-metrics", "--device", device],
                    log_name="conv_champion_train", env=env)
         (store / ".trained").touch()
     return env
 
 
-def end_to_end(runner: Runner, folder: Path, env: dict, tag: str) -> dict:
+def end_to_end(runner: Runner, folder: Path, env: dict, tag: str, device: str = "cpu") -> dict:
     """``jobs.score`` over ``folder`` with turns, two workers: wall time, peak worker RSS, and its outputs."""
     out = folder.parent / f"{tag}-report.csv"
     seg = folder.parent / f"{tag}-turns.csv"
-    res = runner.job("score", [shown(folder), "--out", shown(out), "--segments", shown(seg), "--jobs", "2"], log_name=f"conv_score_{tag}", env=env, poll_memory=True)
+    res = runner.job("score", [shown(folder), "--out", shown(out), "--segments", shown(seg), "--jobs", "2", "--device", device], log_name=f"conv_score_{tag}", env=env, poll_memory=True)
     report = pd.read_csv(out)
     audio_s = float(report["duration_s"].sum())
     return {"wall_s": res["wall_s"], "audio_s": audio_s, "rtf": audio_s / res["wall_s"], "peak_rss_worker": res["peak_rss_worker"],
@@ -230,13 +230,13 @@ def end_to_end(runner: Runner, folder: Path, env: dict, tag: str) -> dict:
 
 
 def run(runner: Runner, workdir: Path, *, features: Path | None = None, tracking_uri: str | None = None, n: int = 60,
-        hour_min: float = 60.0) -> dict:
+        hour_min: float = 60.0, device: str = "cpu") -> dict:
     """Everything above; returns the numbers :func:`markdown` shows."""
     from voiceclf import tracking
 
     wd = workdir / "conversations"
     files = corpora.files_of(HELD_OUT)
-    env = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else champion(runner, wd, features)
+    env = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else champion(runner, wd, features, device)
     tracking.connect(env["MLFLOW_TRACKING_URI"])
     model = tracking.load(tracking.DEFAULT_MODEL_URI)
     log(f"conversations: {n} from {HELD_OUT} (champion {model.version}, {model.cfg.feature_set})")
@@ -251,12 +251,12 @@ def run(runner: Runner, workdir: Path, *, features: Path | None = None, tracking
     log("conversations: single speakers")
     single = single_speaker(model, files)
     log("conversations: jobs.score end to end")
-    e2e = end_to_end(runner, convs, env, "convs")
+    e2e = end_to_end(runner, convs, env, "convs", device)
     hour = wd / "hour"
     shutil.rmtree(hour, ignore_errors=True)
     log(f"conversations: a {hour_min:g}-minute broadcast")
     hour_truth = build_hour(hour, files, hour_min)
-    e2e_hour = end_to_end(runner, hour, env, "hour")
+    e2e_hour = end_to_end(runner, hour, env, "hour", device)
     segs = e2e_hour["segments"].assign(path=lambda d: d["path"].map(lambda p: Path(p).name))
     hour_eval = evaluate(hour_truth["hour.wav"], segs[segs["path"] == "hour.wav"])
     row = e2e_hour["report"].iloc[0]

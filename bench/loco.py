@@ -44,8 +44,8 @@ def default_points(data: dict[str, tr.Data], grid_file: Path = GRID_FILE, epochs
     return points
 
 
-def _train(point: tr.GridPoint, data: tr.Data, split: dict, threads: int) -> tr.PointResult:
-    res = tr.train_point(point, data, split, seed=0, threads=threads)
+def _train(point: tr.GridPoint, data: tr.Data, split: dict, threads: int, device: str = "cpu") -> tr.PointResult:
+    res = tr.train_point(point, data, split, seed=0, threads=threads, device=device)
     res.model = None  # weights stay in the worker: only numbers come back
     return res
 
@@ -56,8 +56,9 @@ class Fold:
     results: dict = field(default_factory=dict)  # GridPoint -> PointResult (with its xval filled in)
 
 
-def run(data: dict[str, tr.Data], points: list[tr.GridPoint], n_jobs: int = -1, seed: int = 0, log=print) -> list[Fold]:
-    """Every point on every held-out corpus with its cross-corpus validation trainings, in parallel."""
+def run(data: dict[str, tr.Data], points: list[tr.GridPoint], n_jobs: int = -1, seed: int = 0, device: str = "cpu", log=print) -> list[Fold]:
+    """Every point on every held-out corpus with its cross-corpus validation trainings, in parallel on the CPU,
+    one at a time on a GPU (as ``train_grid`` does: one device shared by parallel trainings gains nothing)."""
     speakers = pd.concat([d.speakers() for d in data.values()]).drop_duplicates("speaker")
     corpora = sorted(set(speakers["corpus"]))
     tasks = []
@@ -65,9 +66,10 @@ def run(data: dict[str, tr.Data], points: list[tr.GridPoint], n_jobs: int = -1, 
         split = tr.split_speakers(speakers, seed=seed, holdout_corpus=c)
         for sub_name, sub in [(None, split), *tr.cross_corpus_splits(split, speakers).items()]:
             tasks += [(c, sub_name, pt, sub) for pt in points]
-    n = n_jobs if n_jobs > 0 else os.cpu_count() or 1
+    device = str(tr.pick_device(device))
+    n = 1 if device != "cpu" else n_jobs if n_jobs > 0 else os.cpu_count() or 1
     log(f"loco: {len(points)} point(s) × {len(corpora)} held-out corpora, with cross-corpus validation: {len(tasks)} trainings, {n} parallel")
-    out = Parallel(n_jobs=n)(delayed(_train)(pt, data[pt.feature_set], sub, 1) for _, _, pt, sub in tasks)
+    out = Parallel(n_jobs=n)(delayed(_train)(pt, data[pt.feature_set], sub, 1, device) for _, _, pt, sub in tasks)
     folds = {c: Fold(c) for c in corpora}
     xres: dict = {}
     for (c, sub_name, pt, _), res in zip(tasks, out):

@@ -41,14 +41,14 @@ def featurize_peak(runner: Runner, folder: Path, out: Path, tag: str) -> dict:
     return {"wall_s": res["wall_s"], "cpu_s": res["cpu_s"], "peak_rss_tree": res["peak_rss_tree"], "peak_rss_one": res["peak_rss_one"], "peak_rss_worker": res["peak_rss_worker"]}
 
 
-def score_peak(runner: Runner, folder: Path, report: Path, env: dict, tag: str) -> dict:
-    res = runner.job("score", [shown(folder), "--out", shown(report), "--jobs", "2"], log_name=f"long_score_{tag}", env=env, poll_memory=True)
+def score_peak(runner: Runner, folder: Path, report: Path, env: dict, tag: str, device: str = "cpu") -> dict:
+    res = runner.job("score", [shown(folder), "--out", shown(report), "--jobs", "2", "--device", device], log_name=f"long_score_{tag}", env=env, poll_memory=True)
     row = pd.read_csv(report).iloc[0].to_dict()
     return {"wall_s": res["wall_s"], "cpu_s": res["cpu_s"], "peak_rss_tree": res["peak_rss_tree"], "peak_rss_one": res["peak_rss_one"], "peak_rss_worker": res["peak_rss_worker"],
             "status": row["status"], "label": row["label"], "windows": row["windows"], "duration_s": row["duration_s"]}
 
 
-def run(runner: Runner, workdir: Path, champion_env: dict | None, minutes=(20, 60), score_hours=(10,)) -> dict:
+def run(runner: Runner, workdir: Path, champion_env: dict | None, minutes=(20, 60), score_hours=(10,), device: str = "cpu") -> dict:
     """Peak RSS per length: featurize for each of ``minutes``; score too when a champion's env is given, also for ``score_hours``."""
     lw = workdir / "long"
     out: dict = {"featurize": {}, "score": {}}
@@ -58,11 +58,11 @@ def run(runner: Runner, workdir: Path, champion_env: dict | None, minutes=(20, 6
         out["featurize"][m] = featurize_peak(runner, folder, lw / "features", f"{m}min")
         if champion_env:
             log(f"long file: {m} min, score (peak RSS)")
-            out["score"][m] = score_peak(runner, folder, lw / "report.csv", champion_env, f"{m}min")
+            out["score"][m] = score_peak(runner, folder, lw / "report.csv", champion_env, f"{m}min", device)
     for h in score_hours if champion_env else ():
         log(f"long file: {h} h, score (peak RSS)")
         folder = long_folder(lw, 3600.0 * h)
-        out["score"][60 * h] = score_peak(runner, folder, lw / "report.csv", champion_env, f"{h}h")
+        out["score"][60 * h] = score_peak(runner, folder, lw / "report.csv", champion_env, f"{h}h", device)
         shutil.rmtree(folder)  # a 10-hour WAV is over a gigabyte
     return out
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import shlex
@@ -25,6 +26,7 @@ TARGETS = {
     "overlap_band": 0.90,  # speaker-balanced accuracy in the F0 overlap band
     "ece": 0.02,  # expected calibration error
     "acc_at_0.9": 0.99, "kept_at_0.9": 0.90,  # files at confidence >= 0.9: at least 99 % right while at least 90 % of files
+    "flow_total_s": 360.0,  # issue 22: make features + make train, default grid, the three corpora, 2 cores (s)
 }
 
 
@@ -63,7 +65,8 @@ def machine() -> str:
     return f"{nproc()} CPUs (nproc), {_proc_field('/proc/cpuinfo', 'model name') or platform.processor() or 'unknown'}, {mem} RAM; {platform.system()} {platform.release()}"
 
 
-def render(args, acc: dict | None, spd: dict | None, runner, started: datetime.datetime, wall: dict, cpu: dict) -> tuple[str, list[str]]:
+def render(args, acc: dict | None, spd: dict | None, runner, started: datetime.datetime, wall: dict, cpu: dict,
+           flw: dict | None = None) -> tuple[str, list[str]]:
     import librosa
     import torch
 
@@ -93,11 +96,15 @@ def render(args, acc: dict | None, spd: dict | None, runner, started: datetime.d
     add("```")
     add("")
     inproc = []
+    if flw:
+        inproc += ["`bench.flow.run` (`voiceclf.pipeline.featurize_dir` into a fresh folder, then `voiceclf.pipeline.train_grid` on the default grid)"]
     if acc:
         inproc += ["`bench.loco.run` (every training with `voiceclf.train.train_point`, joblib processes × 1 torch thread)", "`librosa.pyin` per recording (joblib, cached)"]
     if inproc:
         add("and, inside the benchmark process: " + ", ".join(inproc) + ".")
         add("")
+    if flw:  # beside the leave-one-corpus-out table of the same run
+        L += flow(flw, missed)
     if acc:
         L += accuracy(acc, missed)
     if spd:
@@ -107,6 +114,23 @@ def render(args, acc: dict | None, spd: dict | None, runner, started: datetime.d
     add("\n".join(f"- {m}" for m in missed) if missed else "None.")
     add("")
     return "\n".join(L), missed
+
+
+def flow(r: dict, missed: list[str]) -> list[str]:
+    """The README's flow timed (bench/flow.py); appends to ``missed`` when the total is over the target."""
+    target = TARGETS["flow_total_s"]
+    ok = r["total_s"] <= target
+    if not ok:
+        missed.append(f"flow (make features + make train, default grid): {r['total_s']:.0f} s > {target:.0f} s")
+    xval = "n/a (one training corpus)" if math.isnan(r["xval_score"]) else f"{100 * r['xval_score']:.1f} %"
+    files = ", ".join(f"{n:,}" for n in dict.fromkeys(r["files"].values()))
+    return ["## Time to a champion: the README's flow", "",
+            f"`make features` ({files} recordings, both feature sets, `--variants {r['variants']}`) into a fresh folder, then `make train` "
+            f"with the default grid (`jobs/grid.toml`, {r['points']} points, its own epochs even with --quick, where only the corpora shrink) into a temporary SQLite store, in this process through "
+            f"`voiceclf.pipeline` (`featurize_dir`, `train_grid`), device `{r['device']}`. Target (issue 22): total ≤ {target:.0f} s on 2 cores.", "",
+            "| features | train | total | target | winner | `xval_score` | `val_score` |", "|---|---|---|---|---|---|---|",
+            f"| {r['features_s']:.0f} s | {r['train_s']:.0f} s | **{r['total_s']:.0f} s** | ≤ {target:.0f} s: {ok_mark(ok)} | "
+            f"`{r['winner']}` | {xval} | {100 * r['val_score']:.1f} % |", ""]
 
 
 def accuracy(acc: dict, missed: list[str]) -> list[str]:

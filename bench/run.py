@@ -1,9 +1,9 @@
 """Benchmark voiceclf on the shared reference data: leave-one-corpus-out accuracy and speed.
 
-    python -m bench.run [--quick] [--sections accuracy,speed,conversations] [--out bench/results.md] [--workdir bench/work]
+    python -m bench.run [--quick] [--sections accuracy,flow,speed,conversations] [--device auto|cpu|cuda] [--out bench/results.md] [--workdir bench/work]
 
 Accuracy (bench/loco.py) trains on two corpora and tests on the third, for each model family and a pitch
-baseline; speed (bench/speed.py) times featurize and score against baselines timed in the same run;
+baseline; flow (bench/flow.py) times the README's `make features` + `make train` from nothing with the defaults; speed (bench/speed.py) times featurize and score against baselines timed in the same run;
 conversations (bench/conversations.py) scores stitched two-speaker conversations and a one-hour broadcast of
 held-out speakers: turns and seconds per sex against the old per-window output.
 Both are written to ``--out`` as Markdown (bench/report.py). Scratch (features, the F0 cache, logs,
@@ -22,12 +22,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import conversations, corpora, loco, report, speed
+from bench import conversations, corpora, flow, loco, report, speed
 from bench.procs import BenchError, CpuMonitor, Runner, log, shown, shutdown_workers
 from voiceclf import io, shards
 from voiceclf.config import LABELS, REPO_ROOT
 
-SECTIONS = ("accuracy", "speed", "conversations")
+SECTIONS = ("accuracy", "flow", "speed", "conversations")
+DEVICES = ("auto", "cpu", "cuda")
 FEATURE_SETS = ("mfcc_pitch", "speaker_embedding")
 QUICK_EPOCHS = 2
 
@@ -84,7 +85,22 @@ def data_stats(data: dict) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values())).sort_values("corpus", ignore_index=True)
 
 
-def run_accuracy(runner: Runner, workdir: Path, quick: bool, n_jobs: int) -> dict:
+def run_flow(runner: Runner, workdir: Path, quick: bool, n_jobs: int, device: str) -> dict:
+    """The README's flow timed from nothing (bench/flow.py) on the shared corpora (--quick: their subsets)."""
+    from voiceclf import pipeline
+
+    srcs = list((corpora.quick_sources(workdir) if quick else corpora.sources()).values())
+    scratch = workdir / ("flow-quick" if quick else "flow")
+    runner.commands.append(f"# in-process: voiceclf.pipeline.featurize_dir({[shown(s) for s in srcs]!r}, {shown(scratch / 'features')!r}, "
+                           f"{list(FEATURE_SETS)!r}, variants={pipeline.VARIANTS}, allow_outside_paths=True)  # fresh folder")
+    runner.commands.append(f"# in-process: voiceclf.pipeline.train_grid([{shown(scratch / 'features')!r}], pipeline.read_grid(jobs.train.DEFAULT_GRID), "
+                           f"tracking_uri='sqlite:///<temporary>', device={device!r})")
+    out = flow.run(srcs, scratch, jobs=n_jobs, device=device, log=log)
+    shutdown_workers()
+    return out
+
+
+def run_accuracy(runner: Runner, workdir: Path, quick: bool, n_jobs: int, device: str = "cpu") -> dict:
     srcs = corpora.quick_sources(workdir) if quick else corpora.sources()
     fz = featurize_corpora(runner, list(srcs.values()), workdir / ("features-quick" if quick else "features"))
     t0 = time.perf_counter()
@@ -98,7 +114,7 @@ def run_accuracy(runner: Runner, workdir: Path, quick: bool, n_jobs: int) -> dic
         log(msg)
 
     t0 = time.perf_counter()
-    folds = loco.run(data, points, n_jobs=n_jobs, log=note)
+    folds = loco.run(data, points, n_jobs=n_jobs, device=device, log=note)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     pitch = loco.pitch_table(data["mfcc_pitch"], workdir / "pitch" / "f0.parquet", n_jobs=n_jobs, log=note)
@@ -139,6 +155,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=REPO_ROOT / "bench" / "work", help="scratch: features, caches, logs (default %(default)s)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)} (default all)")
     p.add_argument("--jobs", type=int, default=-1, help="parallel processes for training and pyin (-1 = all cores)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where the benchmark trains and scores: auto = CUDA when torch sees "
+                   "a GPU, else the CPU (default %(default)s); cuda on a GPU machine reports the same figures on the GPU")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in args.sections if s not in SECTIONS]
@@ -153,6 +171,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:  # cuda without CUDA: one line, before any work
+        from voiceclf import train as tr
+
+        device = str(tr.pick_device(args.device))
+    except tr.DataError as e:
+        print(f"bench: error: --{e}", file=sys.stderr)  # "--device cuda: torch sees no CUDA device ..."
+        return 2
     if not corpora.DATA_ROOT.is_dir():
         print(f"bench: reference data not found at {corpora.DATA_ROOT}; nothing to benchmark (skipped).")
         return 0
@@ -166,7 +191,7 @@ def main(argv=None) -> int:
     runner = Runner(args.workdir)
     wall: dict[str, float] = {}
     cpu: dict[str, dict | None] = {}
-    acc = spd = conv = None
+    acc = spd = conv = flw = None
     with CpuMonitor() as mon:
         def timed(name, fn):
             t0, w0 = time.perf_counter(), time.time()
@@ -176,18 +201,20 @@ def main(argv=None) -> int:
             return out
         try:
             if "accuracy" in args.sections:
-                acc = timed("accuracy", lambda: run_accuracy(runner, args.workdir, args.quick, n_jobs))
+                acc = timed("accuracy", lambda: run_accuracy(runner, args.workdir, args.quick, n_jobs, device))
+            if "flow" in args.sections:
+                flw = timed("flow", lambda: run_flow(runner, args.workdir, args.quick, n_jobs, device))
             if "speed" in args.sections:
-                spd = timed("speed", lambda: speed.run(runner, args.workdir, args.quick))
+                spd = timed("speed", lambda: speed.run(runner, args.workdir, args.quick, device=device))
             if "conversations" in args.sections:  # its champion trains on the accuracy section's features
                 conv = timed("conversations", lambda: conversations.run(
                     runner, args.workdir, features=args.workdir / ("features-quick" if args.quick else "features") / "speaker_embedding",
-                    n=12 if args.quick else 60, hour_min=5 if args.quick else 60))
+                    n=12 if args.quick else 60, hour_min=5 if args.quick else 60, device=device))
         except BenchError as e:
             print(f"bench: error: {e}", file=sys.stderr)
             return 1
     wall = {"total": time.perf_counter() - t_start, **wall}
-    text, missed = report.render(args, acc, spd, runner, started, wall, cpu)
+    text, missed = report.render(args, acc, spd, runner, started, wall, cpu, flw)
     if conv:
         text += "\n" + conversations.markdown(conv)
     io.write_text(args.out, text)

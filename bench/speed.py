@@ -42,8 +42,8 @@ def featurize(runner: Runner, sources: list[Path], out: Path, fs: str, tag: str,
     return {**res, "text": None, "files": files, "windows": len(rows), "rate_job": float(parse_summary(res["text"], "featurize summary")["files/s"])}
 
 
-def score(runner: Runner, dirs: list[Path], report: Path, env: dict, tag: str) -> dict:
-    res = runner.job("score", [*map(shown, dirs), "--out", shown(report)], log_name=f"speed_{tag}", env=env)
+def score(runner: Runner, dirs: list[Path], report: Path, env: dict, tag: str, device: str = "cpu") -> dict:
+    res = runner.job("score", [*map(shown, dirs), "--out", shown(report), "--device", device], log_name=f"speed_{tag}", env=env)
     rep = pd.read_csv(report)
     summ = parse_summary(res["text"], "score summary")
     return {**res, "text": None, "files": len(rep), "status": rep["status"].value_counts().to_dict(), "rate_job": float(summ["files/s"]),
@@ -57,7 +57,7 @@ def plain_loop(runner: Runner, sources: list[Path], npz: Path, tag: str) -> dict
     return {**res, "text": None, "files": int(summ["files"]), "windows": int(summ["windows"]), "rate_job": float(summ["files/s"])}
 
 
-def champions(runner: Runner, sp: Path, feature_sets: tuple[str, ...] = FEATURE_SETS) -> dict[str, dict]:
+def champions(runner: Runner, sp: Path, feature_sets: tuple[str, ...] = FEATURE_SETS, device: str = "cpu") -> dict[str, dict]:
     """A throwaway champion per family, for score: synthetic voices → featurize → ``jobs.train`` (one point,
     one epoch) into its own temporary SQLite store, where it is registered as ``voiceclf@champion``."""
     syn = fresh(sp / "synth")
@@ -70,7 +70,7 @@ def champions(runner: Runner, sp: Path, feature_sets: tuple[str, ...] = FEATURE_
         store = fresh(sp / "mlruns" / fs)
         store.mkdir(parents=True)
         env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
-        args = ["--features", shown(feat), "--lr", "1e-3", "--epochs", str(CHAMPION_EPOCHS), "--jobs", "1", *(["--hidden", "0"] if fs == "speaker_embedding" else [])]
+        args = ["--features", shown(feat), "--lr", "1e-3", "--epochs", str(CHAMPION_EPOCHS), "--jobs", "1", "--device", device, *(["--hidden", "0"] if fs == "speaker_embedding" else [])]
         res = runner.job("train", args, log_name=f"champion_train_{fs}", env=env)
         out[fs] = {"env": env, "train_wall_s": res["wall_s"]}
     return out
@@ -116,7 +116,8 @@ def best(runs: list[dict]) -> dict:
             "peak_rss_tree": max(peaks) if peaks else None, "peak_rss_one": max(ones) if ones else None}
 
 
-def run(runner: Runner, workdir: Path, quick: bool) -> dict:
+def run(runner: Runner, workdir: Path, quick: bool, device: str = "cpu") -> dict:
+    """Every measurement above; the champions train and score on ``device`` (featurize and the plain loop are CPU work)."""
     sp = workdir / "speed"
     sp.mkdir(parents=True, exist_ok=True)
     reps = 1 if quick else 3
@@ -127,7 +128,7 @@ def run(runner: Runner, workdir: Path, quick: bool) -> dict:
     every_dirs = corpora.score_folders()
 
     log("champions for score: synthetic corpus → featurize → jobs.train (1 point, 1 epoch) per family")
-    champs = champions(runner, sp)
+    champs = champions(runner, sp, device=device)
     runs: dict[str, list[dict]] = {}
 
     def add(key: str, r: dict) -> None:
@@ -137,18 +138,18 @@ def run(runner: Runner, workdir: Path, quick: bool) -> dict:
         log(f"speed round {i + 1}/{reps}: featurize and score the short clips, the plain loop; featurize and score every corpus, the plain loop")
         for fs in FEATURE_SETS:
             add(f"featurize.short.{fs}", featurize(runner, short_fz, sp / "featurize", fs, f"featurize_short_{fs}_{i}"))
-            add(f"score.{fs}", score(runner, short_dirs, sp / f"report_{fs}.csv", champs[fs]["env"], f"score_{fs}_{i}"))
+            add(f"score.{fs}", score(runner, short_dirs, sp / f"report_{fs}.csv", champs[fs]["env"], f"score_{fs}_{i}", device))
         add("loop.short", plain_loop(runner, short_fz, sp / "plain_loop.npz", f"plain_loop_short_{i}"))
         for fs in FEATURE_SETS:
             add(f"featurize.all.{fs}", featurize(runner, every, sp / "featurize", fs, f"featurize_all_{fs}_{i}", poll=True))
             if not quick:  # score takes folders: --quick's subsets of every corpus are manifests
-                add(f"score.all.{fs}", score(runner, every_dirs, sp / f"report_all_{fs}.csv", champs[fs]["env"], f"score_all_{fs}_{i}"))
+                add(f"score.all.{fs}", score(runner, every_dirs, sp / f"report_all_{fs}.csv", champs[fs]["env"], f"score_all_{fs}_{i}", device))
         add("loop.all", plain_loop(runner, every, sp / "plain_loop.npz", f"plain_loop_all_{i}"))
     variant = variant_cost(sorted(p for d in short_dirs for p in Path(d).rglob("*.wav")))
     log("featurize a tenth of every corpus, for memory")
     for fs in FEATURE_SETS:
         add(f"featurize.tenth.{fs}", featurize(runner, [tenth], sp / "featurize", fs, f"featurize_tenth_{fs}", poll=True))
     log("long files, for memory: featurize and score one synthetic file of 20 and 60 minutes, score one of 10 hours")
-    long = longfile.run(runner, workdir, champs["mfcc_pitch"]["env"], minutes=(20, 60), score_hours=() if quick else (10,))
+    long = longfile.run(runner, workdir, champs["mfcc_pitch"]["env"], minutes=(20, 60), score_hours=() if quick else (10,), device=device)
     return {"reps": reps, "quick": quick, "variant": variant, "short_sources": short_fz, "short_dirs": short_dirs, "sources": every, "tenth": tenth,
             "champions": champs, "long": long, **{k: best(v) for k, v in runs.items()}}
