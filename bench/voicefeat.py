@@ -1,6 +1,7 @@
 """Per-recording voice measures for the hard-voice view and the accuracy experiments (issue 18).
 
-Duration, F0 statistics (librosa.pyin) and vocal-tract cues: formants F1-F4 from LPC (librosa.lpc) and
+Duration, F0 statistics (librosa.yin on the loud frames: pyin gave sub-harmonic medians for men near 140 Hz on
+audiomnist_az, bench/results.md) and vocal-tract cues: formants F1-F4 from LPC (librosa.lpc) and
 spectral-envelope statistics, each a median over the voiced frames. Computed once per recording after the
 project's own decoding (``voiceclf.audio.load``) and cached by file in a parquet table under bench/work.
 """
@@ -84,26 +85,6 @@ def measure(y: np.ndarray, sr: int = SR) -> dict:
     out["centroid"] = float(np.median(librosa.feature.spectral_centroid(S=S, sr=sr, n_fft=FRAME)))
     out["rolloff"] = float(np.median(librosa.feature.spectral_rolloff(S=S, sr=sr, n_fft=FRAME)))
     out["flatness"] = float(np.median(librosa.feature.spectral_flatness(S=S)))
-    return out
-
-
-def pyin_f0(paths: list[str]) -> list[float]:
-    """Worker: median pyin F0 (Hz) over the voiced frames of each file, librosa's default frame (the hard-voice
-    view's speaker F0: pyin is slower than yin but tells voiced frames from the rest)."""
-    import librosa
-    from threadpoolctl import threadpool_limits
-
-    from voiceclf import audio
-
-    out = []
-    with threadpool_limits(limits=1):
-        for p in paths:
-            try:
-                y = audio.load(p).samples[: int(MAX_S * SR)]
-                f0, voiced, _ = librosa.pyin(y, fmin=FMIN, fmax=FMAX, sr=SR)
-                out.append(float(np.median(f0[voiced])) if voiced.any() else np.nan)
-            except Exception:
-                out.append(np.nan)
     return out
 
 
