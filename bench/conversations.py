@@ -145,11 +145,11 @@ def old_segments(p: np.ndarray, offsets: np.ndarray, window_s: float) -> pd.Data
 
 def scored_windows(folder: Path, names: list[str], model) -> dict[str, tuple]:
     """p_male, offsets and regions of every window of each file, in this process (all windows of a long file)."""
-    from voiceclf import batch, score
+    from voiceclf import file_windows, score
 
     out = {}
     for name in names:
-        (r,) = batch.featurize_batch([batch.Item(name, str(folder))], model.cfg, max_windows=None)
+        (r,) = file_windows.featurize_batch([file_windows.Item(name, str(folder))], model.cfg, max_windows=None)
         p = score.p_male(model.module, r.windows.features) if r.n_windows else np.zeros(0)
         out[name] = (p, r.windows.offsets_s if r.n_windows else np.zeros(0), r.windows.regions_s if r.n_windows else np.zeros((0, 2)))
     return out
@@ -187,10 +187,10 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 def single_speaker(model, files: pd.DataFrame, switch_p: float = turns.SWITCH_P) -> dict:
     """Every recording of the held-out corpus alone: accuracy of the file label before (mean p_male) and with
     ``mixed`` (a single voice called mixed is wrong), speaker-balanced (mean over the sexes)."""
-    from voiceclf import batch, score
+    from voiceclf import file_windows, score
 
-    items = [batch.Item(Path(p).name, str(Path(p).parent)) for p in files.abspath]
-    res = batch.featurize_batch(items, model.cfg)
+    items = [file_windows.Item(Path(p).name, str(Path(p).parent)) for p in files.abspath]
+    res = file_windows.featurize_batch(items, model.cfg)
     rows = []
     for r, lab in zip(res, files.label):
         if not r.n_windows:
@@ -330,9 +330,9 @@ def main(argv=None) -> int:
     res = run(Runner(args.workdir.resolve()), args.workdir.resolve(), features=args.features, tracking_uri=args.tracking_uri, n=args.n, hour_min=args.hour_min)
     text = markdown(res)
     if args.out:
-        from voiceclf import io
+        from voiceclf import safeio
 
-        io.write_text(args.out, text)
+        safeio.write_text(args.out, text)
     print(text)
     return 0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from voiceclf import corpus, io
+from voiceclf import corpus, safeio
 from voiceclf.config import REPO_ROOT
 
 DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
@@ -41,7 +41,7 @@ def write_manifest(files: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     out = pd.DataFrame({"path": [os.path.relpath(p, path.parent) for p in files["abspath"]], "label": files["label"],
                         "speaker": files["speaker"], "corpus": files["corpus"]})
-    with io.atomic_path(path) as tmp:  # featurize's input, not a spreadsheet's: no formula quoting
+    with safeio.atomic_path(path) as tmp:  # featurize's input, not a spreadsheet's: no formula quoting
         out.to_csv(tmp, index=False)
     return path
 

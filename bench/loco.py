@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from voiceclf import io, shards
+from voiceclf import safeio, shards
 from voiceclf import train as tr
 from voiceclf.config import REPO_ROOT
 
@@ -143,7 +143,7 @@ def pitch_table(data: tr.Data, cache: Path, n_jobs: int = -1, log=print) -> pd.D
         parts = Parallel(n_jobs=n_jobs)(delayed(f0_of_files)(todo[i : i + size]) for i in range(0, len(todo), size))
         new = pd.DataFrame({"file": todo, "f0": [v for p in parts for v in p]})
         have = pd.concat([have, new], ignore_index=True) if len(have) else new
-        io.write_parquet(have, cache)
+        safeio.write_parquet(have, cache)
     return files.merge(have, on="file", how="left")
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from bench import conversations, corpora, flow, loco, report, speed
 from bench.procs import BenchError, CpuMonitor, Runner, log, shown, shutdown_workers
-from voiceclf import io, shards
+from voiceclf import safeio, shards
 from voiceclf.config import LABELS, REPO_ROOT
 
 SECTIONS = ("accuracy", "flow", "speed", "conversations")
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     text, missed = report.render(args, acc, spd, runner, started, wall, cpu, flw)
     if conv:
         text += "\n" + conversations.markdown(conv)
-    io.write_text(args.out, text)
+    safeio.write_text(args.out, text)
     log(f"wrote {shown(args.out)} after {wall['total'] / 60:.1f} min; targets missed: {len(missed)}")
     for m in missed:
         log(f"  missed: {m}")

@@ -84,22 +84,22 @@ def variant_cost(files: list[Path], variants: int = 2, n: int = 300) -> dict:
 
     from threadpoolctl import threadpool_limits
 
-    from voiceclf import augment, batch
+    from voiceclf import augment, file_windows
     from voiceclf.config import FeatureConfig
 
     cfg = FeatureConfig()
     step = max(1, len(files) // n)
-    items = [batch.Item(path=str(f), source="", label="x", sha256="0" * 64) for f in files[::step][:n]]
+    items = [file_windows.Item(path=str(f), source="", label="x", sha256="0" * 64) for f in files[::step][:n]]
     with threadpool_limits(1):
         for it in items[:5]:  # warm: first calls load plans and caches
-            batch._featurize_one(it, cfg)
+            file_windows._featurize_one(it, cfg)
         t = time.process_time()
-        samples = [y for _, y in (batch._featurize_one(it, cfg) for it in items) if y is not None]
+        samples = [y for _, y in (file_windows._featurize_one(it, cfg) for it in items) if y is not None]
         rec = time.process_time() - t
         t = time.process_time()
         for i, y in enumerate(samples):
             for v in augment.variants(y, cfg, variants, seed=i):
-                batch.windows_of(v, cfg)
+                file_windows.windows_of(v, cfg)
         var = time.process_time() - t
     rec_ms, var_ms = 1e3 * rec / len(items), 1e3 * var / len(samples) / variants
     log(f"variant cost: recording {rec_ms:.2f} ms/file, one variant {var_ms:.2f} ms ({len(items)} files, one thread)")

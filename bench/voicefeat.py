@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from voiceclf import io
+from voiceclf import safeio
 
 SR = 16000
 FMIN, FMAX = 60.0, 400.0
@@ -118,6 +118,6 @@ def table(files: pd.DataFrame, cache: Path, n_jobs: int = 1, log=print, chunk: i
             got = Parallel(n_jobs=n_jobs)(delayed(measure_files)(part[j : j + chunk]) for j in range(0, len(part), chunk))
             new = pd.DataFrame([r for g in got for r in g]).assign(file=part)
             have = pd.concat([have, new], ignore_index=True) if len(have) else new
-            io.write_parquet(have, cache)
+            safeio.write_parquet(have, cache)
             log(f"  {min(i + step, len(todo))}/{len(todo)}")
     return files.merge(have, on="file", how="left")

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from voiceclf import io
+from voiceclf import safeio
 
 # Exit codes, the same for every job (README "Exit codes"): cron and Airflow act on them.
 OK = 0  # the batch ran (rows with per-file errors included)
@@ -169,8 +169,8 @@ def _error_table() -> list[tuple[tuple[type, ...], int]]:
     from voiceclf.config import ConfigError, DataError
 
     table = [
-        ((io.LockedError,), LOCKED),
-        ((corpus.CorpusError, shards.ShardError, ConfigError, DataError, parallel.EngineError, io.UnsafeOutputError,
+        ((safeio.LockedError,), LOCKED),
+        ((corpus.CorpusError, shards.ShardError, ConfigError, DataError, parallel.EngineError, safeio.UnsafeOutputError,
           pipeline.OutputError, pipeline.GridError), USAGE),
         ((pipeline.ModelError, pipeline.TrainError), FAILURE),
     ]
@@ -207,8 +207,8 @@ def store_failure(e: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def output_lock(target: str | Path, wait: bool = False):
-    """:func:`voiceclf.io.lock` on ``target``; a second run on the same output exits with LOCKED (:func:`job_error`)."""
-    with io.lock(target, wait=wait):
+    """:func:`voiceclf.safeio.lock` on ``target``; a second run on the same output exits with LOCKED (:func:`job_error`)."""
+    with safeio.lock(target, wait=wait):
         yield
 
 

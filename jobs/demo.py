@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from jobs import _cli, featurize, train
 from jobs._cli import JobError
-from voiceclf import io, pipeline, synth, tracking
+from voiceclf import pipeline, safeio, synth, tracking
 from voiceclf.config import REPO_ROOT
 
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     report_path = work / "report.csv"
     with _cli.progress_bars() as on_progress:
         scored = pipeline.score_dirs([work / "recordings"], model_uri=model_uri, jobs=args.jobs, on_progress=on_progress)
-    io.write_csv(scored.report, report_path, float_format="%.6g")
+    safeio.write_csv(scored.report, report_path, float_format="%.6g")
 
     step("5/5 check the report against the synthetic labels")
     report = scored.report

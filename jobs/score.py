@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jobs import _cli
 from jobs._cli import JobError
-from voiceclf import io, parallel, pipeline, tracking, turn_formats
+from voiceclf import parallel, pipeline, safeio, tracking, turn_formats
 
 # voiceclf.train (torch) is imported where used: score starts its workers before it imports torch
 # (pipeline.score_dirs), and an import at the top here would come first.
@@ -77,13 +77,13 @@ def write_or_rescue(table, path: Path, what: str) -> None:
 
     The work of a long batch is in this table: a full disk at the last step must not lose it."""
     try:
-        io.write_csv(table, path, float_format="%.6g")
+        safeio.write_csv(table, path, float_format="%.6g")
         return
     except OSError as e:
         reason = f"cannot write {path}: {e.strerror or e}"
     rescue = Path(tempfile.gettempdir()) / f"voiceclf-{what}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.csv"
     try:
-        io.write_csv(table, rescue, float_format="%.6g")
+        safeio.write_csv(table, rescue, float_format="%.6g")
     except OSError as e:
         raise JobError(f"{reason}; keeping it in {rescue.parent} failed too ({e.strerror or e}): the {what} of {len(table)} rows is lost, "
                        "free space and rerun", _cli.FAILURE) from None
@@ -109,7 +109,7 @@ def own_outputs(report, outputs: list[Path]):
         beside.setdefault(os.path.dirname(real), []).append(re.compile(rf"^\.{re.escape(os.path.basename(real))}\.(lock|[0-9a-f]{{24}}\.tmp)$"))
 
     def is_own(p: str) -> bool:
-        real = os.path.realpath(os.fsdecode(io.name_on_disk(p)))
+        real = os.path.realpath(os.fsdecode(safeio.name_on_disk(p)))
         return real in own or any(rx.match(os.path.basename(real)) for rx in beside.get(os.path.dirname(real), []))
 
     mine = report["path"].map(is_own)

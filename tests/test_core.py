@@ -254,8 +254,8 @@ def test_a_cnn_featurize_worker_imports_neither_librosa_nor_torch(tmp_path):
     from voiceclf import synth
 
     sf.write(tmp_path / "a.wav", synth.synth_recording("male", np.random.default_rng(0), duration_s=1.5), SR)
-    code = ("import sys; from voiceclf import batch; from voiceclf.config import FeatureConfig; "
-            f"r = batch.featurize_batch([batch.Item(path='a.wav', source={str(tmp_path)!r}, label='male')], FeatureConfig()); "
+    code = ("import sys; from voiceclf import file_windows; from voiceclf.config import FeatureConfig; "
+            f"r = file_windows.featurize_batch([file_windows.Item(path='a.wav', source={str(tmp_path)!r}, label='male')], FeatureConfig()); "
             "assert r[0].n_windows == 1, r[0].message; "
             "print(sorted(m for m in ('librosa', 'numba', 'torch', 'scipy.signal', 'scipy.stats') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

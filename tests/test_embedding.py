@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from voiceclf import batch, embedding, synth, torch_file
+from voiceclf import embedding, file_windows, synth, torch_file
 from voiceclf.config import ENCODER_SHA256, ConfigError, FeatureConfig
 
 CFG = FeatureConfig.for_feature_set("speaker_embedding")
@@ -107,8 +107,8 @@ def test_config_of_the_embedding_set():
 
 def test_embeddings_are_unit_vectors_and_tell_speakers_apart(tmp_path):
     synth.make_corpus(tmp_path, speakers=4, clips=4, seed=3)
-    items = [batch.Item(path=p.relative_to(tmp_path).as_posix(), source=str(tmp_path)) for p in sorted(tmp_path.glob("*/*.wav"))]
-    results = batch.featurize_batch(items, CFG)
+    items = [file_windows.Item(path=p.relative_to(tmp_path).as_posix(), source=str(tmp_path)) for p in sorted(tmp_path.glob("*/*.wav"))]
+    results = file_windows.featurize_batch(items, CFG)
     assert all(r.error is None and r.windows.features.shape[1:] == (256,) for r in results)
     emb = {}
     for r in results:
@@ -123,9 +123,9 @@ def test_embeddings_are_unit_vectors_and_tell_speakers_apart(tmp_path):
 
 def test_batched_encoding_equals_one_file_at_a_time(tmp_path):
     synth.make_corpus(tmp_path, speakers=2, clips=3, seed=4)
-    items = [batch.Item(path=p.relative_to(tmp_path).as_posix(), source=str(tmp_path)) for p in sorted(tmp_path.glob("*/*.wav"))]
-    together = batch.featurize_batch(items, CFG)
-    alone = [batch.featurize_batch([it], CFG)[0] for it in items]
+    items = [file_windows.Item(path=p.relative_to(tmp_path).as_posix(), source=str(tmp_path)) for p in sorted(tmp_path.glob("*/*.wav"))]
+    together = file_windows.featurize_batch(items, CFG)
+    alone = [file_windows.featurize_batch([it], CFG)[0] for it in items]
     for a, b in zip(together, alone):
         np.testing.assert_allclose(a.windows.features, b.windows.features, atol=1e-5)
 
@@ -158,11 +158,11 @@ def test_a_worker_embeds_without_torch(tmp_path):
     from conftest import REPO
 
     synth.make_corpus(tmp_path, speakers=2, clips=1, seed=5)
-    code = ("import sys; from pathlib import Path; from voiceclf import batch, parallel; from voiceclf.config import FeatureConfig\n"
+    code = ("import sys; from pathlib import Path; from voiceclf import file_windows, parallel; from voiceclf.config import FeatureConfig\n"
             f"root = Path({str(tmp_path)!r}); cfg = FeatureConfig.for_feature_set('speaker_embedding')\n"
             "[__import__(m) for m in parallel.WORKER_PRELOAD[cfg.family]]\n"
-            "items = [batch.Item(path=p.relative_to(root).as_posix(), source=str(root)) for p in sorted(root.glob('*/*.wav'))]\n"
-            "res = batch.featurize_batch(items, cfg, variants=1)\n"
+            "items = [file_windows.Item(path=p.relative_to(root).as_posix(), source=str(root)) for p in sorted(root.glob('*/*.wav'))]\n"
+            "res = file_windows.featurize_batch(items, cfg, variants=1)\n"
             "print(len(res), all(r.windows is not None and r.windows.features.shape[1:] == (256,) for r in res), 'torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

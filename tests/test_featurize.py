@@ -191,7 +191,7 @@ def test_a_batch_runs_blas_on_one_thread_and_gives_the_threads_back(corpus, monk
     """Inside featurize_batch every BLAS/OpenMP pool has one thread (the same sums whatever --jobs); after it, what it had."""
     from threadpoolctl import threadpool_info
 
-    from voiceclf import batch, features
+    from voiceclf import features, file_windows
     from voiceclf.config import FeatureConfig
 
     before = [(i["filepath"], i["num_threads"]) for i in threadpool_info()]
@@ -199,6 +199,6 @@ def test_a_batch_runs_blas_on_one_thread_and_gives_the_threads_back(corpus, monk
     monkeypatch.setattr(features, "extract", lambda y, cfg: seen.append({i["num_threads"] for i in threadpool_info()}) or extract(y, cfg))
     paths = sorted(p.relative_to(corpus).as_posix() for p in corpus.rglob("*.wav"))[:2]
     for _ in range(2):  # the libraries are found once per process; the limit holds on every call
-        batch.featurize_batch([batch.Item(path=p, source=str(corpus)) for p in paths], FeatureConfig())
+        file_windows.featurize_batch([file_windows.Item(path=p, source=str(corpus)) for p in paths], FeatureConfig())
     assert seen and all(s == {1} for s in seen)
     assert [(i["filepath"], i["num_threads"]) for i in threadpool_info()] == before

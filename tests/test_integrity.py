@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_job
-from voiceclf import batch, shards, synth
+from voiceclf import file_windows, shards, synth
 from voiceclf.config import FeatureConfig
 
 
@@ -42,9 +42,9 @@ def test_writer_keeps_a_file_and_its_variants_in_one_shard(small_corpus, tmp_pat
     from voiceclf import corpus
 
     cfg = FeatureConfig()
-    items = [batch.Item(path=r.path, source=r.source, corpus=r.corpus, speaker=r.speaker, label=r.label)
+    items = [file_windows.Item(path=r.path, source=r.source, corpus=r.corpus, speaker=r.speaker, label=r.label)
              for r in corpus.discover(small_corpus).itertuples(index=False)]
-    results = batch.featurize_batch(items, cfg, variants=2)
+    results = file_windows.featurize_batch(items, cfg, variants=2)
     assert [r.item.variant for r in results] == [0, 1, 2] * len(items)
     writer = shards.ShardWriter(tmp_path / "out", cfg, shard_rows=1)
     (tmp_path / "out").mkdir()
@@ -165,7 +165,7 @@ def test_rerun_relabels_moved_files_and_drops_deleted_ones(small_corpus, tmp_pat
     args = ["--out", out, "--variants", "1", "--shard-rows", "4", "--jobs", "1"]
     run_job("featurize", src, *args, check=True)
     moved, deleted = src / "male" / "02" / "1_02_0.wav", src / "female" / "01" / "2_01_0.wav"
-    moved_hash, deleted_hash = batch.sha256_file(moved), batch.sha256_file(deleted)
+    moved_hash, deleted_hash = file_windows.sha256_file(moved), file_windows.sha256_file(deleted)
     before = _files(out)
     assert before[moved_hash]["labels"] == {"male"} and deleted_hash in before
     assert "notes.wav" in set(shards.read_errors(out)["path"].str.split("/").str[-1])

@@ -164,7 +164,7 @@ def test_library_errors_map_to_the_readme_exit_codes_through_one_table(capsys):
     """Every job ends through _cli.main_wrapper's one table: a held lock is 3 in each (demo said 1), bad inputs 2,
     an unusable model or store 1, and what is not a library error stays an internal error (1)."""
     from jobs import _cli
-    from voiceclf import io, pipeline
+    from voiceclf import pipeline, safeio
 
     def exit_code(job: str, error: Exception) -> int:
         def run():
@@ -174,12 +174,12 @@ def test_library_errors_map_to_the_readme_exit_codes_through_one_table(capsys):
             _cli.main_wrapper(job, run)
         return ended.value.code
 
-    cases = [(io.LockedError(Path("out"), "123"), _cli.LOCKED), (pipeline.GridError("bad grid"), _cli.USAGE),
+    cases = [(safeio.LockedError(Path("out"), "123"), _cli.LOCKED), (pipeline.GridError("bad grid"), _cli.USAGE),
              (pipeline.OutputError("not writable"), _cli.USAGE), (pipeline.ModelError("cannot run"), _cli.FAILURE),
              (pipeline.TrainError("every grid point failed"), _cli.FAILURE), (tracking.TrackingError("no such model"), _cli.FAILURE)]
     for job in ("featurize", "train", "score", "demo"):
         for error, code in cases:
             assert exit_code(job, error) == code, (job, error)
             assert f"voiceclf {job}: error:" in capsys.readouterr().err
-    assert "rerun with --wait" in (capsys.readouterr(), exit_code("demo", io.LockedError(Path("out"), "123")), capsys.readouterr().err)[2]
+    assert "rerun with --wait" in (capsys.readouterr(), exit_code("demo", safeio.LockedError(Path("out"), "123")), capsys.readouterr().err)[2]
     assert exit_code("score", KeyError("bug")) == _cli.FAILURE and "internal error" in capsys.readouterr().err

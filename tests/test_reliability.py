@@ -10,7 +10,7 @@ import soundfile as sf
 
 from conftest import REPO, run_job, voice_clip
 from test_security import one_line_failure, register
-from voiceclf import io
+from voiceclf import safeio
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,8 @@ def test_a_lock_path_that_is_not_a_plain_file_is_refused_and_never_written(plant
     lock_path = out / ".voiceclf.lock"
     {"symlink": lambda: lock_path.symlink_to(victim), "hardlink": lambda: os.link(victim, lock_path),
      "fifo": lambda: os.mkfifo(lock_path)}[plant]()
-    with pytest.raises(io.UnsafeOutputError, match="lock file"):
-        with io.lock(out):
+    with pytest.raises(safeio.UnsafeOutputError, match="lock file"):
+        with safeio.lock(out):
             pass
     assert victim.read_text() == "precious\n"
 
@@ -66,8 +66,8 @@ def test_temp_files_are_written_through_their_own_descriptor(tmp_path):
     """A temp name swapped for a link while it is written: the victim is not written, nor the link renamed into place."""
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
-    with pytest.raises(io.UnsafeOutputError, match="replaced"):
-        with io.atomic_file(tmp_path / "r.csv", "w") as f:
+    with pytest.raises(safeio.UnsafeOutputError, match="replaced"):
+        with safeio.atomic_file(tmp_path / "r.csv", "w") as f:
             (name,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
             name.unlink()
             name.symlink_to(victim)
@@ -80,9 +80,9 @@ def test_temp_files_are_written_through_their_own_descriptor(tmp_path):
                                  b"lit\\xff.wav", b"lit\\x5c\xff.wav", b"back\\slash.wav"])
 def test_a_name_is_written_as_text_and_read_back_to_the_same_bytes(raw):
     name = os.fsdecode(raw)  # as os.walk lists it: surrogate escapes for bytes that are not UTF-8
-    text = io.name_as_text(name)
+    text = safeio.name_as_text(name)
     text.encode("utf-8")  # any writer takes it
-    back = io.name_on_disk(text)
+    back = safeio.name_on_disk(text)
     assert (back if isinstance(back, bytes) else os.fsencode(back)) == raw
     if raw.decode("utf-8", "replace") == raw.decode("utf-8", "ignore") and b"\\x" not in raw:
         assert text == name  # a UTF-8 name without "\x" is unchanged
@@ -106,13 +106,13 @@ def test_score_reports_files_whose_names_are_not_utf8(pt2_store, tmp_path):
     expected = non_utf8_inbox(tmp_path / "in")
     proc = run_job("score", tmp_path / "in", "--out", tmp_path / "r.csv", "--jobs", "1", env={"MLFLOW_TRACKING_URI": pt2_store})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = io.read_csv(tmp_path / "r.csv")
+    report = safeio.read_csv(tmp_path / "r.csv")
     got = {os.path.relpath(p, tmp_path / "in"): (s, e.split(":")[0]) for p, s, e in zip(report["path"], report["status"], report["error"])}
     assert set(got) == set(expected), got
     for name, want in expected.items():
         assert got[name][0] == want if want == "ok" else got[name] == ("error", want), (name, got[name])
     for p in report["path"]:  # every reported path names its file
-        assert os.path.lexists(io.name_on_disk(p)), p
+        assert os.path.lexists(safeio.name_on_disk(p)), p
 
 
 def test_featurize_accounts_for_files_whose_names_are_not_utf8(tmp_path):
@@ -262,7 +262,7 @@ def test_a_header_declaring_1_hz_is_an_error_row_not_hours_of_work(pt2_store, in
     assert sf.info(inbox / "onehz.wav").duration == 36000.0  # what libsndfile believes: 10 hours
     proc = run_job("score", inbox, "--out", inbox.parent / "r.csv", "--jobs", "1", env={"MLFLOW_TRACKING_URI": pt2_store}, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = io.read_csv(inbox.parent / "r.csv").set_index("path")
+    report = safeio.read_csv(inbox.parent / "r.csv").set_index("path")
     row = report.loc[str(inbox / "onehz.wav")]
     assert row["status"] == "error" and row["error"].startswith("corrupt:") and "1 Hz" in row["error"], row["error"]
     assert report.loc[str(inbox / "a.wav"), "status"] == "ok"
@@ -274,14 +274,14 @@ def test_a_header_declaring_1_hz_is_an_error_row_not_hours_of_work(pt2_store, in
 def test_file_limits_are_checked_on_the_header(limit, value, expected, tmp_path, monkeypatch):
     """Above the samples one worker may hold, a file is streamed in blocks of that size; above the samples a file may
     decode, or the streamed length, it is an error row naming the limit."""
-    from voiceclf import audio, batch
+    from voiceclf import audio, file_windows
     from voiceclf.config import FeatureConfig
 
     y = np.stack([voice_clip(2.0), voice_clip(2.0)], axis=1)  # 2 s x 2 channels: 64,000 samples
     sf.write(tmp_path / "st.wav", y, 16000, subtype="PCM_16")
     monkeypatch.setenv(limit, value)
     monkeypatch.setenv("VOICECLF_MAX_HOLD_SAMPLES", "20000")  # streamed: the stream limit applies to it
-    (r,) = batch.featurize_batch([batch.Item(path="st.wav", source=str(tmp_path))], FeatureConfig())
+    (r,) = file_windows.featurize_batch([file_windows.Item(path="st.wav", source=str(tmp_path))], FeatureConfig())
     if expected is None:
         assert r.error is None and r.n_windows > 0, r.message
         with pytest.raises(audio.TooBigError, match="VOICECLF_MAX_HOLD_SAMPLES"):
@@ -329,7 +329,7 @@ def test_score_keeps_a_finished_report_its_full_disk_cannot_take(tiny_fs, pt2_st
     assert f"cannot write {out}: No space left on device" in line and "internal error" not in line, line
     (kept,) = rescue.glob("voiceclf-report-*.csv")
     assert str(kept) in line
-    report = io.read_csv(kept)
+    report = safeio.read_csv(kept)
     assert report["path"].tolist() == [str(inbox / "a.wav")] and report["status"].tolist() == ["ok"]
     assert sorted(p.name for p in disk.iterdir()) == []  # neither a partial report nor the lock is left
 
@@ -421,7 +421,7 @@ def test_a_folder_given_twice_is_scored_once_and_the_jobs_own_outputs_are_no_row
         proc = run_job("score", *spellings, "--out", inbox / "report.csv", "--segments", inbox / "seg.csv", "--jobs", "1",
                        env={"MLFLOW_TRACKING_URI": pt2_store})
         assert proc.returncode == 0, proc.stderr[-3000:]
-        report = io.read_csv(inbox / "report.csv")
+        report = safeio.read_csv(inbox / "report.csv")
         assert sorted(os.path.basename(p) for p in report["path"]) == ["a.wav", "b.wav"], (night, report["path"].tolist())
     assert "given twice" in proc.stderr
 
@@ -461,10 +461,10 @@ def test_without_a_terminal_every_message_is_one_line_naming_its_file(tmp_path):
 def test_a_warning_raised_while_a_file_is_decoded_names_the_file(tmp_path, caplog):
     import warnings
 
-    from voiceclf import batch
+    from voiceclf import file_windows
 
     with caplog.at_level("WARNING", logger="voiceclf"):
-        with batch.warnings_naming(str(tmp_path / "x.mp3")):
+        with file_windows.warnings_naming(str(tmp_path / "x.mp3")):
             warnings.warn("overflow encountered\nin square", RuntimeWarning)
     (record,) = caplog.records
     assert record.getMessage().startswith(f"{tmp_path / 'x.mp3'}: RuntimeWarning: overflow encountered in square")
@@ -474,7 +474,7 @@ def test_a_warning_raised_while_a_file_is_decoded_names_the_file(tmp_path, caplo
 def test_misleading_reasons_say_what_happened(tmp_path):
     import io as stdio
 
-    from voiceclf import batch
+    from voiceclf import file_windows
     from voiceclf.config import FeatureConfig
 
     clip = voice_clip(1.5)
@@ -491,7 +491,7 @@ def test_misleading_reasons_say_what_happened(tmp_path):
     sf.write(buf, clip, 16000, format="MP3")
     (tmp_path / "tiny.mp3").write_bytes(buf.getvalue()[:60])
     names = ["inverted.wav", "huge_float.wav", "no_size.wav", "tiny.mp3"]
-    results = {r.item.path: r for r in batch.featurize_batch([batch.Item(path=n, source=str(tmp_path)) for n in names], FeatureConfig())}
+    results = {r.item.path: r for r in file_windows.featurize_batch([file_windows.Item(path=n, source=str(tmp_path)) for n in names], FeatureConfig())}
     assert results["inverted.wav"].error == "channels_cancel" and "phase-inverted" in results["inverted.wav"].message
     assert results["huge_float.wav"].error is None and results["huge_float.wav"].n_windows > 0, results["huge_float.wav"].message
     assert results["no_size.wav"].error == "corrupt" and "declares no audio frames" in results["no_size.wav"].message

@@ -119,7 +119,7 @@ def test_a_truncated_model_archive_is_one_line(inbox, tmp_path):
 def test_damaged_model_weights_are_one_line(damage, pt2_store, inbox, tmp_path):
     """Score fills the module from the safetensors beside the pt2: a file cut short, or arrays of another
     network, is refused in one line before any file is scored."""
-    from voiceclf import io
+    from voiceclf import safeio
 
     uri, folder = pt2_store
     weights = Path(folder) / "extra_files" / tracking.WEIGHTS_FILE
@@ -128,7 +128,7 @@ def test_damaged_model_weights_are_one_line(damage, pt2_store, inbox, tmp_path):
         if damage == "truncated":
             weights.write_bytes(good[: len(good) // 2])
         else:
-            io.write_safetensors({**io.read_safetensors(good), "fc2.weight": np.zeros((3, 128), np.float32)}, weights)
+            safeio.write_safetensors({**safeio.read_safetensors(good), "fc2.weight": np.zeros((3, 128), np.float32)}, weights)
         proc = run_job("score", inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
     finally:
         weights.write_bytes(good)  # the module's genuine champion, for the tests that score with it

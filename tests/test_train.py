@@ -292,7 +292,7 @@ print('matplotlib.pyplot' in sys.modules)
 @pytest.mark.parametrize("family,hidden", [("cnn", 0), ("embedding_head", 0), ("embedding_head", 32)])
 def test_a_module_is_rebuilt_from_its_architecture_and_state_dict(family, hidden, tmp_path):
     """What log_model writes beside the pt2 (safetensors + build arguments) gives back the same network."""
-    from voiceclf import io
+    from voiceclf import safeio
     from voiceclf.config import FeatureConfig
     from voiceclf.model import architecture, build_model, rebuild
 
@@ -301,12 +301,12 @@ def test_a_module_is_rebuilt_from_its_architecture_and_state_dict(family, hidden
     module = build_model(cfg, hidden).eval()
     x = torch.randn(5, *cfg.shape)
     module.fit_standardisation(x)
-    io.write_safetensors({k: v.numpy() for k, v in module.state_dict().items()}, tmp_path / "w.safetensors")
-    again = rebuild(cfg, architecture(module), io.read_safetensors((tmp_path / "w.safetensors").read_bytes()))
+    safeio.write_safetensors({k: v.numpy() for k, v in module.state_dict().items()}, tmp_path / "w.safetensors")
+    again = rebuild(cfg, architecture(module), safeio.read_safetensors((tmp_path / "w.safetensors").read_bytes()))
     assert architecture(again) == {"hidden": hidden} and not again.training
     with torch.no_grad():
         assert torch.equal(again(x), module(x))
-    arrays = io.read_safetensors((tmp_path / "w.safetensors").read_bytes())
+    arrays = safeio.read_safetensors((tmp_path / "w.safetensors").read_bytes())
     with pytest.raises(ValueError, match="Missing key"):
         rebuild(cfg, architecture(module), {k: v for k, v in arrays.items() if k != "mean"})
     if family == "embedding_head":

@@ -164,28 +164,28 @@ def test_a_conversation_is_mixed_with_its_turns_and_single_voices_keep_their_sex
 
 
 def test_a_long_conversation_has_the_same_turns_streamed_or_read_whole(champion, tmp_path, monkeypatch):
-    """A recording above longfile.STREAM_ABOVE_S is streamed in blocks with every window kept: its turns and seconds
+    """A recording above streaming.STREAM_ABOVE_S is streamed in blocks with every window kept: its turns and seconds
     per sex are those of the whole-file path."""
-    from voiceclf import batch, longfile, score, tracking
+    from voiceclf import file_windows, score, streaming, tracking
 
     y, truth = synthetic_conversation(seed=4, n_turns=40, seconds=(2.0, 5.0))  # seed 3: a low woman the small test model misses
-    assert len(y) / 16000 > longfile.STREAM_ABOVE_S
+    assert len(y) / 16000 > streaming.STREAM_ABOVE_S
     sf.write(tmp_path / "long.wav", y, 16000, subtype="PCM_16")
     tracking.connect(champion)
     model = tracking.load(tracking.DEFAULT_MODEL_URI)
-    item = batch.Item("long.wav", str(tmp_path))
+    item = file_windows.Item("long.wav", str(tmp_path))
     streamed = []
-    real = batch._featurize_long
-    monkeypatch.setattr(batch, "_featurize_long", lambda it, cfg, mw: streamed.append(mw) or real(it, cfg, mw))
+    real = file_windows._featurize_long
+    monkeypatch.setattr(file_windows, "_featurize_long", lambda it, cfg, mw: streamed.append(mw) or real(it, cfg, mw))
 
     def turns_now():
-        (r,) = batch.featurize_batch([batch.Item(item.path, item.source)], model.cfg, max_windows=None)
+        (r,) = file_windows.featurize_batch([file_windows.Item(item.path, item.source)], model.cfg, max_windows=None)
         rows, seg = score.score_results([r], model.module, threshold=0.5, model_uri="m", model_version="1", window_s=model.cfg.window_s)
         return r, rows[0], pd.DataFrame(seg)
 
     r_long, row_long, seg_long = turns_now()
-    assert streamed == [None] and r_long.n_windows > longfile.MAX_WINDOWS / 10
-    monkeypatch.setattr(longfile, "STREAM_ABOVE_S", 1e9)
+    assert streamed == [None] and r_long.n_windows > streaming.MAX_WINDOWS / 10
+    monkeypatch.setattr(streaming, "STREAM_ABOVE_S", 1e9)
     r_whole, row_whole, seg_whole = turns_now()
     assert streamed == [None]  # the second read did not stream
     assert r_long.n_windows == r_whole.n_windows

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from conftest import run_job
-from voiceclf import audio, batch, features, synth, vad
+from voiceclf import audio, features, file_windows, synth, vad
 from voiceclf.config import ConfigError, FeatureConfig
 
 SR = 16000
@@ -82,7 +82,7 @@ def test_other_weights_are_refused():
 def test_featurize_marks_non_voice_no_speech(feature_set, tmp_path):
     expected = _inputs(tmp_path)
     cfg = FeatureConfig.for_feature_set(feature_set)
-    results = batch.featurize_batch([batch.Item(name, str(tmp_path)) for name in sorted(expected)], cfg)
+    results = file_windows.featurize_batch([file_windows.Item(name, str(tmp_path)) for name in sorted(expected)], cfg)
     got = {r.item.path: ("ok" if r.error is None else r.error) for r in results}
     assert got == {k: expected[k] for k in sorted(expected)}
     for r in results:

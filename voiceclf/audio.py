@@ -94,7 +94,7 @@ class TooLongError(AudioError):
     """The recording is longer than ``FeatureConfig.max_duration_s`` (read from the header).
 
     Only :func:`load`, which holds a whole recording in memory, raises it; the jobs stream recordings
-    longer than a few minutes through :func:`cleaned_blocks` instead (``voiceclf.longfile``), whatever their length.
+    longer than a few minutes through :func:`cleaned_blocks` instead (``voiceclf.streaming``), whatever their length.
     """
 
     code = "too_long"
@@ -131,7 +131,7 @@ def check_header(name: str, f: sf.SoundFile, limits: FileLimits, streamed: bool)
 
 class LongRecording(Exception):
     """:func:`load` with ``stream_above_s``: the header says the recording is longer; nothing was decoded.
-    Not an error: the caller streams it instead (``voiceclf.longfile``)."""
+    Not an error: the caller streams it instead (``voiceclf.streaming``)."""
 
 
 # -- result -----------------------------------------------------------------------------

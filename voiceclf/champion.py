@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from voiceclf import batch
+from voiceclf import file_windows
 from voiceclf.config import LABELS
 
 if TYPE_CHECKING:
@@ -34,9 +34,9 @@ def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data],
         return tr.evaluate(recalibrated(tr.file_level(p_male(current.module, te.x), te), current.calibration), "test")["test_score"]
     te = next(iter(held_out.values()))
     files = pd.DataFrame({"file": te.file, "speaker": te.speaker, "corpus": te.corpus, "y": te.y}).drop_duplicates("file")
-    items = [batch.Item(path=os.path.basename(f), source=os.path.dirname(f), corpus=c, speaker=s, label=LABELS[y])
+    items = [file_windows.Item(path=os.path.basename(f), source=os.path.dirname(f), corpus=c, speaker=s, label=LABELS[y])
              for f, s, c, y in files[["file", "speaker", "corpus", "y"]].itertuples(index=False)]
-    results = [r for r in batch.featurize_batch(items, current.cfg) if r.n_windows]
+    results = [r for r in file_windows.featurize_batch(items, current.cfg) if r.n_windows]
     if not results:
         raise tracking.TrackingError("none of the held-out files gave windows with the champion's feature config")
     x = np.concatenate([r.windows.features for r in results])

@@ -58,7 +58,7 @@ class FeatureConfig:
     sample_rate: int = 16000
     highpass_hz: float = 50.0  # DC and rumble removal (the reference data carries heavy rumble)
     highpass_order: int = 4
-    max_duration_s: float = 3600.0  # audio.load refuses longer recordings; the jobs stream any recording above longfile.STREAM_ABOVE_S, whatever its length
+    max_duration_s: float = 3600.0  # audio.load refuses longer recordings; the jobs stream any recording above streaming.STREAM_ABOVE_S, whatever its length
     silence_peak_dbfs: float = -70.0  # a recording whose peak is below this holds no speech
     target_peak: float = 0.9  # level normalisation: peak amplitude after clean-up
     # voice activity and windowing

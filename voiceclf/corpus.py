@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from voiceclf import audio, io
+from voiceclf import audio, safeio
 from voiceclf.config import LABELS
 
 log = logging.getLogger("voiceclf")
@@ -87,14 +87,14 @@ def _table(rows: list[dict], root: Path, extra_columns: dict[str, str] | None = 
     for r in rows:
         for col in ("path", "source", "speaker", "corpus"):
             if isinstance(r.get(col), str):
-                r[col] = io.name_as_text(r[col])
+                r[col] = safeio.name_as_text(r[col])
     df = pd.DataFrame(rows)
     for col in ("speaker", "label"):
         df[col] = pd.Series([r[col] for r in rows], dtype=object, index=df.index)
     for col, dtype in (extra_columns or {}).items():
         df[col] = df[col].astype(dtype)
     if "corpus" not in df:
-        df["corpus"] = io.name_as_text(root.name)
+        df["corpus"] = safeio.name_as_text(root.name)
     front = ["path", "source", "corpus", "speaker", "label"]
     df = df[front + [c for c in df.columns if c not in front]]
     return df.sort_values("path", kind="stable", ignore_index=True)

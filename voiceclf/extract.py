@@ -5,7 +5,7 @@ import contextlib
 import dataclasses
 import os
 
-from voiceclf import batch, longfile, parallel, pinned, vad
+from voiceclf import file_windows, parallel, pinned, streaming, vad
 from voiceclf.config import FeatureConfig
 
 
@@ -31,8 +31,8 @@ def check_weights(cfg: FeatureConfig, where: str = "") -> None:
 
 
 @contextlib.contextmanager
-def featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backend: str, scheduler: str | None, variants: int = 0,
-                max_windows: int | None = longfile.MAX_WINDOWS):
+def featurized(items: list[file_windows.Item], cfg: FeatureConfig, *, jobs: int, backend: str, scheduler: str | None, variants: int = 0,
+                max_windows: int | None = streaming.MAX_WINDOWS):
     """The workers' results for ``items``, a batch at a time, in order: the one loop featurize and score share.
 
     Speaker-embedding workers start with the encoder's module loaded (``parallel.WORKER_PRELOAD``). Workers get
@@ -41,7 +41,7 @@ def featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backen
     """
     given = iter(items)
 
-    def as_given(results: list[batch.Result]) -> list[batch.Result]:
+    def as_given(results: list[file_windows.Result]) -> list[file_windows.Result]:
         for r in results:  # in item order, each item's recording (variant 0) first, then its variants
             if r.item.variant == 0:
                 it = next(given)
@@ -50,5 +50,5 @@ def featurized(items: list[batch.Item], cfg: FeatureConfig, *, jobs: int, backen
 
     sent = [dataclasses.replace(it, source=os.path.abspath(it.source)) for it in items]
     with parallel.engine(backend, scheduler, preload=parallel.WORKER_PRELOAD[cfg.family]):
-        yield (as_given(res) for res in parallel.imap(batch.featurize_batch, batch.batches(sent, jobs), n_jobs=jobs, cfg=cfg, variants=variants, max_windows=max_windows))
+        yield (as_given(res) for res in parallel.imap(file_windows.featurize_batch, file_windows.batches(sent, jobs), n_jobs=jobs, cfg=cfg, variants=variants, max_windows=max_windows))
 

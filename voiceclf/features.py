@@ -118,7 +118,7 @@ def voiced_intervals(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> np.
 def voiced_runs(power: np.ndarray, n_samples: int, cfg: FeatureConfig = FeatureConfig()) -> np.ndarray:
     """(k, 2) voiced regions [start, end) in samples from the mean power of each :func:`voiced_intervals` frame.
 
-    Split out so a recording streamed in blocks (``voiceclf.longfile``) applies the same rule to frame
+    Split out so a recording streamed in blocks (``voiceclf.streaming``) applies the same rule to frame
     powers it gathered block by block.
     """
     hop = cfg.hop_length
@@ -138,7 +138,7 @@ def log_spectra(track: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> tupl
 
     Returns the log-mel (n_mels, T) and, for ``mfcc_pitch``, the pitch bands (n_mfcc, T) (None for
     ``mfcc_deltas``), in dB. The floor is relative to the loudest bin of the whole track, so a track
-    computed in pieces (``voiceclf.longfile``) floors them all with one maximum, in :func:`floor_db`.
+    computed in pieces (``voiceclf.streaming``) floors them all with one maximum, in :func:`floor_db`.
 
     The math of ``librosa.stft`` (periodic Hann, ``center=False``) → ``|.|**2`` → filterbank →
     ``librosa.power_to_db(ref=1, amin=1e-10)``, written as framing views and ``scipy.fft.rfft`` in float32:

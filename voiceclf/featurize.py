@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from voiceclf import batch, corpus, io, shards
+from voiceclf import corpus, file_windows, safeio, shards
 from voiceclf.config import FeatureConfig
 from voiceclf.extract import check_weights, featurized
 from voiceclf.progress import OnProgress, Progress, quiet
@@ -52,15 +52,15 @@ class FeaturizeSummary:
         return self.todo / max(self.seconds, 1e-9)
 
 
-def discover(sources: Sequence[str | os.PathLike], allow_unlabelled: bool = False, allow_outside_paths: bool = False) -> list[batch.Item]:
+def discover(sources: Sequence[str | os.PathLike], allow_unlabelled: bool = False, allow_outside_paths: bool = False) -> list[file_windows.Item]:
     """Every file of every source as an Item; speaker ids are made unique across corpora."""
-    items: list[batch.Item] = []
+    items: list[file_windows.Item] = []
     for src in corpus.unique_sources(sources):
         df = corpus.discover(src, require_labels=not allow_unlabelled, allow_outside_paths=allow_outside_paths)
         for row in df.itertuples(index=False):
             # two corpora's "01" are two people
             speaker = f"{row.corpus}/{row.speaker}" if row.speaker else None
-            items.append(batch.Item(path=row.path, source=row.source, corpus=row.corpus, speaker=speaker, label=row.label))
+            items.append(file_windows.Item(path=row.path, source=row.source, corpus=row.corpus, speaker=speaker, label=row.label))
     folders: dict[str, set] = {}
     for it in items:
         folders.setdefault(it.corpus, set()).add(it.source)
@@ -119,7 +119,7 @@ def featurize_dir(
     ]
 
 
-def _not_inside(items: list[batch.Item], out: Path) -> list[batch.Item]:
+def _not_inside(items: list[file_windows.Item], out: Path) -> list[file_windows.Item]:
     """The items that are not in the output folder: shards, errors.csv and the lock of an output inside a source are
     the job's own files, not recordings (a rerun would list them as not_audio rows)."""
     real_out = os.path.realpath(out)
@@ -129,7 +129,7 @@ def _not_inside(items: list[batch.Item], out: Path) -> list[batch.Item]:
     return keep
 
 
-def _hash_for_skipping(items: list[batch.Item], out: Path) -> None:
+def _hash_for_skipping(items: list[file_windows.Item], out: Path) -> None:
     """sha256 of every file not hashed yet, when ``out`` holds files to skip or reconcile (under its lock).
 
     A fresh folder has nothing to skip: the workers hash each file from the bytes they decode, instead of the
@@ -140,7 +140,7 @@ def _hash_for_skipping(items: list[batch.Item], out: Path) -> None:
     for it in items:
         if it.sha256 is None:
             try:
-                it.sha256 = batch.sha256_file(it.on_disk)
+                it.sha256 = file_windows.sha256_file(it.on_disk)
             except OSError:
                 pass  # unreadable, a broken link, a folder: the worker makes it an errors.csv row; a rerun tries again
 
@@ -162,7 +162,7 @@ class _Owners:
             if key[2]:
                 self.by_hash.setdefault(key[2], (key, label))
 
-    def twin(self, it: batch.Item) -> batch.Result | None:
+    def twin(self, it: file_windows.Item) -> file_windows.Result | None:
         """A ``duplicate`` result for ``it`` when another path holds its content, else None (and ``it`` owns it)."""
         if not it.sha256:
             return None  # not read yet, or unreadable: nothing to compare
@@ -174,9 +174,9 @@ class _Owners:
         msg = f"duplicate of {other} (same sha256 {it.sha256[:12]}…); its rows stand for both"
         if olabel is not None and it.label is not None and olabel != it.label:
             msg += f"; labelled {it.label} here but {olabel} there: {LABEL_CONFLICT}"
-        return batch.Result(it, error=DUPLICATE, message=msg)
+        return file_windows.Result(it, error=DUPLICATE, message=msg)
 
-    def keep_first(self, results: list[batch.Result]) -> list[batch.Result]:
+    def keep_first(self, results: list[file_windows.Result]) -> list[file_windows.Result]:
         """Results in item order, a later path of an earlier content (and its variants) turned into its duplicate row."""
         out, dropped = [], None
         for r in results:
@@ -190,7 +190,7 @@ class _Owners:
         return out
 
 
-def _count_duplicates(results: list[batch.Result], summary: "FeaturizeSummary") -> None:
+def _count_duplicates(results: list[file_windows.Result], summary: "FeaturizeSummary") -> None:
     for r in results:
         if r.error == DUPLICATE:
             summary.duplicates += 1
@@ -198,17 +198,17 @@ def _count_duplicates(results: list[batch.Result], summary: "FeaturizeSummary") 
                 summary.label_conflicts.append(f"{r.item.path}: {r.message}")
 
 
-def _add_duplicates(out: Path, twins: list[batch.Result], summary: "FeaturizeSummary", known: set[tuple[str, str, str]]) -> None:
+def _add_duplicates(out: Path, twins: list[file_windows.Result], summary: "FeaturizeSummary", known: set[tuple[str, str, str]]) -> None:
     """errors.csv rows for paths whose content is in ``out`` already under another path; the summary counts the new ones."""
     shards.append_errors(out, [dict(path=r.item.path, error=r.error, message=r.message, source=r.item.source, sha256=r.item.sha256)
                                for r in twins])
     _count_duplicates([r for r in twins if (r.item.source, r.item.path, r.item.sha256) not in known], summary)
 
 
-def _featurize_set(items: list[batch.Item], cfg: FeatureConfig, out: Path, *, variants: int, shard_rows: int, jobs: int,
+def _featurize_set(items: list[file_windows.Item], cfg: FeatureConfig, out: Path, *, variants: int, shard_rows: int, jobs: int,
                    backend: str, scheduler: str | None, wait: bool, on_progress: OnProgress) -> FeaturizeSummary:
     """One feature set of the items into one shard folder: incremental, locked, every file accounted for."""
-    with io.lock(out, wait=wait):
+    with safeio.lock(out, wait=wait):
         shards.verify(out)  # a damaged shard's files would count as done, its bad values trained on
         try:
             existing = shards.dir_config(out)

@@ -24,7 +24,7 @@ import joblib
 BACKENDS = ("loky", "threading", "dask")
 #: What a featurize worker imports as it starts (:func:`start_worker`), by model family. No worker imports torch:
 #: the speaker encoder runs in numpy (``embedding.py``), which kept its workers under 500 MB.
-WORKER_PRELOAD = {"cnn": ("voiceclf.batch",), "embedding_head": ("voiceclf.batch", "voiceclf.embedding")}
+WORKER_PRELOAD = {"cnn": ("voiceclf.file_windows",), "embedding_head": ("voiceclf.file_windows", "voiceclf.embedding")}
 
 
 class EngineError(RuntimeError):

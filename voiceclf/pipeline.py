@@ -4,7 +4,7 @@ benchmark or a test.
 Each flow lives in its own module (``featurize``, ``grid``, ``scoring``; the stream they share in ``extract``, the
 champion rule in ``champion``, what reaches MLflow in ``run_log``); this module only names what a caller needs. A
 pipeline function takes plain values, reports progress through ``on_progress`` and raises the library's own errors
-(:class:`corpus.CorpusError`, :class:`shards.ShardError`, :class:`io.LockedError`, :class:`OutputError`, ...).
+(:class:`corpus.CorpusError`, :class:`shards.ShardError`, :class:`safeio.LockedError`, :class:`OutputError`, ...).
 Turning those into exit codes, progress bars and one-line messages is the jobs' business (``jobs/``), so nothing
 here prints.
 """

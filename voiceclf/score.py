@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from voiceclf import turns
-from voiceclf.batch import Result
+from voiceclf.file_windows import Result
 from voiceclf.calibration import IDENTITY, Calibration, decide
 from voiceclf.config import LABELS
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
-from voiceclf import batch, corpus, io
+from voiceclf import corpus, file_windows, safeio
 from voiceclf.config import FeatureConfig
 from voiceclf.extract import ModelError, check_weights, featurized
 from voiceclf.progress import OnProgress, Progress, quiet
@@ -39,16 +39,16 @@ class ScoreResult:
     first_scored_s: float | None  # from the call to the first batch of files scored
 
 
-def collect(dirs: Sequence[str | os.PathLike]) -> tuple[list[batch.Item], list[batch.Result]]:
+def collect(dirs: Sequence[str | os.PathLike]) -> tuple[list[file_windows.Item], list[file_windows.Result]]:
     """Every file under the folders: items to featurize, and hidden files reported (never skipped silently)."""
     items, hidden = [], []
     for d in map(Path, corpus.unique_sources(dirs)):  # a folder given twice is scored once
         if not d.is_dir():
             raise corpus.CorpusError(f"{d}: no such directory")
         for rel in corpus.list_files(d):
-            it = batch.Item(path=io.name_as_text(rel), source=io.name_as_text(str(d)))  # a name that is not UTF-8 as lossless text
+            it = file_windows.Item(path=safeio.name_as_text(rel), source=safeio.name_as_text(str(d)))  # a name that is not UTF-8 as lossless text
             if any(part.startswith(".") for part in Path(rel).parts):
-                hidden.append(batch.Result(it, error="hidden", message=f"{it.abspath}: hidden file, not scored (rename it to score it)"))
+                hidden.append(file_windows.Result(it, error="hidden", message=f"{it.abspath}: hidden file, not scored (rename it to score it)"))
             else:
                 items.append(it)
     return items, hidden
@@ -132,7 +132,7 @@ def score_dirs(
     ``tracking.TrackingError`` (no such model, store unreachable, not a safe model), ``config.DataError``
     (``device`` cuda without CUDA), :class:`ModelError`, ``parallel.EngineError``.
     """
-    from voiceclf import tracking  # MLflow; torch (~1.7 s of import) only once the workers are at work
+    from voiceclf import tracking# MLflow; torch (~1.7 s of import) only once the workers are at work
 
     t0 = time.perf_counter()
     items, hidden = collect(dirs)
@@ -169,7 +169,7 @@ def score_dirs(
     )
 
 
-def _score_stream(stream, hidden: list[batch.Result], model: _Model, dev, t0: float, *, total: int, threshold: float, min_confidence: float,
+def _score_stream(stream, hidden: list[file_windows.Result], model: _Model, dev, t0: float, *, total: int, threshold: float, min_confidence: float,
                   on_progress: OnProgress) -> tuple[list[dict], list[dict], float | None]:
     """Report rows and segment rows of the hidden files, then of every batch the workers send (``total`` files in all);
     the seconds from ``t0`` to the first batch scored."""

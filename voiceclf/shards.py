@@ -15,8 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from voiceclf import io
-from voiceclf.batch import Item, Result
+from voiceclf import safeio
+from voiceclf.file_windows import Item, Result
 from voiceclf.config import FeatureConfig
 
 CONFIG_KEY = b"voiceclf.feature_config"
@@ -179,7 +179,7 @@ def _write_table(table: pa.Table, final: Path) -> None:
     # Dictionary encoding only where values repeat (the names): tried on the features column it is wasted work
     # (random floats) and was most of a shard's write time (0.15 → 0.06 s per 2,048 rows, and the shard is smaller).
     names = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    with io.atomic_file(final) as f:
+    with safeio.atomic_file(final) as f:
         # Row groups of 256 windows (3.6 MB of features): the writer encodes one at a time instead of the whole shard.
         pq.write_table(table, f, write_page_checksum=True, use_dictionary=names, row_group_size=ROW_GROUP_ROWS)
 
@@ -188,7 +188,7 @@ def read_errors(out_dir: str | Path) -> pd.DataFrame:
     path = Path(out_dir) / ERRORS
     if not path.exists():
         return pd.DataFrame(columns=ERROR_COLUMNS)
-    return io.read_csv(path)
+    return safeio.read_csv(path)
 
 
 def append_errors(out_dir: str | Path, rows: list[dict]) -> None:
@@ -198,7 +198,7 @@ def append_errors(out_dir: str | Path, rows: list[dict]) -> None:
     new = pd.DataFrame(rows, columns=ERROR_COLUMNS)
     merged = pd.concat([old, new], ignore_index=True) if len(old) else new
     # a file that failed before and fails again keeps one row: the latest reason
-    io.write_csv(merged.drop_duplicates(subset=["source", "path", "sha256"], keep="last"), path)
+    safeio.write_csv(merged.drop_duplicates(subset=["source", "path", "sha256"], keep="last"), path)
 
 
 def shard_config(path: str | Path) -> FeatureConfig:
@@ -237,7 +237,7 @@ def pop_errors(out_dir: str | Path, code: str, sources: set[str]) -> set[tuple[s
     if not drop.any():
         return set()
     keys = set(zip(errors.loc[drop, "source"], errors.loc[drop, "path"], errors.loc[drop, "sha256"]))
-    io.write_csv(errors[~drop], Path(out_dir) / ERRORS)
+    safeio.write_csv(errors[~drop], Path(out_dir) / ERRORS)
     return keys
 
 
@@ -343,7 +343,7 @@ def reconcile(out_dir: str | Path, items: list[Item]) -> Reconciled:
                                                             index=errors.index)
         if stale.any():
             out.errors_dropped = errors.loc[stale, "path"].tolist()
-            io.write_csv(errors[~stale], out_dir / ERRORS)
+            safeio.write_csv(errors[~stale], out_dir / ERRORS)
     return out
 
 

@@ -443,7 +443,7 @@ def log_model(run_id: str, model, cfg: FeatureConfig, input_example: np.ndarray,
     import torch
     from mlflow.models import infer_signature
 
-    from voiceclf import io
+    from voiceclf import safeio
     from voiceclf.model import architecture
 
     model.eval()
@@ -452,7 +452,7 @@ def log_model(run_id: str, model, cfg: FeatureConfig, input_example: np.ndarray,
     signature = infer_signature(input_example, out)
     with tempfile.TemporaryDirectory(prefix="voiceclf-weights-") as tmp, mlflow.start_run(run_id=run_id, nested=True):
         weights = Path(tmp) / WEIGHTS_FILE
-        io.write_safetensors({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}, weights)
+        safeio.write_safetensors({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}, weights)
         info = mlflow.pytorch.log_model(
             model, name="model", serialization_format="pt2", signature=signature, input_example=input_example,
             metadata={"feature_config": cfg.to_dict(), "labels": list(LABELS),
@@ -603,14 +603,14 @@ def load(model_uri: str = DEFAULT_MODEL_URI) -> LoadedModel:
 
 def _rebuild(model_uri: str, local: str, weights: dict, cfg: FeatureConfig):
     """The module ``build_model`` makes for ``cfg`` and the metadata's arguments, holding the state dict logged beside the pt2."""
-    from voiceclf import io
+    from voiceclf import safeio
     from voiceclf.model import rebuild
 
     path = _inside(local, weights.get("path"))
     if path is None or not os.path.isfile(path):
         raise TrackingError(f"{model_uri}: its weights file {weights.get('path')!r} is not in the model; log or register the model again")
     try:
-        return rebuild(cfg, weights, io.read_safetensors(Path(path).read_bytes()))
+        return rebuild(cfg, weights, safeio.read_safetensors(Path(path).read_bytes()))
     except (ValueError, TypeError) as e:
         raise TrackingError(f"{model_uri}: its weights ({weights.get('path')}) do not fit a {cfg.family} model: {e}") from None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from voiceclf import io
+from voiceclf import safeio
 
 FORMATS = ("csv", "rttm", "textgrid")
 
@@ -76,11 +76,11 @@ def write(segments: pd.DataFrame, report: pd.DataFrame, path: str | Path, fmt: s
     """Write the turns to ``path`` atomically in ``fmt`` (one of :data:`FORMATS`); ``report`` gives the
     recordings (every ``ok`` file gets a TextGrid tier) and their durations."""
     if fmt == "csv":
-        io.write_csv(segments, path, float_format="%.6g")
+        safeio.write_csv(segments, path, float_format="%.6g")
     elif fmt == "rttm":
-        io.write_text(path, to_rttm(segments))
+        safeio.write_text(path, to_rttm(segments))
     elif fmt == "textgrid":
         ok = report[report["status"] == "ok"]
-        io.write_text(path, to_textgrid(segments, dict(zip(ok["path"], ok["duration_s"]))))
+        safeio.write_text(path, to_textgrid(segments, dict(zip(ok["path"], ok["duration_s"]))))
     else:
         raise ValueError(f"segments format {fmt!r}: expected one of {', '.join(FORMATS)}")

@@ -24,7 +24,7 @@ from typing import Iterable
 import numpy as np
 import scipy.fft
 
-from voiceclf.io import read_safetensors
+from voiceclf.safeio import read_safetensors
 from voiceclf.pinned import WeightsError, in_wheel, not_installed, read_pinned
 from voiceclf.config import VAD_SHA256 as SILERO_SHA256, FeatureConfig
 

@@ -255,7 +255,7 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
             seg = np.pad(seg, (lead, win - len(seg) - lead))
         local = (group_starts - a) // cfg.hop_length
         if cfg.is_embedding:
-            from voiceclf import embedding  # librosa's mel: only this feature set needs it
+            from voiceclf import embedding# librosa's mel: only this feature set needs it
 
             mel = embedding.mel_frames(seg, cfg)
             mels = [mel[f : f + shape[0]] for f in local]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from voiceclf import audio, features, io, longfile, vad
+from voiceclf import audio, features, safeio, streaming, vad
 from voiceclf.config import FeatureConfig
 
 _log = logging.getLogger("voiceclf")
@@ -44,8 +44,8 @@ class Item:
 
     @property
     def on_disk(self) -> str | bytes:
-        """The name to open: ``abspath`` with the bytes that are not UTF-8 restored (see io.name_as_text)."""
-        return io.name_on_disk(self.abspath)
+        """The name to open: ``abspath`` with the bytes that are not UTF-8 restored (see safeio.name_as_text)."""
+        return safeio.name_on_disk(self.abspath)
 
 
 @dataclass
@@ -96,12 +96,12 @@ def featurize_file(item: Item, cfg: FeatureConfig, variants: int = 0) -> list[Re
     """Decode one file and cut its windows: one result, plus ``variants`` augmented variants of a labelled file.
 
     Every failure becomes an error result; variants are only made of a file that gave windows, and not
-    of a long one (streamed: its whole waveform is never in memory; see voiceclf.longfile).
+    of a long one (streamed: its whole waveform is never in memory; see voiceclf.streaming).
     """
     result, samples = _featurize_one(item, cfg)
     if variants <= 0 or result.error or item.label is None or samples is None:
         return [result]
-    from voiceclf import augment  # scipy.signal at import: here, so a job's parent never loads it
+    from voiceclf import augment# scipy.signal at import: here, so a job's parent never loads it
 
     out = [result]
     seed = int(item.sha256[:16], 16)
@@ -113,11 +113,11 @@ def featurize_file(item: Item, cfg: FeatureConfig, variants: int = 0) -> list[Re
 
 
 #: Files up to this size are read whole before their header is looked at: a recording longer than
-#: ``longfile.STREAM_ABOVE_S`` in fewer bytes costs no more memory than these bytes.
+#: ``streaming.STREAM_ABOVE_S`` in fewer bytes costs no more memory than these bytes.
 READ_WHOLE_BYTES = 16 << 20
 
 
-def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True, max_windows: int | None = longfile.MAX_WINDOWS) -> tuple[Result, np.ndarray | None]:
+def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True, max_windows: int | None = streaming.MAX_WINDOWS) -> tuple[Result, np.ndarray | None]:
     """The file's result and its cleaned waveform (None when it could not be decoded, or was streamed).
 
     ``gate=False`` leaves the speech gate to the caller (:func:`_gate`, several files at once) for a result with windows.
@@ -128,7 +128,7 @@ def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True, max_window
         big = os.path.getsize(item.on_disk) > READ_WHOLE_BYTES
     except OSError:
         big = False  # reading it says why it cannot be read
-    if big and longfile.is_long(item.on_disk):
+    if big and streaming.is_long(item.on_disk):
         return _featurize_long(item, cfg, max_windows), None
     try:
         with open(item.on_disk, "rb") as f:
@@ -137,7 +137,7 @@ def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True, max_window
         return Result(item, **_unreadable(item.on_disk, e, item.abspath)), None
     item.sha256 = item.sha256 or hashlib.sha256(data).hexdigest()
     try:  # a small file's header is read by the handle that decodes it: one libsndfile open per file, not two
-        decoded = audio.load(item.abspath, cfg, data=data, stream_above_s=longfile.STREAM_ABOVE_S)
+        decoded = audio.load(item.abspath, cfg, data=data, stream_above_s=streaming.STREAM_ABOVE_S)
     except audio.LongRecording:  # a small file can hold a long recording (compressed, or silence in FLAC)
         return _featurize_long(item, cfg, max_windows), None
     except audio.AudioError as e:
@@ -150,13 +150,13 @@ def _featurize_one(item: Item, cfg: FeatureConfig, gate: bool = True, max_window
     return _no_speech(result, why), decoded.samples
 
 
-def _featurize_long(item: Item, cfg: FeatureConfig, max_windows: int | None = longfile.MAX_WINDOWS) -> Result:
-    """A recording longer than longfile.STREAM_ABOVE_S: streamed, never read whole (not even to hash it), at
+def _featurize_long(item: Item, cfg: FeatureConfig, max_windows: int | None = streaming.MAX_WINDOWS) -> Result:
+    """A recording longer than streaming.STREAM_ABOVE_S: streamed, never read whole (not even to hash it), at
     most ``max_windows`` windows evenly spread over its speech (all of them for None, as scoring asks)."""
     try:
         item.sha256 = item.sha256 or sha256_file(item.on_disk)
         # speaker-embedding windows come back embedded: a long file's mel windows never pile up in the worker
-        wins, survey = longfile.windows(item.on_disk, cfg, max_windows=max_windows, embed=cfg.is_embedding)
+        wins, survey = streaming.windows(item.on_disk, cfg, max_windows=max_windows, embed=cfg.is_embedding)
     except OSError as e:
         return Result(item, **_unreadable(item.on_disk, e, item.abspath))
     except audio.AudioError as e:
@@ -237,10 +237,10 @@ def warnings_naming(path: str):
         yield
     for w in caught:
         text = " ".join(str(w.message).split())
-        _log.warning("%s: %s: %s (at %s:%d)", io.as_text(path).replace("\n", "\\n"), w.category.__name__, text, os.path.basename(w.filename), w.lineno)
+        _log.warning("%s: %s: %s (at %s:%d)", safeio.as_text(path).replace("\n", "\\n"), w.category.__name__, text, os.path.basename(w.filename), w.lineno)
 
 
-def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0, max_windows: int | None = longfile.MAX_WINDOWS) -> list[Result]:
+def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0, max_windows: int | None = streaming.MAX_WINDOWS) -> list[Result]:
     """Worker entry point: the results of every item, in order (variants follow their original).
 
     ``max_windows`` caps a streamed long recording's windows (None: all of them, for scoring's turns).
@@ -274,7 +274,7 @@ def featurize_batch(items: list[Item], cfg: FeatureConfig, variants: int = 0, ma
         _gate(ungated, cfg)
         _embed(waiting, cfg)
         for r in results:  # a link target or OS error inside a message may hold a name that is not UTF-8
-            r.message = io.as_text(r.message)
+            r.message = safeio.as_text(r.message)
         return results
 
 
