@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voiceclf import audio
+from voiceclf import audio, cleaning
 from voiceclf.config import FeatureConfig
 
 CFG = FeatureConfig()
@@ -216,7 +216,8 @@ def test_too_long_checked_before_decoding(tmp_path, monkeypatch):
     def no_decode(*args, **kwargs):
         raise AssertionError("samples were decoded before the duration check")
 
-    monkeypatch.setattr(audio.sf, "read", no_decode)
+    monkeypatch.setattr(sf.SoundFile, "read", no_decode)  # what load decodes with
+    monkeypatch.setattr(sf, "read", no_decode)
     with pytest.raises(audio.TooLongError) as ei:
         audio.load(p, FeatureConfig(max_duration_s=0.1))
     assert ei.value.code == "too_long"
@@ -260,24 +261,24 @@ def test_resample_is_librosas_soxr_hq(sr):
     assert got.dtype == np.float32
 
 
-@pytest.mark.parametrize("rate, cutoff, order", sorted(audio._HIGHPASS_KNOWN))
+@pytest.mark.parametrize("rate, cutoff, order", sorted(cleaning.HIGHPASS_KNOWN))
 def test_written_out_highpass_is_scipys_bit_for_bit(rate, cutoff, order):
     import scipy.signal
 
-    sos, zi = audio._highpass_sos(rate, cutoff, order)
+    sos, zi = cleaning.highpass_sos(rate, cutoff, order)
     want = scipy.signal.butter(order, cutoff, btype="highpass", fs=rate, output="sos")
     np.testing.assert_array_equal(sos, want)
     np.testing.assert_array_equal(zi, scipy.signal.sosfilt_zi(want))
 
 
 def test_sosfilt_without_scipy_signal_is_scipys_bit_for_bit():
-    """audio._sosfilt runs scipy's compiled loop loaded on its own; the filtered signal and final state are scipy.signal.sosfilt's."""
+    """cleaning.sosfilt runs scipy's compiled loop loaded on its own; the filtered signal and final state are scipy.signal.sosfilt's."""
     import scipy.signal
 
     x = np.random.default_rng(1).standard_normal(20000)
-    sos, zi = audio._highpass_sos(16000, 50.0, 4)
-    got, got_state = audio._sosfilt(sos, x, zi * x[0])
+    sos, zi = cleaning.highpass_sos(16000, 50.0, 4)
+    got, got_state = cleaning.sosfilt(sos, x, zi * x[0])
     want, want_state = scipy.signal.sosfilt(sos, x, zi=zi * x[0])
-    assert audio._sosfilt_kernel() is not None
+    assert cleaning.sosfilt_kernel() is not None
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_state, want_state)
