@@ -21,43 +21,16 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from voiceclf.audio_errors import (
-    SF_ERRORS,
-    AudioError,
-    ChannelsCancelError,
-    CorruptAudioError,
-    EmptyAudioError,
-    LongRecording,
-    NotAudioError,
-    TooBigError,
-    TooLongError,
-    check_header,
-    decode_error,
-    open_sound,
-    read_head,
-)
+# The errors live in audio_errors (with the header checks that raise them); callers know them as audio.*.
+from voiceclf.audio_errors import (SF_ERRORS, AudioError, ChannelsCancelError, CorruptAudioError, EmptyAudioError, LongRecording,
+                                   NotAudioError, TooBigError, TooLongError, check_header, decode_error, open_sound, read_head)
 from voiceclf.cleaning import BlockHighpass, clean
 from voiceclf.config import FeatureConfig, FileLimits
 
-__all__ = [
-    "Audio",
-    "AudioError",
-    "ChannelsCancelError",
-    "CorruptAudioError",
-    "EmptyAudioError",
-    "LongRecording",
-    "NotAudioError",
-    "TooBigError",
-    "TooLongError",
-    "clean",
-    "cleaned_blocks",
-    "load",
-    "resample",
-    "sniff",
-]
+__all__ = ["Audio", "AudioError", "ChannelsCancelError", "CorruptAudioError", "EmptyAudioError", "LongRecording", "NotAudioError",
+           "TooBigError", "TooLongError", "clean", "cleaned_blocks", "load", "resample", "sniff"]
 
 
-# -- result -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Audio:
     """A decoded, cleaned recording.
@@ -88,7 +61,6 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     out = soxr.resample(y, orig_sr, target_sr, quality="soxr_hq")
     out = out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
     return np.asarray(out, dtype=y.dtype)
-
 
 
 def sniff(path_or_bytes: str | os.PathLike | bytes) -> bool:

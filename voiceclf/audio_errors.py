@@ -13,20 +13,8 @@ import soundfile as sf
 
 from voiceclf.config import FileLimits
 
-__all__ = [
-    "AudioError",
-    "ChannelsCancelError",
-    "CorruptAudioError",
-    "EmptyAudioError",
-    "LongRecording",
-    "NotAudioError",
-    "TooBigError",
-    "TooLongError",
-    "check_header",
-    "decode_error",
-    "looks_like_audio_container",
-    "read_head",
-]
+__all__ = ["AudioError", "ChannelsCancelError", "CorruptAudioError", "EmptyAudioError", "LongRecording", "NotAudioError", "TooBigError",
+           "TooLongError", "check_header", "decode_error", "looks_like_audio_container", "open_sound", "read_head"]
 
 # libsndfile reports every failure as one of these; LibsndfileError derives from both.
 SF_ERRORS = (sf.SoundFileError, RuntimeError)
