@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -222,55 +223,68 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
     are computed, so memory holds 1 kB per window instead of 25.6 kB (a whole hour's mel windows were ~115 MB).
     """
     sv = survey(path, cfg, block_s)
-    shape = (160, 40) if cfg.is_embedding else cfg.shape  # embedding.FRAMES_PER_WINDOW, N_MELS
     iv = sv.intervals
     if len(iv) == 0:
-        return features.no_windows(cfg, shape), sv
-    win, hop = cfg.window_samples, cfg.hop_samples
-    track_len = int(np.sum(iv[:, 1] - iv[:, 0]))
-    short = track_len < win  # one window, the track padded symmetrically into it (features.speech_track)
-    lead = (win - track_len) // 2 if short else 0
-    n = 1 if short else 1 + (track_len - win) // hop
-    keep = spread(n, max_windows)
-    offsets_s, speech_s = features.SpeechTrack(np.zeros(0, np.float32), iv, lead, n).timing(cfg)
-    starts = keep * hop  # in the track, before the lead padding of a track shorter than a window
-    out: list[np.ndarray] = []
-    waiting: list[np.ndarray] = []  # mel windows to embed (``embed``)
-
-    def embed_waiting() -> None:
-        from voiceclf import embedding
-
-        if waiting:
-            out.extend(embedding.embed(np.stack(waiting) * scale, cfg))
-            waiting.clear()
-
-    # The encoder's input level (embedding.mel_windows): the speech track at encoder_level_dbfs RMS, known from
-    # the survey. The mel is power, so scaling it by the square of the gain equals scaling the track first.
-    rms = np.sqrt(sv.speech_sumsq / track_len)
-    scale = np.float32((10 ** (cfg.encoder_level_dbfs / 20) / max(rms, 1e-9)) ** 2)
-    spectra: list[tuple] = []  # CNN: (log-mel, pitch bands, local frame starts) per group, floored at the end
+        return features.no_windows(cfg, _MelWindows.SHAPE if cfg.is_embedding else cfg.shape), sv
+    layout = _layout(iv, cfg, max_windows)
+    collected = _MelWindows(cfg, _encoder_scale(sv, layout.track_len, cfg), embed) if cfg.is_embedding else _CnnWindows(cfg)
 
     def compute(seg: np.ndarray, a: int, group_starts: np.ndarray) -> None:
-        if short:
-            seg = np.pad(seg, (lead, win - len(seg) - lead))
-        local = (group_starts - a) // cfg.hop_length
-        if cfg.is_embedding:
-            from voiceclf import embedding# librosa's mel: only this feature set needs it
+        collected.add(layout.padded(seg), (group_starts - a) // cfg.hop_length)  # the windows' first frames in ``seg``
 
-            mel = embedding.mel_frames(seg, cfg)
-            mels = [mel[f : f + shape[0]] for f in local]
-            if not embed:
-                out.extend(mels)
-                return
-            # embedded as they come (EMBED_EVERY): they never pile up in the worker
-            waiting.extend(mels)
-            if len(waiting) >= EMBED_EVERY:
-                embed_waiting()
-        else:
-            log_mel, pitch = features.log_spectra(seg, cfg)
-            spectra.append((log_mel, pitch, local))
+    track = _Track(_groups(layout.keep * cfg.hop_samples, layout.n, layout.keep, layout.track_len, cfg), compute)
+    for piece in _speech_pieces(path, cfg, sv, block_s):
+        track.feed(piece)
+    track.finish()
+    feats = collected.result()
+    offsets_s, speech_s = features.SpeechTrack(np.zeros(0, np.float32), iv, layout.lead, layout.n).timing(cfg)
+    keep = layout.keep
+    return Windows(feats.astype(np.float32, copy=False), offsets_s[keep], speech_s[keep], iv.astype(np.float64) / cfg.sample_rate), sv
 
-    track = _Track(_groups(starts, n, keep, track_len, cfg), compute)
+
+@dataclass(frozen=True)
+class _WindowLayout:
+    """Where a long recording's windows sit on its speech track (the voiced regions joined), as the whole-file
+    path cuts them (features.speech_track).
+
+    track_len : samples of speech.  lead : zeros in front of a track shorter than one window, which is padded
+    symmetrically into it.  n : windows over the track.  keep : the indices of those computed.  window : samples.
+    """
+
+    track_len: int
+    lead: int
+    n: int
+    keep: np.ndarray
+    window: int
+
+    def padded(self, seg: np.ndarray) -> np.ndarray:
+        """A stretch of track as the windows see it: a track shorter than a window padded into one."""
+        if self.track_len < self.window:
+            return np.pad(seg, (self.lead, self.window - len(seg) - self.lead))
+        return seg
+
+
+def _layout(intervals: np.ndarray, cfg: FeatureConfig, max_windows: int | None) -> _WindowLayout:
+    win, hop = cfg.window_samples, cfg.hop_samples
+    track_len = int(np.sum(intervals[:, 1] - intervals[:, 0]))
+    short = track_len < win
+    lead = (win - track_len) // 2 if short else 0
+    n = 1 if short else 1 + (track_len - win) // hop
+    return _WindowLayout(track_len, lead, n, spread(n, max_windows), win)
+
+
+def _encoder_scale(sv: Survey, track_len: int, cfg: FeatureConfig) -> np.float32:
+    """The factor on the mel power that sets the encoder's input level (embedding.mel_windows: the speech track at
+    ``encoder_level_dbfs`` RMS), known from the survey. The mel is power: scaling it by the square of the gain
+    equals scaling the track first."""
+    rms = np.sqrt(sv.speech_sumsq / track_len)
+    return np.float32((10 ** (cfg.encoder_level_dbfs / 20) / max(rms, 1e-9)) ** 2)
+
+
+def _speech_pieces(path: str | os.PathLike, cfg: FeatureConfig, sv: Survey, block_s: float) -> Iterator[np.ndarray]:
+    """Second pass: the cleaned waveform, scaled as :func:`voiceclf.audio.clean` would, cut to its voiced regions;
+    one piece of the speech track per block that holds speech."""
+    iv = sv.intervals
     pos, k = 0, 0  # position in the cleaned waveform; the first interval not yet passed
     for x in audio.cleaned_blocks(path, cfg, block_s=block_s):
         y = (x * sv.gain).astype(np.float32) if sv.gain != 1.0 else x.astype(np.float32)  # as clean() scales
@@ -284,16 +298,25 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
             else:
                 break
         if pieces:
-            track.feed(np.concatenate(pieces))
+            yield np.concatenate(pieces)
         pos = end
-    track.finish()
-    embed_waiting()
 
-    if cfg.is_embedding:
-        feats = np.stack(out) * (1 if embed else scale) if out else np.zeros((0, *shape), np.float32)
-    else:
-        # One 80-dB floor for every group: relative to the loudest bin of all of them, as frame_features
-        # floors a whole track relative to its loudest bin.
+
+class _CnnWindows:
+    """CNN input of the kept windows: each group's log spectra as they come, floored and cut into windows at the end."""
+
+    def __init__(self, cfg: FeatureConfig) -> None:
+        self.cfg = cfg
+        self.spectra: list[tuple] = []  # (log-mel, pitch bands, the windows' first frames) per group
+
+    def add(self, seg: np.ndarray, first_frames: np.ndarray) -> None:
+        log_mel, pitch = features.log_spectra(seg, self.cfg)
+        self.spectra.append((log_mel, pitch, first_frames))
+
+    def result(self) -> np.ndarray:
+        """(n, 3, n_frames, n_mfcc) float32, one 80-dB floor for every group: relative to the loudest bin of all of them,
+        as frame_features floors a whole track relative to its loudest bin."""
+        cfg, spectra, out = self.cfg, self.spectra, []
         mel_max = max(float(lm.max()) for lm, _, _ in spectra)
         pitch_max = None if spectra[0][1] is None else max(float(p.max()) for _, p, _ in spectra)
         nf = cfg.n_frames
@@ -301,5 +324,41 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
             ch = features.channels(features.floor_db(log_mel, mel_max), None if pitch is None else features.floor_db(pitch, pitch_max), cfg)
             out.extend(ch[:, :, f : f + nf].transpose(0, 2, 1) for f in local)
         spectra.clear()
-        feats = np.ascontiguousarray(np.stack(out))
-    return Windows(feats.astype(np.float32, copy=False), offsets_s[keep], speech_s[keep], iv.astype(np.float64) / cfg.sample_rate), sv
+        return np.ascontiguousarray(np.stack(out))
+
+
+class _MelWindows:
+    """The speaker encoder's mel windows of the kept windows, or (``embed``) their embeddings, each group's embedded as
+    soon as it is computed (every ``EMBED_EVERY`` windows), so they never pile up in the worker."""
+
+    SHAPE = (160, 40)  # embedding.FRAMES_PER_WINDOW, N_MELS
+
+    def __init__(self, cfg: FeatureConfig, scale: np.float32, embed: bool) -> None:
+        self.cfg, self.scale, self.embed = cfg, scale, embed
+        self.out: list[np.ndarray] = []
+        self.waiting: list[np.ndarray] = []  # mel windows to embed (``embed``)
+
+    def add(self, seg: np.ndarray, first_frames: np.ndarray) -> None:
+        from voiceclf import embedding  # librosa's mel: only this feature set needs it
+
+        mel = embedding.mel_frames(seg, self.cfg)
+        mels = [mel[f : f + self.SHAPE[0]] for f in first_frames]
+        if not self.embed:
+            self.out.extend(mels)
+            return
+        self.waiting.extend(mels)
+        if len(self.waiting) >= EMBED_EVERY:
+            self._embed_waiting()
+
+    def _embed_waiting(self) -> None:
+        from voiceclf import embedding
+
+        if self.waiting:
+            self.out.extend(embedding.embed(np.stack(self.waiting) * self.scale, self.cfg))
+            self.waiting.clear()
+
+    def result(self) -> np.ndarray:
+        """(n, 256) embeddings, or (n, 160, 40) mel windows at the encoder's input level."""
+        self._embed_waiting()
+        out = self.out
+        return np.stack(out) * (1 if self.embed else self.scale) if out else np.zeros((0, *self.SHAPE), np.float32)
