@@ -282,3 +282,49 @@ def test_sosfilt_without_scipy_signal_is_scipys_bit_for_bit():
     assert cleaning.sosfilt_kernel() is not None
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_state, want_state)
+
+
+# -- cut-off recordings -----------------------------------------------------------------
+def _encoded(fmt: str, seconds: float = 20.0, sr: int = 16000) -> bytes:
+    """``seconds`` of a noisy voice-like tone (noise keeps Vorbis and MP3 from compressing it to nothing)."""
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * 150 * t) + 0.01 * np.random.default_rng(0).standard_normal(len(t))
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "OGG", "MP3"])
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "blocks"])
+def test_a_cut_off_recording_is_corrupt_and_says_so(tmp_path, fmt, streamed):
+    """libsndfile decodes the first half of a half-copied WAV, Ogg or MP3 as if it were the whole recording; the
+    container says otherwise (WAV data size, Ogg end-of-stream page, MP3 length tag), as a truncated FLAC is refused."""
+    full = _encoded(fmt)
+    p = tmp_path / f"cut.{fmt.lower()}"
+    p.write_bytes(full[: len(full) // 2])
+    with sf.SoundFile(p) as f:  # what the checks are for: libsndfile opens it, and reads half the recording
+        assert 0 < f.frames and len(f.read()) < 0.6 * 20 * 16000
+    with pytest.raises(audio.CorruptAudioError, match="cut off") as ei:
+        if streamed:
+            list(audio.cleaned_blocks(p))
+        else:
+            audio.load(p, data=p.read_bytes() if fmt == "WAV" else None)
+    assert ei.value.code == "corrupt" and str(p) in str(ei.value)
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "OGG", "MP3"])
+def test_whole_recordings_are_not_cut_off(tmp_path, fmt):
+    p = tmp_path / f"whole.{fmt.lower()}"
+    p.write_bytes(_encoded(fmt))
+    assert audio.load(p).duration_s == pytest.approx(20.0, abs=0.01)
+    assert sum(len(b) for b in audio.cleaned_blocks(p)) == len(audio.load(p).samples)
+
+
+def test_a_wav_written_to_a_pipe_is_not_cut_off(tmp_path):
+    """A writer that cannot seek back leaves 0xFFFFFFFF as the data size ("until the end"): the whole file is there."""
+    wav = bytearray(_encoded("WAV", seconds=1.0))
+    at = wav.index(b"data")
+    wav[at + 4 : at + 8] = struct.pack("<I", 0xFFFFFFFF)
+    p = tmp_path / "piped.wav"
+    p.write_bytes(bytes(wav))
+    assert audio.load(p).duration_s == pytest.approx(1.0)

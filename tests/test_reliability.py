@@ -490,10 +490,14 @@ def test_misleading_reasons_say_what_happened(tmp_path):
     buf = stdio.BytesIO()
     sf.write(buf, clip, 16000, format="MP3")
     (tmp_path / "tiny.mp3").write_bytes(buf.getvalue()[:60])
-    names = ["inverted.wav", "huge_float.wav", "no_size.wav", "tiny.mp3"]
+    buf = stdio.BytesIO()
+    sf.write(buf, clip, 16000, format="WAV", subtype="PCM_16")
+    (tmp_path / "cut.wav").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # a copy that stopped half-way
+    names = ["inverted.wav", "huge_float.wav", "no_size.wav", "tiny.mp3", "cut.wav"]
     results = {r.item.path: r for r in file_windows.featurize_batch([file_windows.Item(path=n, source=str(tmp_path)) for n in names], FeatureConfig())}
     assert results["inverted.wav"].error == "channels_cancel" and "phase-inverted" in results["inverted.wav"].message
     assert results["huge_float.wav"].error is None and results["huge_float.wav"].n_windows > 0, results["huge_float.wav"].message
     assert results["no_size.wav"].error == "corrupt" and "declares no audio frames" in results["no_size.wav"].message
     assert results["tiny.mp3"].error == "corrupt" and "does not exist" not in results["tiny.mp3"].message
     assert "truncated" in results["tiny.mp3"].message
+    assert results["cut.wav"].error == "corrupt" and "cut off" in results["cut.wav"].message, results["cut.wav"].message

@@ -24,6 +24,7 @@ import soxr
 # The errors live in audio_errors (with the header checks that raise them); callers know them as audio.*.
 from voiceclf.audio_errors import (SF_ERRORS, AudioError, ChannelsCancelError, CorruptAudioError, EmptyAudioError, LongRecording,
                                    NotAudioError, TooBigError, TooLongError, check_header, decode_error, open_sound, read_head)
+from voiceclf import truncation
 from voiceclf.cleaning import BlockHighpass, clean
 from voiceclf.config import FeatureConfig, FileLimits
 
@@ -130,7 +131,8 @@ def load(
     NotAudioError
         Not a format libsndfile recognises (code ``"not_audio"``).
     CorruptAudioError
-        Has audio magic bytes but cannot be decoded, or decodes to NaN/inf (code ``"corrupt"``).
+        Has audio magic bytes but cannot be decoded, decodes to NaN/inf, or was cut off part-way
+        (:mod:`voiceclf.truncation`) (code ``"corrupt"``).
     TooLongError
         Header duration above ``cfg.max_duration_s`` (code ``"too_long"``); checked before
         decoding so a huge file costs no memory.
@@ -145,7 +147,10 @@ def load(
     f = open_sound(name, head, data)  # opened once: the header is checked, then the same handle decodes
     with f:
         _check_whole_file(name, f, cfg, stream_above_s)
+        truncation.check_container(name, f, data, size)
         y, sr = _decode_whole(name, head, f, size)
+        if truncation.length_tagged_mp3(f, head, data, name):
+            truncation.check_decoded_frames(name, f, y.shape[0])
     _check_finite(name, y)
     duration_s = y.shape[0] / sr
     mono = _downmix(name, y)
@@ -230,41 +235,49 @@ def cleaned_blocks(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig()
     Raises
     ------
     EmptyAudioError, NotAudioError, CorruptAudioError
-        As :func:`load` (a decoding failure or NaN/inf part-way through is ``corrupt``).
+        As :func:`load` (a decoding failure or NaN/inf part-way through is ``corrupt``; a length-tagged MP3 cut
+        off is found at its end, after the blocks before it).
     """
     name = os.fspath(path)
-    head, _ = read_head(name)
+    head, size = read_head(name)
     sound = open_sound(name, head)
     highpass = BlockHighpass(cfg)
     with sound:
         limits = FileLimits.from_env()
         check_header(name, sound, limits, streamed=True)
+        truncation.check_container(name, sound, None, size)
+        whole = truncation.length_tagged_mp3(sound, head, None, name)
         # a block holds at most limits.hold_samples: many channels at a high rate get shorter blocks
         blocksize = max(1, min(int(block_s * sound.samplerate), limits.hold_samples // max(sound.channels, 1)))
-        for mono in _resampled(_mono_blocks(name, head, sound, blocksize), sound.samplerate, cfg.sample_rate):
+        for mono in _resampled(_mono_blocks(name, head, sound, blocksize, whole), sound.samplerate, cfg.sample_rate):
             if mono.size:
                 yield highpass(mono)
 
 
-def _mono_blocks(name: str, head: bytes, sound: sf.SoundFile, blocksize: int) -> Iterator[np.ndarray]:
+def _mono_blocks(name: str, head: bytes, sound: sf.SoundFile, blocksize: int, counted: bool = False) -> Iterator[np.ndarray]:
     """Each block of ``blocksize`` frames of an open file, decoded, checked and mixed to mono float32.
 
-    Raises the typed error of a decoding failure part-way through, and EmptyAudioError after no frames at all.
+    Raises the typed error of a decoding failure part-way through, and EmptyAudioError after no frames at all;
+    ``counted``: the header's frame count is exact (a length-tagged MP3), and fewer decoded frames are an error.
     """
-    blocks = sound.blocks(blocksize=blocksize, dtype="float32", always_2d=True)
     frames = 0
     while True:
+        # read, not SoundFile.blocks: blocks yields whole blocks up to the header's frame count, past the end of what
+        # decodes (uninitialised memory) when the header promises more (a cut-off MP3); read returns what is there.
+        # Each read stops at the header's count, as blocks does, so a whole file is cut into the same blocks.
         try:
-            block = next(blocks, None)
+            block = sound.read(blocksize, dtype="float32", always_2d=True)
         except SF_ERRORS as e:
             raise decode_error(name, head, e) from None
-        if block is None:
+        if len(block) == 0:
             break
         _check_finite(name, block)
         frames += block.shape[0]
         yield block.mean(axis=1, dtype=np.float32)
     if frames == 0:  # (a streaming resampler's flush of no input is no samples either)
         raise EmptyAudioError(name, "no audio frames")
+    if counted:
+        truncation.check_decoded_frames(name, sound, frames)
 
 
 def _resampled(blocks: Iterator[np.ndarray], rate: int, target_rate: int) -> Iterator[np.ndarray]:
