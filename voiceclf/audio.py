@@ -220,7 +220,7 @@ def _downmix(name: str, y: np.ndarray) -> np.ndarray:
 def cleaned_blocks(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, block_s: float = 30.0) -> Iterator[np.ndarray]:
     """:func:`load` one block at a time, for recordings too long to hold in memory; no peak normalisation.
 
-    Decode ``block_s`` seconds at a time (``SoundFile.blocks``), downmix, resample with soxr's streaming
+    Decode ``block_s`` seconds at a time (``SoundFile.read``), downmix, resample with soxr's streaming
     resampler (the same HQ filter :func:`load` uses; chunked output equals the one-shot
     output) and high-pass with the filter state carried from block to block (:class:`voiceclf.cleaning.BlockHighpass`).
     The peak is a property of the whole recording: the caller scales by ``cfg.target_peak / peak`` once it has
