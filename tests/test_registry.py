@@ -51,6 +51,8 @@ def test_a_loaded_model_is_the_version_resolved(registry):
     assert latest.version == "3" and latest.uri == "models:/voiceclf/latest"
     assert tracking.load("models:/voiceclf/Production").version == "2"
     assert tracking.registered_version("runs:/0123456789abcdef/model") is None  # a run's model is in no registry
+    logged = MlflowClient().get_model_version("voiceclf", "1").source  # models:/m-<id>: the logged model, in no registry
+    assert tracking.registered_version(logged) is None and tracking.load(logged).version == ""
 
 
 @pytest.mark.parametrize("uri, error, words", [

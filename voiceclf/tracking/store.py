@@ -25,7 +25,7 @@ class TrackingError(RuntimeError):
 
 
 class NoChampion(TrackingError):
-    """No model version carries the alias asked for."""
+    """No version answers the URI: no model of that name, no version with that alias, or none at all (train makes one)."""
 
     missing = "model"  # what to make first; the jobs turn it into a next step
 
