@@ -19,6 +19,9 @@ from joblib import Parallel, delayed
 
 from bench import loco
 from voiceclf import train as tr
+from voiceclf.dataset import Data
+from voiceclf.points import GridPoint, expand
+from voiceclf.splits import split_speakers
 
 SETTINGS = {
     "base": {},  # jobs/grid.toml's CNN point as it was: 8 epochs of every window
@@ -31,7 +34,7 @@ SETTINGS = {
 }
 
 
-def _train(point: tr.GridPoint, data: tr.Data, split: dict, seed: int) -> tr.PointResult:
+def _train(point: GridPoint, data: Data, split: dict, seed: int) -> tr.PointResult:
     res = tr.train_point(point, data, split, seed=seed, threads=1)
     res.model = None
     return res
@@ -47,11 +50,11 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     data = loco.load({"mfcc_pitch": args.features})["mfcc_pitch"]
-    (base,) = loco.default_points({"mfcc_pitch": data})
+    (base,) = expand(loco.read()["cnn"], "mfcc_pitch")
     speakers = data.speakers().drop_duplicates("speaker")
     corpora = sorted(set(speakers["corpus"]))
     names, seeds = args.settings.split(","), [int(s) for s in args.seeds.split(",")]
-    tasks = [(c, name, seed, dataclasses.replace(base, **SETTINGS[name]), tr.split_speakers(speakers, seed=seed, holdout_corpus=c))
+    tasks = [(c, name, seed, dataclasses.replace(base, **SETTINGS[name]), split_speakers(speakers, seed=seed, holdout_corpus=c))
              for seed in seeds for c in corpora for name in names]
     print(f"{len(tasks)} trainings, {args.jobs} parallel; data loaded in {time.perf_counter() - t0:.0f} s", flush=True)
     out = Parallel(n_jobs=args.jobs, return_as="generator")(delayed(_train)(pt, data, split, seed) for _, _, seed, pt, split in tasks)
@@ -59,7 +62,7 @@ def main() -> None:
     for (c, name, seed, pt, _), res in zip(tasks, out):
         if res.error:
             raise SystemExit(f"{name} on {c}: {res.error}")
-        rows.append({"held_out": c, "setting": name, "seed": seed, "test_score": res.test["test_score"], "val_score": res.final["val_score"],
+        rows.append({"held_out": c, "setting": name, "seed": seed, "test_score": res.test["test_score"], "val_score": res.best_epoch_metrics["val_score"],
                      "best_epoch": res.best_epoch, "epochs_run": len(res.history), "seconds": res.seconds})
         print(rows[-1], flush=True)
         pd.DataFrame(rows).to_csv(args.out, index=False)

@@ -23,14 +23,15 @@ import numpy as np
 import pandas as pd
 
 from bench import hard
-from voiceclf import calibration, shards
-from voiceclf import train as tr
+from voiceclf import calibration, grid, shards
 from voiceclf.config import REPO_ROOT
+from voiceclf.dataset import Data
+from voiceclf.metrics import per_speaker, speaker_balanced
 
 VOICE = ["f0_med", "f0_p10", "f0_p90", "F1", "F2", "F3", "F4", "centroid", "rolloff", "flatness"]
 
 
-def pooled(data: tr.Data) -> pd.DataFrame:
+def pooled(data: Data) -> pd.DataFrame:
     """One row per (file, variant): the mean embedding (column ``x``, an array), label, speaker, corpus."""
     df = pd.DataFrame({"file": data.file, "variant": data.variant, "speaker": data.speaker, "corpus": data.corpus, "y": data.y})
     keys = df["file"] + "\t" + df["variant"].astype(str)
@@ -95,21 +96,16 @@ def pooled_method(files: pd.DataFrame, held: str, C: float, measures, head: str 
         tt = train[(train["corpus"] == c) & (train["variant"] == 0)]
         inner[c] = as_files(tt, fit_predict(train[train["corpus"] != c], tt, C, measures, head))
     cal = calibration.fit(pd.concat(inner.values(), ignore_index=True), "inner", intercept=intercept)
-    xval = float(np.mean([tr.speaker_balanced(tr.per_speaker(f)) for f in inner.values()]))
+    xval = float(np.mean([speaker_balanced(per_speaker(f)) for f in inner.values()]))
     return calibration.recalibrated(as_files(test, fit_predict(train, test, C, measures, head)), cal), xval
 
 
-def head_method(data: tr.Data, held: str) -> tuple[pd.DataFrame, float]:
-    from voiceclf.champion import calibrate_point
-
-    point = tr.GridPoint(feature_set="speaker_embedding", lr=1e-3, epochs=30, gamma=0.5, step_size=10, batch_size=128, hidden=0, weight_decay=1e-2)
-    speakers = data.speakers()
-    split = tr.split_speakers(speakers, holdout_corpus=held)
-    main = tr.train_point(point, data, split)
-    per = {c: tr.train_point(point, data, sub) for c, sub in tr.cross_corpus_splits(split, speakers).items()}
-    for r in (main, *per.values()):
-        assert r.error is None, r.error
-    calibrate_point(main, per)
+def head_method(data: Data, held: str) -> tuple[pd.DataFrame, float]:
+    """The window-trained head (logistic, weight decay 1e-2) as the train job runs a grid point with ``held`` held out:
+    its cross-corpus refits and calibration (grid.run_grid, one point, in this process)."""
+    head = {"lr": [1e-3], "epochs": [30], "gamma": [0.5], "step_size": [10], "batch_size": [128], "hidden": [0], "weight_decay": [1e-2]}
+    (main,) = grid.run_grid({"speaker_embedding": data}, {"embedding_head": head}, holdout_corpus=held, jobs=1).results
+    assert main.error is None, main.error
     print(f"  head, held-out {held}: {main.calibration.fitted_on}; a={main.calibration.a:.3f}; test ECE raw {main.test['test_ece_raw']:.3f}, "
           f"carried {main.test['test_ece']:.3f}; xval ECE raw {main.xval.get('xval_ece_raw', float('nan')):.3f}, mapped {main.xval.get('xval_ece', float('nan')):.3f}", flush=True)
     return main.test_files, main.xval["xval_score"]
@@ -127,7 +123,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     platt = args.calibration == "platt"  # with an intercept; the default, temperature, fits the slope only as train does
     rows, x, cfg = shards.read(args.features / "speaker_embedding")
-    data = tr.Data.from_shards(rows, x, cfg)
+    data = Data.from_shards(rows, x, cfg)
     measures = pd.read_parquet(args.measures)
     spk = pd.DataFrame({"file": data.file, "speaker": data.speaker}).drop_duplicates("file")
     measures = measures.merge(spk, on="file")

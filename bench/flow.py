@@ -49,7 +49,7 @@ def run(sources: list[Path], scratch: Path, *, grids: dict[str, dict[str, list]]
         train_s = time.perf_counter() - t0
     w = out.winner
     res = {"features_s": features_s, "train_s": train_s, "total_s": features_s + train_s, "winner": w.point.name, "family": w.point.family,
-           "xval_score": float(w.xval.get("xval_score", math.nan)), "val_score": float(w.final["val_score"]),
+           "xval_score": float(w.xval.get("xval_score", math.nan)), "val_score": float(w.best_epoch_metrics["val_score"]),
            "test_score": float(w.test["test_score"]), "points": len(out.table), "device": device, "variants": variants,
            "files": {s.feature_set: s.files for s in summ}}
     log(f"flow: train {train_s:.0f} s, total {res['total_s']:.0f} s; winner {res['winner']} (xval_score {res['xval_score']:.3f})")

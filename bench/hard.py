@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from voiceclf import calibration
-from voiceclf import train as tr
+from voiceclf.metrics import per_speaker, speaker_balanced
 
 WOMAN_BELOW_HZ = 175.0
 MAN_ABOVE_HZ = 145.0
@@ -38,7 +38,7 @@ def annotate(files: pd.DataFrame, measures: pd.DataFrame) -> pd.DataFrame:
 
 
 def _bacc(f: pd.DataFrame) -> float:
-    return tr.speaker_balanced(tr.per_speaker(f)) if len(f) else float("nan")
+    return speaker_balanced(per_speaker(f)) if len(f) else float("nan")
 
 
 def view(files: pd.DataFrame) -> dict[str, float]:

@@ -30,7 +30,7 @@ from voiceclf.config import LABELS, REPO_ROOT
 SECTIONS = ("accuracy", "flow", "speed", "conversations")
 DEVICES = ("auto", "cpu", "cuda")
 FEATURE_SETS = ("mfcc_pitch", "speaker_embedding")
-QUICK_EPOCHS = 2
+QUICK_EPOCHS = loco.QUICK_EPOCHS
 
 
 def featurize_corpora(runner: Runner, sources: list[Path], out_root: Path) -> dict[str, dict]:
@@ -106,7 +106,7 @@ def run_accuracy(runner: Runner, workdir: Path, quick: bool, n_jobs: int, device
     t0 = time.perf_counter()
     data = loco.load({fs: fz[fs]["dir"] for fs in FEATURE_SETS})
     load_s = time.perf_counter() - t0
-    points = loco.default_points(data, epochs=QUICK_EPOCHS if quick else None)
+    grids = loco.read(epochs=QUICK_EPOCHS if quick else None)
     notes: list[str] = []
 
     def note(msg: str) -> None:
@@ -114,7 +114,8 @@ def run_accuracy(runner: Runner, workdir: Path, quick: bool, n_jobs: int, device
         log(msg)
 
     t0 = time.perf_counter()
-    folds = loco.run(data, points, n_jobs=n_jobs, device=device, log=note)
+    folds = loco.run(data, grids, n_jobs=n_jobs, device=device, log=note)
+    points = folds[0].outcome.plan.points  # every fold expands the same grid
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     pitch = loco.pitch_table(data["mfcc_pitch"], workdir / "pitch" / "f0.parquet", n_jobs=n_jobs, log=note)
@@ -139,7 +140,7 @@ def hard_view(data: dict, folds: list, cache: Path, n_jobs: int, log=print) -> l
     measures = voicefeat.table(files[["file"]], cache, n_jobs=n_jobs, log=log).merge(files, on="file")
     rows = []
     for f in folds:
-        for fam in (None, *loco.tr.FAMILIES):
+        for fam in (None, *loco.FAMILIES):
             res = loco.chosen(f, fam)
             if res is not None and res.test_files is not None:
                 method = f"champion ({res.point.family})" if fam is None else fam
@@ -171,11 +172,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:  # cuda without CUDA: one line, before any work
-        from voiceclf import train as tr
+    from voiceclf.config import DeviceError
 
-        device = str(tr.pick_device(args.device))
-    except tr.DataError as e:
+    try:  # cuda without CUDA: one line, before any work
+        from voiceclf.model import pick_device
+
+        device = str(pick_device(args.device))
+    except DeviceError as e:
         print(f"bench: error: --{e}", file=sys.stderr)  # "--device cuda: torch sees no CUDA device ..."
         return 2
     if not corpora.DATA_ROOT.is_dir():

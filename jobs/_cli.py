@@ -166,11 +166,11 @@ def _error_table() -> list[tuple[tuple[type, ...], int]]:
     is met: a job that never opens the tracking store (featurize) does not import MLflow for its error class, and
     none of its errors can then be a TrackingError."""
     from voiceclf import corpus, parallel, pipeline, shards
-    from voiceclf.config import ConfigError, DataError
+    from voiceclf.config import ConfigError, DataError, DeviceError
 
     table = [
         ((safeio.LockedError,), LOCKED),
-        ((corpus.CorpusError, shards.ShardError, ConfigError, DataError, parallel.EngineError, safeio.UnsafeOutputError,
+        ((corpus.CorpusError, shards.ShardError, ConfigError, DataError, DeviceError, parallel.EngineError, safeio.UnsafeOutputError,
           pipeline.OutputError, pipeline.GridError), USAGE),
         ((pipeline.ModelError, pipeline.TrainError), FAILURE),
     ]

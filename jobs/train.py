@@ -14,9 +14,9 @@ from rich.markup import escape
 from jobs import _cli
 from jobs._cli import log
 from voiceclf import parallel, pipeline, tracking
+from voiceclf.points import GRID_KEYS  # the library's hyperparameters (read_grid checks them); some have a flag below
 
 DEFAULT_GRID = Path(__file__).with_name("grid.toml")
-CLI_GRID_KEYS = ("lr", "epochs", "gamma", "batch_size", "hidden")
 
 
 def _list(cast):
@@ -75,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def grids_of(args: argparse.Namespace) -> dict[str, dict]:
     """The grid file's tables with the CLI lists on top (for every family)."""
-    overrides = {key: getattr(args, key) for key in CLI_GRID_KEYS if getattr(args, key)}
+    overrides = {key: getattr(args, key) for key in GRID_KEYS if getattr(args, key, None)}
     if args.no_feature_noise:
         overrides["feature_noise"] = [False]
     return pipeline.read_grid(args.grid, overrides)

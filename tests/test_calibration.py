@@ -9,6 +9,9 @@ from conftest import run_job
 from voiceclf import calibration, shards, synth, tracking
 from voiceclf import train as tr
 from voiceclf.calibration import Calibration, decide
+from voiceclf.dataset import Data
+from voiceclf.points import GridPoint
+from voiceclf.splits import split_speakers
 
 
 def sigmoid(z):
@@ -58,8 +61,8 @@ def two_versions(features, tmp_path_factory):
     """The same trained module registered twice in a store of its own: version 1 without a calibration (as
     models logged before it), version 2 carrying a known one."""
     rows, x, cfg = shards.read(features)
-    data = tr.Data.from_shards(rows, x, cfg)
-    res = tr.train_point(tr.GridPoint(epochs=2), data, tr.split_speakers(data.speakers()))
+    data = Data.from_shards(rows, x, cfg)
+    res = tr.train_point(GridPoint(epochs=2), data, split_speakers(data.speakers()))
     assert res.error is None, res.error
     uri = f"sqlite:///{tmp_path_factory.mktemp('calstore') / 'mlflow.db'}"
     tracking.connect(uri)

@@ -7,9 +7,13 @@ import torch
 
 from voiceclf import train as tr
 from voiceclf.config import FeatureConfig
+from voiceclf.dataset import Data
+from voiceclf.model import p_male
+from voiceclf.points import GridError, GridPoint, expand
+from voiceclf.splits import split_speakers
 
 
-def embedding_data(seed: int = 0) -> tr.Data:
+def embedding_data(seed: int = 0) -> Data:
     """40 speakers in two corpora, 1-3 windows per recording, recordings with an augmented variant; the sex in a
     few of the 256 dimensions."""
     rng = np.random.default_rng(seed)
@@ -23,15 +27,15 @@ def embedding_data(seed: int = 0) -> tr.Data:
                 for _ in range(int(rng.integers(1, 4))):
                     rows.append((voice + rng.normal(0, 1.5, 256), sex, f"{corpus}/{s}", corpus, f"/d/{s}_{f}.wav", variant))
     x, y, spk, corpus, file, variant = map(np.array, zip(*rows))
-    return tr.Data(x.astype(np.float32), y.astype(np.int64), spk, corpus, file, variant.astype(np.int8), cfg)
+    return Data(x.astype(np.float32), y.astype(np.int64), spk, corpus, file, variant.astype(np.int8), cfg)
 
 
 def test_the_lbfgs_point_is_sklearns_logistic_regression_on_pooled_embeddings():
     from sklearn.linear_model import LogisticRegression
 
     data = embedding_data()
-    split = tr.split_speakers(data.speakers())
-    point = tr.GridPoint(feature_set="speaker_embedding", solver="lbfgs", C=0.05)
+    split = split_speakers(data.speakers())
+    point = GridPoint(feature_set="speaker_embedding", solver="lbfgs", C=0.05)
     res = tr.train_point(point, data, split)
     assert res.error is None, res.error
     assert res.best_epoch == 1 and len(res.history) == 1 and res.test["test_score"] > 0.8
@@ -52,17 +56,17 @@ def test_the_lbfgs_point_is_sklearns_logistic_regression_on_pooled_embeddings():
     ref = LogisticRegression(C=0.05, max_iter=5000).fit((x - mean) / std, y, sample_weight=w * len(w) / w.sum())
 
     test = data.subset(np.isin(data.speaker, split["test"]))
-    got = tr.predict_proba(res.model, test.x)
+    got = p_male(res.model, test.x)
     want = ref.predict_proba((test.x - mean) / std)[:, 1]
     np.testing.assert_allclose(got, want, atol=2e-4)
     assert isinstance(res.model, torch.nn.Module) and tuple(res.model.net[0].weight.shape) == (2, 256)
 
 
 def test_the_grid_trains_an_lbfgs_point_once_and_only_for_the_embedding_head():
-    pts = tr.grid({"solver": ["adam", "lbfgs"], "hidden": [0, 64], "lr": [1e-3, 1e-4], "C": [1e-3]}, "speaker_embedding")
+    pts = expand({"solver": ["adam", "lbfgs"], "hidden": [0, 64], "lr": [1e-3, 1e-4], "C": [1e-3]}, "speaker_embedding")
     assert sorted(p.name for p in pts if p.solver == "lbfgs") == ["speaker_embedding pooled logistic C=0.001"]
     assert len([p for p in pts if p.solver == "adam"]) == 4
-    with pytest.raises(tr.DataError):
-        tr.grid({"solver": ["lbfgs"]}, "mfcc_pitch")
-    with pytest.raises(tr.DataError):
-        tr.grid({"solver": ["sgd"]}, "speaker_embedding")
+    with pytest.raises(GridError):
+        expand({"solver": ["lbfgs"]}, "mfcc_pitch")
+    with pytest.raises(GridError):
+        expand({"solver": ["sgd"]}, "speaker_embedding")

@@ -101,7 +101,7 @@ def test_device_cpu_scores_and_cuda_without_a_gpu_is_a_usage_error(champion, rec
 def test_the_registered_model_runs_on_another_device(champion):
     """The pt2 graph holds no CPU-bound op: moved to the meta device (a stand-in for CUDA here) it still runs."""
     from voiceclf import tracking
-    from voiceclf.score import device_of
+    from voiceclf.model import device_of
 
     tracking.connect(champion)
     model = tracking.load()
@@ -207,8 +207,7 @@ def test_p_male_does_not_depend_on_the_batch_size():
     (torch's CPU kernels; a batch of a single window may differ in the last bit, as torch takes another path for it)."""
     import torch
 
-    from voiceclf.model import GenderCNN
-    from voiceclf.score import p_male
+    from voiceclf.model import GenderCNN, p_male
 
     torch.manual_seed(0)
     model = GenderCNN().eval()
@@ -224,9 +223,9 @@ def test_a_refused_device_leaves_no_model_loading_behind(champion, recordings):
     never outlives the call (torch.export loads one model at a time per process)."""
     import threading
 
-    from voiceclf.train import DataError
+    from voiceclf.config import DeviceError
 
-    with pytest.raises(DataError, match="no CUDA device"):
+    with pytest.raises(DeviceError, match="no CUDA device"):
         pipeline.score_dirs([recordings[0]], tracking_uri=champion, device="cuda")
     assert not [t.name for t in threading.enumerate() if t.name.startswith("voiceclf-model-load")]
     tracking.connect(champion)

@@ -9,8 +9,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, run_job
-from voiceclf import shards, tracking
+from voiceclf import dataset, metrics, shards, splits, tracking
 from voiceclf import train as tr
+from voiceclf.config import DataError, DeviceError
+from voiceclf.model import pick_device
+from voiceclf.points import GridPoint
 
 
 # ----------------------------------------------------------------------------- split
@@ -26,39 +29,39 @@ def speaker_table(rng, corpora=("a", "b")) -> pd.DataFrame:
 @pytest.mark.parametrize("seed", range(20))
 def test_split_is_speaker_disjoint_and_stratified_by_corpus_and_sex(seed):
     spk = speaker_table(np.random.default_rng(seed))
-    split = tr.split_speakers(spk, seed=seed)
-    sets = [set(split[s]) for s in tr.SPLITS]
+    split = splits.split_speakers(spk, seed=seed)
+    sets = [set(split[s]) for s in splits.SPLITS]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
     assert set().union(*sets) == set(spk["speaker"])
-    for s in tr.SPLITS:  # every corpus × sex is in every split
+    for s in splits.SPLITS:  # every corpus × sex is in every split
         assert {(x.split("/")[0], x.split("/")[1][0]) for x in split[s]} == {(c, g) for c in "ab" for g in "fm"}, s
-    assert split == tr.split_speakers(spk.sample(frac=1, random_state=seed), seed=seed)  # seeded, order-free
+    assert split == splits.split_speakers(spk.sample(frac=1, random_state=seed), seed=seed)  # seeded, order-free
 
 
 def test_holdout_corpus_is_the_whole_test_set():
     spk = speaker_table(np.random.default_rng(0), corpora=("a", "b", "c"))
-    split = tr.split_speakers(spk, holdout_corpus="b")
+    split = splits.split_speakers(spk, holdout_corpus="b")
     assert set(split["test"]) == set(spk.loc[spk["corpus"] == "b", "speaker"])
     assert not any(x.startswith("b/") for x in split["train"] + split["val"])
-    with pytest.raises(tr.DataError, match="not in the data"):
-        tr.split_speakers(spk, holdout_corpus="nope")
+    with pytest.raises(DataError, match="not in the data"):
+        splits.split_speakers(spk, holdout_corpus="nope")
 
 
 def test_split_refuses_one_sex_and_too_few_speakers():
     one = pd.DataFrame({"speaker": list("abc"), "label": [1, 1, 1], "corpus": "x"})
-    with pytest.raises(tr.DataError, match="both sexes"):
-        tr.split_speakers(one)
+    with pytest.raises(DataError, match="both sexes"):
+        splits.split_speakers(one)
     few = pd.DataFrame({"speaker": list("abcde"), "label": [0, 0, 1, 1, 1], "corpus": "x"})
-    with pytest.raises(tr.DataError, match="at least 3"):
-        tr.split_speakers(few)
+    with pytest.raises(DataError, match="at least 3"):
+        splits.split_speakers(few)
 
 
 def test_device_auto_falls_back_to_the_cpu():
-    assert tr.pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert tr.pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
-        with pytest.raises(tr.DataError, match="no CUDA device"):
-            tr.pick_device("cuda")
+        with pytest.raises(DeviceError, match="no CUDA device"):
+            pick_device("cuda")
 
 
 def test_speaker_balanced_accuracy_weighs_speakers_and_sexes_equally():
@@ -68,7 +71,7 @@ def test_speaker_balanced_accuracy_weighs_speakers_and_sexes_equally():
         "speaker": ["m0", "m1", "m2"] + ["fa"] * 10 + ["fb"], "corpus": "x",
         "y": [1, 1, 1] + [0] * 10 + [0], "p": [0.9, 0.8, 0.7] + [0.9] * 10 + [0.1]})
     files["correct"] = (files["p"] >= 0.5).astype(int) == files["y"]
-    m = tr.evaluate(files, "val")
+    m = metrics.evaluate(files, "val")
     assert m["val_speaker_bacc"] == pytest.approx((1.0 + 0.5) / 2)
     assert m["val_score"] == m["val_speaker_bacc.x"] == m["val_worst_corpus"]
     assert m["val_acc"] == pytest.approx(4 / 14)
@@ -166,9 +169,9 @@ def test_registered_model_round_trips_predictions(features, tmp_path):
     from voiceclf.model import GenderCNN
 
     rows, x, cfg = shards.read(features)
-    data = tr.Data.from_shards(rows, x, cfg)
-    split = tr.split_speakers(data.speakers())
-    res = tr.train_point(tr.GridPoint(epochs=1), data, split)
+    data = dataset.Data.from_shards(rows, x, cfg)
+    split = splits.split_speakers(data.speakers())
+    res = tr.train_point(GridPoint(epochs=1), data, split)
     assert res.error is None, res.error
     model = res.model
     assert isinstance(model, GenderCNN)
@@ -415,16 +418,14 @@ def test_speaker_windows_caps_an_epoch_and_patience_stops_training(features):
     patience: training stops once that many epochs in a row did not beat the kept one."""
     import dataclasses as dc
 
-    from voiceclf import grid
-
-    data, _ = grid.load_data([features])
+    data, _ = dataset.load_data([features])
     d = data["mfcc_pitch"]
     n_spk = len(np.unique(d.speaker))
-    point = tr.GridPoint(epochs=12, patience=2, speaker_windows=4)
+    point = GridPoint(epochs=12, patience=2, speaker_windows=4)
     assert tr.windows_per_epoch(d, point) == 4 * n_spk < len(d.y)
-    assert tr.windows_per_epoch(d, dc.replace(point, speaker_windows=10**6)) == tr.windows_per_epoch(d, tr.GridPoint()) == len(d.y)
-    assert "spk_win=4 patience=2" in point.name and "spk_win" not in tr.GridPoint().name  # old names unchanged
-    split = tr.split_speakers(grid.all_speakers(data), seed=0)
+    assert tr.windows_per_epoch(d, dc.replace(point, speaker_windows=10**6)) == tr.windows_per_epoch(d, GridPoint()) == len(d.y)
+    assert "spk_win=4 patience=2" in point.name and "spk_win" not in GridPoint().name  # old names unchanged
+    split = splits.split_speakers(dataset.all_speakers(data), seed=0)
     res = tr.train_point(dc.replace(point, lr=3e-2), d, split, seed=0, threads=1)  # a high rate: val_score stalls early
     assert res.error is None, res.error
     assert len(res.history) == 12 or len(res.history) == res.best_epoch + 2, (len(res.history), res.best_epoch)

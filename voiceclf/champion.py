@@ -13,25 +13,27 @@ from voiceclf.config import LABELS
 if TYPE_CHECKING:
     from voiceclf import tracking
     from voiceclf import train as tr
+    from voiceclf.dataset import Data
 
 
-def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data], split: dict) -> float:
+def champion_test_score(current: tracking.LoadedModel, data: dict[str, Data], split: dict) -> float:
     """The current champion's test_score on this run's held-out speakers.
 
     Its own feature config decides its input: the windows of a matching feature set when this
     run has them, else the held-out files featurized again with its config.
     """
     from voiceclf import tracking
-    from voiceclf import train as tr
-    from voiceclf.score import p_male
-
     from voiceclf.calibration import recalibrated
+    from voiceclf.dataset import Data
+    from voiceclf.metrics import evaluate, file_level
+    from voiceclf.model import p_male
+    from voiceclf.splits import parts_of
 
-    held_out = {s: tr.parts_of(d, split)["test"] for s, d in data.items()}
+    held_out = {s: parts_of(d, split)["test"] for s, d in data.items()}
     match = [s for s, d in data.items() if d.cfg == current.cfg]
     if match:
         te = held_out[match[0]]
-        return tr.evaluate(recalibrated(tr.file_level(p_male(current.module, te.x), te), current.calibration), "test")["test_score"]
+        return evaluate(recalibrated(file_level(p_male(current.module, te.x), te), current.calibration), "test")["test_score"]
     te = next(iter(held_out.values()))
     files = pd.DataFrame({"file": te.file, "speaker": te.speaker, "corpus": te.corpus, "y": te.y}).drop_duplicates("file")
     items = [file_windows.Item(path=os.path.basename(f), source=os.path.dirname(f), corpus=c, speaker=s, label=LABELS[y])
@@ -44,8 +46,8 @@ def champion_test_score(current: tracking.LoadedModel, data: dict[str, tr.Data],
     rows = pd.DataFrame({"source": rep([r.item.source for r in results]), "path": rep([r.item.path for r in results]),
                          "corpus": rep([r.item.corpus for r in results]), "speaker": rep([r.item.speaker for r in results]),
                          "label": rep([r.item.label for r in results]), "variant": 0})
-    te = tr.Data.from_shards(rows, x, current.cfg)
-    return tr.evaluate(recalibrated(tr.file_level(p_male(current.module, te.x), te), current.calibration), "test")["test_score"]
+    te = Data.from_shards(rows, x, current.cfg)
+    return evaluate(recalibrated(file_level(p_male(current.module, te.x), te), current.calibration), "test")["test_score"]
 
 
 def decide_promotion(winner: tr.PointResult, data: dict, split: dict, force: bool, model_name: str = "voiceclf") -> tuple[bool, str]:
@@ -77,6 +79,7 @@ def calibrate_point(main: tr.PointResult, held_out: dict[str, tr.PointResult]) -
     become those of the calibrated p (what score reports), with ``test_ece``/``xval_ece`` beside them."""
     from voiceclf import calibration
     from voiceclf import train as tr
+    from voiceclf.metrics import cross_corpus_score
 
     raw = main.test_files
     cal, m = calibration.fit_for_point({c: r.test_files for c, r in held_out.items()}, main.val_files, raw)
@@ -84,6 +87,6 @@ def calibrate_point(main: tr.PointResult, held_out: dict[str, tr.PointResult]) -
     tr.set_test(main, calibration.recalibrated(raw, cal))
     main.test_files_raw = raw
     main.test.update({k: v for k, v in m.items() if not k.startswith("xval_")})
-    main.xval = {**tr.cross_corpus_score(held_out), **{k: v for k, v in m.items() if k.startswith("xval_")}}
+    main.xval = {**cross_corpus_score(held_out), **{k: v for k, v in m.items() if k.startswith("xval_")}}
 
 

@@ -39,9 +39,13 @@ class ConfigError(ValueError):
 
 
 class DataError(ValueError):
-    """The data cannot be trained on (one gender only, too few speakers, no labels), or asks for a device
-    that is not there. Defined here, beside ConfigError, so a job can catch it without importing torch
-    (``voiceclf.train`` re-exports it)."""
+    """The data cannot be trained on (one gender only, too few speakers, no labels). Defined here, beside
+    ConfigError, so a job can catch it without importing torch."""
+
+
+class DeviceError(RuntimeError):
+    """A torch device was asked for that this machine cannot give (``cuda`` without a CUDA device or build);
+    raised by :func:`voiceclf.model.pick_device`, defined here so a job can catch it without importing torch."""
 
 
 @dataclass(frozen=True)

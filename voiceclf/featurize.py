@@ -10,9 +10,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Unpack
 
 from voiceclf import corpus, file_windows, safeio, shards
+from voiceclf.compute import WorkerArgs, Workers
 from voiceclf.config import FeatureConfig
 from voiceclf.extract import check_weights, featurized
 from voiceclf.progress import OnProgress, Progress, quiet
@@ -88,13 +89,11 @@ def featurize_dir(
     *,
     variants: int = 0,
     shard_rows: int = 2048,
-    jobs: int = -1,
-    backend: str = "loky",
-    scheduler: str | None = None,
     wait: bool = False,
     allow_unlabelled: bool = False,
     allow_outside_paths: bool = False,
     on_progress: OnProgress = quiet,
+    **workers: Unpack[WorkerArgs],
 ) -> list[FeaturizeSummary]:
     """Audio of ``sources`` → Parquet shards in ``out``, one summary per feature set.
 
@@ -102,8 +101,10 @@ def featurize_dir(
     sha256 is in the folder already are skipped, after the folder's rows of these sources are
     reconciled with them (relabelled, moved and deleted files). Files are hashed here, once for all
     sets, only when a folder holds something to skip or reconcile; otherwise each worker hashes the bytes
-    it decodes. Every file is accounted for: a row in the shards or in ``errors.csv``.
+    it decodes. Every file is accounted for: a row in the shards or in ``errors.csv``. ``jobs``, ``backend``,
+    ``scheduler``: where the files are read (:class:`voiceclf.compute.Workers`).
     """
+    w = Workers(**workers)
     items = _not_inside(discover(sources, allow_unlabelled, allow_outside_paths), Path(out))
     cfgs = [FeatureConfig.for_feature_set(fs) for fs in feature_sets]
     for cfg in cfgs:  # the speech detector and encoder these features name, checked before any work
@@ -113,8 +114,8 @@ def featurize_dir(
     for o in outs:
         prepare_out(o)
     return [
-        _featurize_set(items, cfg, o, variants=variants, shard_rows=shard_rows, jobs=jobs, backend=backend,
-                       scheduler=scheduler, wait=wait, on_progress=on_progress)
+        _featurize_set(items, cfg, o, variants=variants, shard_rows=shard_rows, jobs=w.jobs, backend=w.backend,
+                       scheduler=w.scheduler, wait=wait, on_progress=on_progress)
         for cfg, o in zip(cfgs, outs)
     ]
 

@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from voiceclf.dataset import Data
 from voiceclf.model import build_model
-from voiceclf.train import Data, GridPoint, sample_weights
+from voiceclf.points import GridPoint
+from voiceclf.train import sample_weights
 
 
 def pool_files(data: Data) -> Data:

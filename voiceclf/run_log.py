@@ -113,7 +113,7 @@ def log_point(runs: tracking.GridRuns, run_id: str, res: tr.PointResult, data: t
 def summary(points, run_ids, results, winner, corpora) -> pd.DataFrame:
     rows = []
     for pt, rid, res in zip(points, run_ids, results):
-        f = res.final
+        f = res.best_epoch_metrics
         row = {"winner": "*" if res is winner else "", "point": pt.name, "run_id": rid, "status": "FAILED" if res.error else "ok",
                "epoch": res.best_epoch or None, "xval_score": res.xval.get("xval_score"), "val_score": f.get("val_score"),
                "test_score": res.test.get("test_score")}
@@ -144,7 +144,7 @@ def version_markdown(winner: tr.PointResult, corpora: list[str], reason: str, xv
     t = winner.test
     per = ", ".join(f"{c} {t[f'test_speaker_bacc.{c}']:.3f}" for c in corpora if f"test_speaker_bacc.{c}" in t)
     return (f"**{winner.point.family}** on `{winner.point.feature_set}` ({winner.point.name}, epoch {winner.best_epoch}). "
-            f"Chosen by {'`xval_score` ' + format(winner.xval.get('xval_score', float('nan')), '.3f') + ' (corpora left out in turn)' if xval else '`val_score` ' + format(winner.final['val_score'], '.3f')}. "
+            f"Chosen by {'`xval_score` ' + format(winner.xval.get('xval_score', float('nan')), '.3f') + ' (corpora left out in turn)' if xval else '`val_score` ' + format(winner.best_epoch_metrics['val_score'], '.3f')}. "
             f"Held-out speakers: test_score {t['test_score']:.3f} (speaker-balanced; per corpus: {per}); file balanced accuracy {t['test_balanced_acc']:.3f}. "
             f"Promotion: {reason}.")
 

@@ -4,32 +4,17 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
 
 from voiceclf import turns
 from voiceclf.file_windows import Result
 from voiceclf.calibration import IDENTITY, Calibration, decide
 from voiceclf.config import LABELS
+from voiceclf.model import p_male
 
 REPORT_COLUMNS = ["path", "label", "p_male", "confidence", "duration_s", "windows", "status", "error", "model_uri", "model_version",
                   "female_s", "male_s", "female_share"]
 #: One row per speech turn (voiceclf.turns), not per window.
 SEGMENT_COLUMNS = ["path", "start_s", "end_s", "label", "p_male"]
-
-
-def device_of(model) -> torch.device:
-    """Where the model's weights are (the CPU for a model without any)."""
-    return next(iter(model.parameters()), torch.empty(0)).device
-
-
-@torch.no_grad()
-def p_male(model, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """p(male) for windows x (N, *cfg.shape): MFC images (N, 3, 98, 12) or embeddings (N, 256), in batches so memory stays bounded; computed on the
-    model's device (a no-op move on the CPU), returned on the CPU. Batches of 128 windows stay in cache: the
-    CNN ran ~1.8x faster per window on one CPU thread than in batches of 512, with the same bits (tests/test_score.py)."""
-    device = device_of(model)
-    out = [torch.softmax(model(torch.from_numpy(x[i : i + batch_size]).to(device)), dim=1)[:, 1].cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
 def label_of(p: float, threshold: float) -> str:

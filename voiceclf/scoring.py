@@ -8,17 +8,18 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Sequence, Unpack
 
 import numpy as np
 import pandas as pd
 
 from voiceclf import corpus, file_windows, safeio
+from voiceclf.compute import Compute, ComputeArgs
 from voiceclf.config import FeatureConfig
 from voiceclf.extract import ModelError, check_weights, featurized
 from voiceclf.progress import OnProgress, Progress, quiet
 
-# MLflow and torch take seconds to import: tracking, train and score are imported where they are used.
+# MLflow and torch take seconds to import: tracking, model and score are imported where they are used.
 if TYPE_CHECKING:
     from voiceclf import tracking
 
@@ -57,7 +58,7 @@ def collect(dirs: Sequence[str | os.PathLike]) -> tuple[list[file_windows.Item],
 def _on_device(model: tracking.LoadedModel, cfg: FeatureConfig, device):
     """The model's module on ``device``, tried on one window first: a model that cannot run there
     fails here, in one line, not in the middle of the batch."""
-    from voiceclf.score import p_male
+    from voiceclf.model import p_male
 
     try:
         module = model.module.to(device)
@@ -118,40 +119,39 @@ def score_dirs(
     tracking_uri: str | None = None,
     threshold: float = 0.5,
     min_confidence: float = 0.0,
-    jobs: int = -1,
-    device: str = "auto",
-    backend: str = "loky",
-    scheduler: str | None = None,
     on_progress: OnProgress = quiet,
+    **compute: Unpack[ComputeArgs],
 ) -> ScoreResult:
     """Label every file under ``dirs`` with a registered model, featurized with the model's own FeatureConfig.
 
     A file's p_male is calibrated with the model's calibration; below ``min_confidence`` its label is
     ``uncertain``. Every file gets a report row (``ok``, ``no_speech`` or ``error`` with the reason); a file never
     stops the batch. Raises ``corpus.CorpusError`` (a folder missing or unlistable),
-    ``tracking.TrackingError`` (no such model, store unreachable, not a safe model), ``config.DataError``
-    (``device`` cuda without CUDA), :class:`ModelError`, ``parallel.EngineError``.
+    ``tracking.TrackingError`` (no such model, store unreachable, not a safe model), ``config.DeviceError``
+    (``device`` cuda without CUDA), :class:`ModelError`, ``parallel.EngineError``. ``jobs``, ``backend``, ``scheduler``,
+    ``device``: where files are read and the model runs (:class:`voiceclf.compute.Compute`).
     """
-    from voiceclf import tracking# MLflow; torch (~1.7 s of import) only once the workers are at work
+    from voiceclf import tracking  # MLflow; torch (~1.7 s of import) only once the workers are at work
 
     t0 = time.perf_counter()
+    c = Compute(**compute)
     items, hidden = collect(dirs)
     tracking.connect(tracking_uri)
     model = _Model(model_uri or tracking.DEFAULT_MODEL_URI)
     try:  # from here on, the loading thread is waited for whatever happens: it must not outlive this call
         check_weights(model.cfg, f"{model.uri}: ")  # before any work
         dev = None
-        if device not in ("auto", "cpu"):  # a device that may not be there is checked before any work (torch is imported for it)
-            from voiceclf import train as tr
+        if c.device not in ("auto", "cpu"):  # a device that may not be there is checked before any work (torch is imported for it)
+            from voiceclf.model import pick_device
 
-            dev = tr.pick_device(device)
+            dev = pick_device(c.device)
         t_loop = time.perf_counter()
         # every window of a long recording: its turns and seconds per sex cover all of its speech
-        with featurized(items, model.cfg, jobs=jobs, backend=backend, scheduler=scheduler, max_windows=None) as stream:
+        with featurized(items, model.cfg, jobs=c.jobs, backend=c.backend, scheduler=c.scheduler, max_windows=None) as stream:
             # The workers have their first batches: torch is imported while they work, not before they start.
-            from voiceclf import train as tr
+            from voiceclf.model import pick_device
 
-            dev = dev or tr.pick_device(device)
+            dev = dev or pick_device(c.device)
             log.info("score: %d files in %s with %s (version %s, %s) on %s", len(items) + len(hidden), ", ".join(map(str, dirs)), model.uri,
                      model.version or "-", model.cfg.feature_set, dev)
             rows, segments, first = _score_stream(stream, hidden, model, dev, t0, total=len(items) + len(hidden), threshold=threshold, min_confidence=min_confidence,
