@@ -1,5 +1,8 @@
 """score: label every file of one or more directories into a CSV report with the registered model.
 
+Label every file under DIR (recursively) as female or male with a registered model; one report row per file (status
+ok / no_speech / error), written atomically.
+
     python -m jobs.score DIR [DIR ...] --out report.csv [--model-uri models:/voiceclf@champion]
 """
 from __future__ import annotations
@@ -14,17 +17,15 @@ from pathlib import Path
 
 from jobs import _cli
 from jobs._cli import JobError
-from voiceclf import parallel, pipeline, safeio, tracking, turn_formats
+from voiceclf import pipeline, safeio, tracking, turn_formats
 
 # voiceclf.train (torch) is imported where used: score starts its workers before it imports torch
 # (pipeline.score_dirs), and an import at the top here would come first.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m jobs.score",
-        description="Label every file under DIR (recursively) as female or male with a registered model; "
-        "one report row per file (status ok / no_speech / error), written atomically.",
+    p = _cli.parser(
+        "score", __doc__,
         epilog="Exit codes: 0 the batch ran (error rows included), 1 the model cannot be loaded, 2 bad arguments "
         "(missing DIR, unwritable --out, --device cuda without CUDA), 3 --out is locked by another run, 4 file errors with --fail-on-error, 130 interrupted.",
     )
@@ -38,22 +39,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                    help="label a file 'uncertain' when the (calibrated) probability of its label is below P (status stays ok, "
                    "p_male is kept; default %(default)s: never)")
-    p.add_argument("--jobs", type=int, default=-1, help="parallel featurize workers (-1 = all cores; default %(default)s)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where the model runs: auto = CUDA when torch sees a GPU, else the CPU (default %(default)s); featurizing stays on the CPU")
-    p.add_argument("--backend", choices=parallel.BACKENDS, default="loky", help="joblib backend (default %(default)s)")
-    p.add_argument("--scheduler", help="Dask scheduler address for --backend dask")
     p.add_argument("--fail-on-error", action="store_true", help="exit 4 when any file is an error row")
     p.add_argument("--wait", action="store_true", help="if another run is writing --out, wait for it instead of exiting 3")
     p.add_argument("--tracking-uri", help="override MLFLOW_TRACKING_URI for this run")
     p.add_argument("-v", "--verbose", action="store_true")
+    _cli.add_compute_args(p, workers="parallel featurize workers", device="where the model runs (featurizing stays on the CPU)")
     args = p.parse_args(argv)
     if not 0.0 < args.threshold < 1.0:
         p.error("--threshold must be between 0 and 1")
     if not 0.0 <= args.min_confidence <= 1.0:
         p.error("--min-confidence must be between 0 and 1")
-    if args.jobs == 0:
-        p.error("--jobs must be -1 (all cores) or >= 1")
     return args
 
 
@@ -118,15 +113,14 @@ def own_outputs(report, outputs: list[Path]):
 
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
+    compute = _cli.compute(args)
     check_outputs(args.out, args.segments)
     for path in filter(None, (args.out, args.segments)):
         check_writable(path)
     # library errors (a held lock, no model, --device cuda without CUDA, ...): exit codes of _cli's one table
-    with _cli.output_lock(args.out, wait=args.wait), _cli.progress_bars() as on_progress:
+    with safeio.lock(args.out, wait=args.wait), _cli.progress_bars() as on_progress:
         res = pipeline.score_dirs(args.dirs, model_uri=args.model_uri, tracking_uri=args.tracking_uri, threshold=args.threshold,
-                                  min_confidence=args.min_confidence,
-                                  jobs=args.jobs, device=args.device, backend=args.backend, scheduler=args.scheduler,
-                                  on_progress=on_progress)
+                                  min_confidence=args.min_confidence, **compute, on_progress=on_progress)
         res.report = own_outputs(res.report, [p for p in (args.out, args.segments) if p is not None])
         write_or_rescue(res.report, args.out, "report")
         if args.segments:
