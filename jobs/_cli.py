@@ -215,14 +215,14 @@ def _error_table() -> list[tuple[tuple[type, ...], int]]:
     """The one exception → exit-code table of every job (README "Exit codes"), first match wins. Imported when an error
     is met: a job that never opens the tracking store (featurize) does not import MLflow for its error class, and
     none of its errors can then be a TrackingError."""
-    from voiceclf import corpus, pipeline, shards
+    from voiceclf import corpus, pipeline, report_files, shards
     from voiceclf.config import ConfigError, DataError
 
     table = [
         ((safeio.LockedError,), LOCKED),
         ((corpus.CorpusError, shards.ShardError, ConfigError, DataError, parallel.EngineError, safeio.UnsafeOutputError,
           pipeline.OutputError, pipeline.GridError), USAGE),
-        ((pipeline.ModelError, pipeline.TrainError), FAILURE),
+        ((pipeline.ModelError, pipeline.TrainError, report_files.ReportNotWritten), FAILURE),
     ]
     if (tracking := sys.modules.get("voiceclf.tracking")) is not None:
         table.append(((tracking.TrackingError,), FAILURE))

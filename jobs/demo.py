@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from jobs import _cli, featurize, train
 from jobs._cli import JobError
-from voiceclf import pipeline, safeio, synth, tracking
+from voiceclf import pipeline, report_files, synth, tracking
 from voiceclf.config import REPO_ROOT
 
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     report_path = work / "report.csv"
     with _cli.progress_bars() as on_progress:
         scored = pipeline.score_dirs([work / "recordings"], model_uri=model_uri, **compute, on_progress=on_progress)
-    safeio.write_csv(scored.report, report_path, float_format="%.6g")
+    report_files.write(scored.report, report_path)  # as the score job writes its report
 
     step("5/5 check the report against the synthetic labels")
     report = scored.report

@@ -8,16 +8,10 @@ ok / no_speech / error), written atomically.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
 from jobs import _cli
-from jobs._cli import JobError
-from voiceclf import pipeline, safeio, tracking, turn_formats
+from voiceclf import pipeline, report_files, tracking, turn_formats
 
 # voiceclf.train (torch) is imported where used: score starts its workers before it imports torch
 # (pipeline.score_dirs), and an import at the top here would come first.
@@ -52,82 +46,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-#: Free bytes an output's disk must have before any work: a disk already full is found before a long batch, not after.
-MIN_FREE_BYTES = 1 << 20
-
-
-def check_writable(path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise JobError(f"cannot write {path}: folder {parent} does not exist", _cli.USAGE)
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise JobError(f"cannot write {path}: permission denied", _cli.USAGE)
-    free = shutil.disk_usage(parent).free
-    if free < MIN_FREE_BYTES:
-        raise JobError(f"cannot write {path}: its disk has {free // 1024} KB free; free some space first", _cli.USAGE)
-
-
-def write_or_rescue(table, path: Path, what: str) -> None:
-    """Write a finished table to ``path``; if its disk cannot take it, keep it in the temp folder and say where.
-
-    The work of a long batch is in this table: a full disk at the last step must not lose it."""
-    try:
-        safeio.write_csv(table, path, float_format="%.6g")
-        return
-    except OSError as e:
-        reason = f"cannot write {path}: {e.strerror or e}"
-    rescue = Path(tempfile.gettempdir()) / f"voiceclf-{what}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.csv"
-    try:
-        safeio.write_csv(table, rescue, float_format="%.6g")
-    except OSError as e:
-        raise JobError(f"{reason}; keeping it in {rescue.parent} failed too ({e.strerror or e}): the {what} of {len(table)} rows is lost, "
-                       "free space and rerun", _cli.FAILURE) from None
-    raise JobError(f"{reason}; the {what} ({len(table)} rows) was kept in {rescue}: move it into place once there is room", _cli.FAILURE)
-
-
-def check_outputs(out: Path, segments: Path | None) -> None:
-    """Refuse outputs that would overwrite each other or cannot be a file, before any work."""
-    for flag, path in (("--out", out), ("--segments", segments)):
-        if path is not None and path.is_dir():
-            raise JobError(f"{flag} {path} is a folder; give a file name (e.g. {path / 'report.csv'})", _cli.USAGE)
-    if segments is not None and segments.resolve() == out.resolve():
-        raise JobError(f"--out and --segments are the same file ({out}); the segments would overwrite the report", _cli.USAGE)
-
-
-def own_outputs(report, outputs: list[Path]):
-    """``report`` without the rows of the job's own files: an output inside a scored folder (``--out inbox/report.csv``),
-    its lock and its temp files would be rows, and the next night last night's report a ``not_audio`` one."""
-    own, beside = set(), {}
-    for path in outputs:
-        real = os.path.realpath(path)
-        own.add(real)
-        beside.setdefault(os.path.dirname(real), []).append(re.compile(rf"^\.{re.escape(os.path.basename(real))}\.(lock|[0-9a-f]{{24}}\.tmp)$"))
-
-    def is_own(p: str) -> bool:
-        real = os.path.realpath(os.fsdecode(safeio.name_on_disk(p)))
-        return real in own or any(rx.match(os.path.basename(real)) for rx in beside.get(os.path.dirname(real), []))
-
-    mine = report["path"].map(is_own)
-    return report[~mine].reset_index(drop=True) if mine.any() else report
-
-
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
     compute = _cli.compute(args)
-    check_outputs(args.out, args.segments)
-    for path in filter(None, (args.out, args.segments)):
-        check_writable(path)
-    # library errors (a held lock, no model, --device cuda without CUDA, ...): exit codes of _cli's one table
-    with safeio.lock(args.out, wait=args.wait), _cli.progress_bars() as on_progress:
+    # library errors (an unusable or held output, no model, --device cuda without CUDA, a disk full at the end, ...): exit codes of _cli's one table
+    with report_files.reserved(args.out, args.segments, wait=args.wait), _cli.progress_bars() as on_progress:
         res = pipeline.score_dirs(args.dirs, model_uri=args.model_uri, tracking_uri=args.tracking_uri, threshold=args.threshold,
                                   min_confidence=args.min_confidence, **compute, on_progress=on_progress)
-        res.report = own_outputs(res.report, [p for p in (args.out, args.segments) if p is not None])
-        write_or_rescue(res.report, args.out, "report")
-        if args.segments:
-            try:  # the report is written by now: a segments file its disk cannot take loses only itself
-                turn_formats.write(res.segments, res.report, args.segments, args.segments_format)
-            except OSError as e:
-                raise JobError(f"cannot write {args.segments}: {e.strerror or e}; the report {args.out} was written", _cli.FAILURE) from None
+        res.report = report_files.write(res.report, args.out, res.segments, args.segments, args.segments_format)
     report = res.report
     counts = report["status"].value_counts()
     labels = report.loc[report["status"] == "ok", "label"].value_counts()
