@@ -20,7 +20,8 @@ from voiceclf import pipeline, report_files, tracking, turn_formats
 def parse_args(argv=None) -> argparse.Namespace:
     p = _cli.parser(
         "score", __doc__,
-        epilog="Exit codes: 0 the batch ran (error rows included), 1 the model cannot be loaded, 2 bad arguments "
+        epilog="Exit codes: 0 the batch ran (error rows included), 1 the model cannot be loaded or the tracking store reached, or the "
+        "report cannot be written at the end (it is kept in the temp folder, named in the message), 2 bad arguments "
         "(missing DIR, unwritable --out, --device cuda without CUDA), 3 --out is locked by another run, 4 file errors with --fail-on-error, 130 interrupted.",
     )
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="folder(s) of recordings, walked recursively")

@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--force-promote", action="store_true", help="make the winner the champion even if the current champion does better on the held-out speakers")
     p.add_argument("--tracking-uri", help="override MLFLOW_TRACKING_URI for this run")
     p.add_argument("-v", "--verbose", action="store_true")
-    _cli.add_compute_args(p, workers="trainings in parallel (on a GPU one, whatever this says)", device="where to train")
+    _cli.add_compute_args(p, workers="trainings in parallel, one on a GPU", device="where to train")
     return p.parse_args(argv)
 
 
