@@ -84,8 +84,11 @@ server: setup
 bench: setup
 	$(PY) -m bench.run $${DEVICE:+--device "$$DEVICE"}
 
-airflow-check:
+# Loads the DAG in a real Airflow (its own venv: .airflow-venv, or AIRFLOW_VENV), then runs the scheduling tests with
+# it: the DAG's commands as Airflow renders them, run by bash (`make test` runs them too once that venv exists).
+airflow-check: setup
 	bash jobs/airflow/check.sh
+	$(PY) -m pytest -q -p no:cacheprovider -n 0 tests/test_scheduling.py
 
 clean:
 	rm -rf features reports demo report.csv bench/work

@@ -226,116 +226,151 @@ def hard_section(acc: dict, missed: list[str]) -> list[str]:
     return L
 
 
+FS_M, FS_E = "mfcc_pitch", "speaker_embedding"
+
+
 def speed(s: dict, missed: list[str]) -> list[str]:
-    L: list[str] = []
-    add = L.append
-    T = TARGETS
-    fs_m, fs_e = "mfcc_pitch", "speaker_embedding"
-    short = {fs: s[f"featurize.short.{fs}"] for fs in (fs_m, fs_e)}
-    every = {fs: s[f"featurize.all.{fs}"] for fs in (fs_m, fs_e)}
-    tenth = {fs: s[f"featurize.tenth.{fs}"] for fs in (fs_m, fs_e)}
-    sc = {fs: s[f"score.{fs}"] for fs in (fs_m, fs_e)}
-    sc_all = {fs: s.get(f"score.all.{fs}") for fs in (fs_m, fs_e)}  # not in --quick runs
-    loop_s, loop_a = s["loop.short"], s["loop.all"]
+    """The speed section: each measurement against its baseline, then CPU per file; a target missed goes to ``missed``."""
+    what = {"short": "audiomnist_az, 1–2 s clips" + (", 4 speakers" if s["quick"] else ""),
+            "every": "audiomnist_az + librispeech_100 + ravdess" + (", --quick subsets" if s["quick"] else "")}
     reps = f"fastest of {s['reps']}" if s["reps"] > 1 else "one run"
-    short_what = "audiomnist_az, 1–2 s clips" + (", 4 speakers" if s["quick"] else "")
-    every_what = "audiomnist_az + librispeech_100 + ravdess" + (", --quick subsets" if s["quick"] else "")
-    add("## Speed")
-    add("")
-    add(f"Each ratio is against a baseline timed in this run on this machine, on the same files. **job** = the files/s a job reports in its summary "
-        "line (its parallel loop, worker start-up included; interpreter start-up and imports not), for the plain loop its own loop timing; "
-        f"**end to end** = files ÷ wall clock of the whole command. Featurize runs pass `--variants 0`: a file then costs what it costs in score and "
-        f"in the plain loop (the default adds training-only variants). Repeats: {reps}, interleaved (all runs listed). The plain loop "
-        "(`bench/plain_loop.py`) is one process with BLAS/OpenMP on one thread, like each featurize worker.")
-    add("")
-    add("| measurement | value | baseline | ratio | target |")
-    add("|---|---|---|---|---|")
-    for fs in (fs_m, fs_e):
+    L = ["## Speed", "",
+         f"Each ratio is against a baseline timed in this run on this machine, on the same files. **job** = the files/s a job reports in its summary "
+         "line (its parallel loop, worker start-up included; interpreter start-up and imports not), for the plain loop its own loop timing; "
+         f"**end to end** = files ÷ wall clock of the whole command. Featurize runs pass `--variants 0`: a file then costs what it costs in score and "
+         f"in the plain loop (the default adds training-only variants). Repeats: {reps}, interleaved (all runs listed). The plain loop "
+         "(`bench/plain_loop.py`) is one process with BLAS/OpenMP on one thread, like each featurize worker.",
+         "", "| measurement | value | baseline | ratio | target |", "|---|---|---|---|---|"]
+    L += _featurize_rows(s, what, missed)
+    L += _score_rows(s, what, missed)
+    L += _variant_row(s, what, missed)
+    L += _memory_rows(s, missed)
+    L += _long_rows(s, missed)
+    L += _cpu_table(s, missed)
+    L += _speed_notes(s)
+    return L
+
+
+def _featurize_rows(s: dict, what: dict, missed: list[str]) -> list[str]:
+    """Featurize on short clips (against its files/s target), on every corpus and on the short clips against the plain loop."""
+    T, L = TARGETS, []
+    short = {fs: s[f"featurize.short.{fs}"] for fs in (FS_M, FS_E)}
+    loop_s, loop_a = s["loop.short"], s["loop.all"]
+    for fs in (FS_M, FS_E):
         r = short[fs]
         ok = r["rate_job"] >= T["short_clip_files_per_s"]
         if not ok:
             missed.append(f"featurize `{fs}` on short clips: {r['rate_job']:.0f} files/s < 100")
-        add(f"| featurize `{fs}`, {short_what} ({r['files']:,} files), all cores | job **{r['rate_job']:.0f} files/s** ({rates(r['all_job'])}); end to end "
-            f"{r['rate_e2e']:.0f} ({rates(r['all_e2e'])}) | | | ≥ 100 files/s on 2 cores: {ok_mark(ok)} |")
-    for fs in (fs_m, fs_e):
-        r = every[fs]
+        L.append(f"| featurize `{fs}`, {what['short']} ({r['files']:,} files), all cores | job **{r['rate_job']:.0f} files/s** ({rates(r['all_job'])}); end to end "
+                 f"{r['rate_e2e']:.0f} ({rates(r['all_e2e'])}) | | | ≥ 100 files/s on 2 cores: {ok_mark(ok)} |")
+    for fs in (FS_M, FS_E):
+        r = s[f"featurize.all.{fs}"]
         ratio, e2e = r["rate_job"] / loop_a["rate_job"], r["rate_e2e"] / loop_a["rate_e2e"]
         target = ""
-        if fs == fs_m:
+        if fs == FS_M:
             ok = e2e >= T["featurize_vs_loop"]
             target = f"≥ {T['featurize_vs_loop']:g}× end to end: {ok_mark(ok)}"
             if not ok:
                 missed.append(f"featurize `{fs}` on every corpus: {e2e:.2f}× the plain loop end to end ({r['rate_e2e']:.0f} vs {loop_a['rate_e2e']:.0f} "
                               f"files/s; target ≥ {T['featurize_vs_loop']:g}×)")
-        add(f"| featurize `{fs}`, {every_what} ({r['files']:,} files), all cores | job {r['rate_job']:.0f} files/s ({rates(r['all_job'])}) | plain loop, same files: "
-            f"{loop_a['rate_job']:.0f} files/s ({rates(loop_a['all_job'])}) | {ratio:.2f}× | |")
-        add(f"| same, end to end | {r['rate_e2e']:.0f} files/s ({rates(r['all_e2e'])}) | plain loop: {loop_a['rate_e2e']:.0f} files/s ({rates(loop_a['all_e2e'])}) | "
-            f"**{e2e:.2f}×** | {target} |")
-    add(f"| featurize `{fs_m}`, {short_what}, job | {short[fs_m]['rate_job']:.0f} files/s | plain loop, same files: {loop_s['rate_job']:.0f} files/s "
-        f"({rates(loop_s['all_job'])}); end to end {loop_s['rate_e2e']:.0f} | {short[fs_m]['rate_job'] / loop_s['rate_job']:.2f}× (end to end "
-        f"{short[fs_m]['rate_e2e'] / loop_s['rate_e2e']:.2f}×) | |")
-    for fs, fam in ((fs_m, "cnn"), (fs_e, "embedding_head")):
+        L.append(f"| featurize `{fs}`, {what['every']} ({r['files']:,} files), all cores | job {r['rate_job']:.0f} files/s ({rates(r['all_job'])}) | plain loop, same files: "
+                 f"{loop_a['rate_job']:.0f} files/s ({rates(loop_a['all_job'])}) | {ratio:.2f}× | |")
+        L.append(f"| same, end to end | {r['rate_e2e']:.0f} files/s ({rates(r['all_e2e'])}) | plain loop: {loop_a['rate_e2e']:.0f} files/s ({rates(loop_a['all_e2e'])}) | "
+                 f"**{e2e:.2f}×** | {target} |")
+    L.append(f"| featurize `{FS_M}`, {what['short']}, job | {short[FS_M]['rate_job']:.0f} files/s | plain loop, same files: {loop_s['rate_job']:.0f} files/s "
+             f"({rates(loop_s['all_job'])}); end to end {loop_s['rate_e2e']:.0f} | {short[FS_M]['rate_job'] / loop_s['rate_job']:.2f}× (end to end "
+             f"{short[FS_M]['rate_e2e'] / loop_s['rate_e2e']:.2f}×) | |")
+    return L
+
+
+def _score_rows(s: dict, what: dict, missed: list[str]) -> list[str]:
+    """Score with each family's champion against featurize alone on the same files."""
+    T, L = TARGETS, []
+    for fs, fam in ((FS_M, "cnn"), (FS_E, "embedding_head")):
         # the target is on the files featurize's target is on, every corpus (issue 11: "on the same files"); on the
         # short clips, a job of a few seconds, the same fixed start-up costs weigh more: shown, not a target
-        cases = ((sc_all[fs], every[fs], every_what, True), (sc[fs], short[fs], short_what, False)) if sc_all[fs] else ((sc[fs], short[fs], short_what, True),)
-        for r, base, what, target in cases:
+        every, short, sc_all = s[f"featurize.all.{fs}"], s[f"featurize.short.{fs}"], s.get(f"score.all.{fs}")  # score.all: not in --quick runs
+        cases = ((sc_all, every, what["every"], True), (s[f"score.{fs}"], short, what["short"], False)) if sc_all else ((s[f"score.{fs}"], short, what["short"], True),)
+        for r, base, where, target in cases:
             ratio, e2e = r["rate_job"] / base["rate_job"], r["rate_e2e"] / base["rate_e2e"]
             ok = e2e >= T["score_vs_featurize"]
             if target and not ok:
-                missed.append(f"score with a `{fam}` champion, {what}: {e2e:.2f}× featurize `{fs}` alone end to end (target ≥ {T['score_vs_featurize']:g}×)")
-            add(f"| score, `{fam}` champion, {what} ({r['files']:,} files), all cores | job {r['rate_job']:.0f} files/s ({rates(r['all_job'])}); first file "
-                f"scored after {r['first_s']} s | featurize `{fs}` alone, same files: job {base['rate_job']:.0f} files/s | {ratio:.2f}× | |")
-            add(f"| same, end to end | {r['rate_e2e']:.0f} files/s ({rates(r['all_e2e'])}) | featurize alone: {base['rate_e2e']:.0f} files/s | "
-                f"**{e2e:.2f}×** | " + (f"≥ {T['score_vs_featurize']:g}× end to end: {ok_mark(ok)}" if target else "(the target is on every corpus)") + " |")
-    if s.get("variant"):
-        v = s["variant"]
-        ratio = v["variant_ms"] / v["recording_ms"]
-        ok = ratio <= T["variant_vs_recording"]
-        if not ok:
-            missed.append(f"an augmented variant costs {ratio:.2f}× the recording's CPU (target ≤ {T['variant_vs_recording']:g}×)")
-        add(f"| one augmented variant (`{fs_m}`), {short_what}: CPU per file, one thread, in-process ({v['files']} files) | {v['variant_ms']:.2f} ms | "
-            f"the recording itself: {v['recording_ms']:.2f} ms | **{ratio:.2f}×** | ≤ {T['variant_vs_recording']:g}×: {ok_mark(ok)} |")
-    for fs in (fs_m, fs_e):
-        w, t = every[fs], tenth[fs]
+                missed.append(f"score with a `{fam}` champion, {where}: {e2e:.2f}× featurize `{fs}` alone end to end (target ≥ {T['score_vs_featurize']:g}×)")
+            L.append(f"| score, `{fam}` champion, {where} ({r['files']:,} files), all cores | job {r['rate_job']:.0f} files/s ({rates(r['all_job'])}); first file "
+                     f"scored after {r['first_s']} s | featurize `{fs}` alone, same files: job {base['rate_job']:.0f} files/s | {ratio:.2f}× | |")
+            L.append(f"| same, end to end | {r['rate_e2e']:.0f} files/s ({rates(r['all_e2e'])}) | featurize alone: {base['rate_e2e']:.0f} files/s | "
+                     f"**{e2e:.2f}×** | " + (f"≥ {T['score_vs_featurize']:g}× end to end: {ok_mark(ok)}" if target else "(the target is on every corpus)") + " |")
+    return L
+
+
+def _variant_row(s: dict, what: dict, missed: list[str]) -> list[str]:
+    """The CPU of one augmented variant against the recording's own (when measured)."""
+    if not s.get("variant"):
+        return []
+    v, T = s["variant"], TARGETS
+    ratio = v["variant_ms"] / v["recording_ms"]
+    ok = ratio <= T["variant_vs_recording"]
+    if not ok:
+        missed.append(f"an augmented variant costs {ratio:.2f}× the recording's CPU (target ≤ {T['variant_vs_recording']:g}×)")
+    return [f"| one augmented variant (`{FS_M}`), {what['short']}: CPU per file, one thread, in-process ({v['files']} files) | {v['variant_ms']:.2f} ms | "
+            f"the recording itself: {v['recording_ms']:.2f} ms | **{ratio:.2f}×** | ≤ {T['variant_vs_recording']:g}×: {ok_mark(ok)} |"]
+
+
+def _memory_rows(s: dict, missed: list[str]) -> list[str]:
+    """Featurize's peak memory on every corpus against a tenth of it: flat, or it grows with the input."""
+    L = []
+    for fs in (FS_M, FS_E):
+        w, t = s[f"featurize.all.{fs}"], s[f"featurize.tenth.{fs}"]
         ratio = w["peak_rss_tree"] / t["peak_rss_tree"] if w["peak_rss_tree"] and t["peak_rss_tree"] else float("nan")
-        ok = ratio <= T["memory_flat"]
+        ok = ratio <= TARGETS["memory_flat"]
         if not ok:
             missed.append(f"featurize `{fs}` peak memory, whole ÷ a tenth = {ratio:.2f}× (not flat)")
-        add(f"| featurize `{fs}` peak RSS (process tree), every corpus | {mib(w['peak_rss_tree'])} (largest process {mib(w['peak_rss_one'])}) | a tenth "
-            f"({t['files']:,} files, one manifest): {mib(t['peak_rss_tree'])} (largest {mib(t['peak_rss_one'])}) | **{ratio:.2f}×** | flat (≤ 1.25×): {ok_mark(ok)} |")
-    if s.get("long"):
-        from bench.longfile import TARGET_PEAK_BYTES, lines
+        L.append(f"| featurize `{fs}` peak RSS (process tree), every corpus | {mib(w['peak_rss_tree'])} (largest process {mib(w['peak_rss_one'])}) | a tenth "
+                 f"({t['files']:,} files, one manifest): {mib(t['peak_rss_tree'])} (largest {mib(t['peak_rss_one'])}) | **{ratio:.2f}×** | flat (≤ 1.25×): {ok_mark(ok)} |")
+    return L
 
-        for job, by_len in s["long"].items():
-            for m, r in by_len.items():
-                if not (r["peak_rss_worker"] and r["peak_rss_worker"] < TARGET_PEAK_BYTES):
-                    missed.append(f"{job} of a {m}-min file: worker peak RSS {mib(r['peak_rss_worker'])} (target < 500 MB)")
-        L.extend(lines(s["long"]))
-    add("")
-    add("CPU time per file (user + system of the command and all its workers, lowest of the repeats): the work done, which other load on the machine barely moves.")
-    add("")
-    add("| command | CPU ms per file | ÷ the plain loop's on the same files | target |")
-    add("|---|---|---|---|")
-    for name, r, base in ((f"featurize `{fs_m}`, short clips", short[fs_m], loop_s), (f"featurize `{fs_e}`, short clips", short[fs_e], loop_s),
-                          ("score, `cnn` champion, short clips", sc[fs_m], loop_s), ("score, `embedding_head` champion, short clips", sc[fs_e], loop_s),
-                          ("plain loop, short clips", loop_s, loop_s), (f"featurize `{fs_m}`, every corpus", every[fs_m], loop_a),
-                          (f"featurize `{fs_e}`, every corpus", every[fs_e], loop_a), ("score, `cnn` champion, every corpus", sc_all[fs_m], loop_a),
-                          ("score, `embedding_head` champion, every corpus", sc_all[fs_e], loop_a), ("plain loop, every corpus", loop_a, loop_a)):
+
+def _long_rows(s: dict, missed: list[str]) -> list[str]:
+    """Long recordings (when measured): a worker's peak memory against its target."""
+    if not s.get("long"):
+        return []
+    from bench.longfile import TARGET_PEAK_BYTES, lines
+
+    for job, by_len in s["long"].items():
+        for m, r in by_len.items():
+            if not (r["peak_rss_worker"] and r["peak_rss_worker"] < TARGET_PEAK_BYTES):
+                missed.append(f"{job} of a {m}-min file: worker peak RSS {mib(r['peak_rss_worker'])} (target < 500 MB)")
+    return lines(s["long"])
+
+
+def _cpu_table(s: dict, missed: list[str]) -> list[str]:
+    """CPU time per file of every command against the plain loop's on the same files."""
+    L = ["", "CPU time per file (user + system of the command and all its workers, lowest of the repeats): the work done, which other load on the machine barely moves.",
+         "", "| command | CPU ms per file | ÷ the plain loop's on the same files | target |", "|---|---|---|---|"]
+    loop_s, loop_a = s["loop.short"], s["loop.all"]
+    short, every = (lambda key: s[f"featurize.short.{key}"]), (lambda key: s[f"featurize.all.{key}"])
+    for name, r, base in ((f"featurize `{FS_M}`, short clips", short(FS_M), loop_s), (f"featurize `{FS_E}`, short clips", short(FS_E), loop_s),
+                          ("score, `cnn` champion, short clips", s[f"score.{FS_M}"], loop_s), ("score, `embedding_head` champion, short clips", s[f"score.{FS_E}"], loop_s),
+                          ("plain loop, short clips", loop_s, loop_s), (f"featurize `{FS_M}`, every corpus", every(FS_M), loop_a),
+                          (f"featurize `{FS_E}`, every corpus", every(FS_E), loop_a), ("score, `cnn` champion, every corpus", s.get(f"score.all.{FS_M}"), loop_a),
+                          ("score, `embedding_head` champion, every corpus", s.get(f"score.all.{FS_E}"), loop_a), ("plain loop, every corpus", loop_a, loop_a)):
         if r is None:
             continue
         target = ""
-        if r is every[fs_m]:
-            ok = r["cpu_ms"] / base["cpu_ms"] <= T["featurize_cpu_vs_loop"]
+        if r is every(FS_M):
+            ok = r["cpu_ms"] / base["cpu_ms"] <= TARGETS["featurize_cpu_vs_loop"]
             target = f"≤ the plain loop's: {ok_mark(ok)}"
             if not ok:
-                missed.append(f"featurize `{fs_m}` on every corpus: {r['cpu_ms']:.2f} CPU ms per file, {r['cpu_ms'] / base['cpu_ms']:.2f}× the plain loop's")
-        add(f"| {name} | {r['cpu_ms']:.2f} | {r['cpu_ms'] / base['cpu_ms']:.2f}× | {target} |")
-    add("")
-    ch = s["champions"]
-    st = "; ".join(f"`{fs}`: " + ", ".join(f"{v} {k}" for k, v in sorted(sc[fs]["status"].items())) for fs in (fs_m, fs_e))
-    add(f"Notes. Peak RSS is polled every 50 ms over the command and its worker processes (summed; shared pages count once per process). "
-        f"The champions exist for speed only: a synthetic corpus (`voiceclf.synth`), featurized and trained by `jobs.train` with one grid point and one epoch "
-        f"into a temporary SQLite store per family, where each is `voiceclf@champion` ({ch[fs_m]['train_wall_s']:.0f} s and {ch[fs_e]['train_wall_s']:.0f} s end to end). "
-        f"Score report rows by status: {st} (non-audio files are error rows, as they are errors.csv rows in featurize).")
-    add("")
+                missed.append(f"featurize `{FS_M}` on every corpus: {r['cpu_ms']:.2f} CPU ms per file, {r['cpu_ms'] / base['cpu_ms']:.2f}× the plain loop's")
+        L.append(f"| {name} | {r['cpu_ms']:.2f} | {r['cpu_ms'] / base['cpu_ms']:.2f}× | {target} |")
     return L
+
+
+def _speed_notes(s: dict) -> list[str]:
+    """How peak memory was measured, what the speed champions are, and the score reports' rows by status."""
+    ch = s["champions"]
+    st = "; ".join(f"`{fs}`: " + ", ".join(f"{v} {k}" for k, v in sorted(s[f"score.{fs}"]["status"].items())) for fs in (FS_M, FS_E))
+    return ["", f"Notes. Peak RSS is polled every 50 ms over the command and its worker processes (summed; shared pages count once per process). "
+            f"The champions exist for speed only: a synthetic corpus (`voiceclf.synth`), featurized and trained by `jobs.train` with one grid point and one epoch "
+            f"into a temporary SQLite store per family, where each is `voiceclf@champion` ({ch[FS_M]['train_wall_s']:.0f} s and {ch[FS_E]['train_wall_s']:.0f} s end to end). "
+            f"Score report rows by status: {st} (non-audio files are error rows, as they are errors.csv rows in featurize).", ""]

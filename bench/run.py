@@ -24,7 +24,7 @@ import pandas as pd
 
 from bench import conversations, corpora, flow, loco, report, speed
 from bench.procs import BenchError, CpuMonitor, Runner, log, shown, shutdown_workers
-from voiceclf import safeio, shards
+from voiceclf import parallel, safeio, shards
 from voiceclf.config import LABELS, REPO_ROOT
 
 SECTIONS = ("accuracy", "flow", "speed", "conversations")
@@ -163,8 +163,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [s for s in args.sections if s not in SECTIONS]
     if bad or not args.sections:
         p.error(f"--sections: expected a subset of {','.join(SECTIONS)}, got {bad or 'nothing'}")
-    if args.jobs == 0:
-        p.error("--jobs must be -1 (all cores) or >= 1")
     args.workdir = args.workdir.resolve()
     args.out = (args.out or (args.workdir / "results-quick.md" if args.quick else REPO_ROOT / "bench" / "results.md")).resolve()
     return args
@@ -174,12 +172,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from voiceclf.config import DeviceError
 
-    try:  # cuda without CUDA: one line, before any work
+    try:  # jobs the library refuses, cuda without CUDA: one line, before any work
         from voiceclf.model import pick_device
 
+        parallel.check(args.jobs)
         device = str(pick_device(args.device))
-    except DeviceError as e:
-        print(f"bench: error: --{e}", file=sys.stderr)  # "--device cuda: torch sees no CUDA device ..."
+    except (parallel.EngineError, DeviceError) as e:
+        print(f"bench: error: --{e}", file=sys.stderr)  # "--jobs must be ...", "--device cuda: torch sees no CUDA device ..."
         return 2
     if not corpora.DATA_ROOT.is_dir():
         print(f"bench: reference data not found at {corpora.DATA_ROOT}; nothing to benchmark (skipped).")

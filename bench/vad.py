@@ -236,20 +236,17 @@ def cost(corpus: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--limit", type=int, default=0, help="files per corpus (0: every file)")
     p.add_argument("--jit-sample", type=int, default=40, help="files per corpus also run through the TorchScript model")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results.md")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "voiceclf-bench-vad.parquet")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    import torch
-    from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(1)  # one thread, like each featurize worker
-    threadpool_limits(1)
-    cfg = FeatureConfig()
+def corpus_files(limit: int = 0) -> tuple[pd.DataFrame, bool]:
+    """The WAV and FLAC files of the shared corpora (``limit`` per corpus, 0 every one), and whether the corpora are there."""
     from bench import corpora
 
     have_data = not corpora.missing()
@@ -257,24 +254,35 @@ def main(argv=None) -> int:
         print(f"bench.vad: {corpora.DATA_ROOT} is absent: the shared corpora are skipped, generated inputs only")
     files = pd.concat([corpora.files_of(c) for c in corpora.CORPORA]) if have_data else pd.DataFrame(columns=["abspath", "corpus"])
     files = files[files["abspath"].str.lower().str.endswith((".wav", ".flac"))]
-    if args.limit:
-        files = files.groupby("corpus").head(args.limit)
+    if limit:
+        files = files.groupby("corpus").head(limit)
+    return files, have_data
 
+
+def measure_corpus(files: pd.DataFrame, cfg: FeatureConfig, cache: Path, limit: int = 0, jit_sample: int = 40) -> pd.DataFrame:
+    """Every candidate on every corpus file (``jit_sample`` per corpus through the TorchScript model too); a whole run's
+    measurements are cached in ``cache`` and read back by the next whole run."""
+    from bench import corpora
+
+    if len(files) and cache.exists() and not limit:
+        print(f"bench.vad: corpus measurements from {cache}")
+        return pd.read_parquet(cache)
     rows = []
-    if len(files) and args.cache.exists() and not args.limit:
-        corpus = pd.read_parquet(args.cache)
-        print(f"bench.vad: corpus measurements from {args.cache}")
-    else:
-        jit_pick = set(files.groupby("corpus").sample(frac=1, random_state=0).groupby("corpus").head(args.jit_sample)["abspath"])
-        for i, (path, name) in enumerate(zip(files["abspath"], files["corpus"])):
-            y = audio.load(path, cfg).samples
-            rows.append(dict(corpus=name, path=os.path.relpath(path, corpora.DATA_ROOT), **measure(y, cfg, path in jit_pick)))
-            if i % 500 == 0:
-                print(f"bench.vad: {i}/{len(files)} files", flush=True)
-        corpus = pd.DataFrame(rows)
-        if len(corpus) and not args.limit:
-            corpus.to_parquet(args.cache)
+    jit_pick = set(files.groupby("corpus").sample(frac=1, random_state=0).groupby("corpus").head(jit_sample)["abspath"])
+    for i, (path, name) in enumerate(zip(files["abspath"], files["corpus"])):
+        y = audio.load(path, cfg).samples
+        rows.append(dict(corpus=name, path=os.path.relpath(path, corpora.DATA_ROOT), **measure(y, cfg, path in jit_pick)))
+        if i % 500 == 0:
+            print(f"bench.vad: {i}/{len(files)} files", flush=True)
+    corpus = pd.DataFrame(rows)
+    if len(corpus) and not limit:
+        corpus.to_parquet(cache)
+    return corpus
 
+
+def measure_generated(files: pd.DataFrame, cfg: FeatureConfig, have_data: bool) -> pd.DataFrame:
+    """Every candidate on the generated inputs (and real speech in noise when the corpora are there), decoded by the real
+    decoder; an input the decoder refuses is a row judged not speech, with its error code."""
     with tempfile.TemporaryDirectory() as tmp:
         made = generated(Path(tmp)) + (real_mixtures(Path(tmp), files) if have_data else [])
         synthetic = []
@@ -286,23 +294,32 @@ def main(argv=None) -> int:
                                        **{f"silero_s_{q}": 0.0 for q in P_SPEECH}))
                 continue
             synthetic.append(dict(kind=kind, expected=expected, name=path.name, **measure(y, cfg, True)))
-        synthetic = pd.DataFrame(synthetic)
+        return pd.DataFrame(synthetic)
 
+
+def sweep(corpus: pd.DataFrame, synthetic: pd.DataFrame) -> list[str]:
+    """The threshold sweep: per verdict threshold and candidate, corpus files rejected, non-voice accepted, speech rejected."""
+    lines = ["**Threshold sweep** (files; corpus = every file of the three corpora, non-voice = generated `reject` inputs, "
+             "speech = generated `keep` inputs):\n",
+             "| at least … s of speech | candidate | corpus files rejected | non-voice accepted | speech rejected |\n|---|---|---|---|---|"]
+    keep, rej = synthetic["expected"] == "keep", synthetic["expected"] == "reject"
+    for min_s in MIN_SPEECH_S:
+        for c, col in [("voicing", "voicing_s")] + [(f"silero, chunks p ≥ {q}", f"silero_s_{q}") for q in P_SPEECH]:
+            vc = corpus["energy"] & (corpus[col] >= min_s) if len(corpus) else pd.Series(dtype=bool)
+            vs = synthetic["energy"] & (synthetic[col].fillna(0) >= min_s)
+            lines.append(f"| {min_s} | {c} | {int((~vc).sum())} of {len(corpus)} | {int(vs[rej].sum())} of {int(rej.sum())} | {int((~vs[keep]).sum())} of {int(keep.sum())} |")
+    return lines
+
+
+def markdown(corpus: pd.DataFrame, synthetic: pd.DataFrame) -> str:
+    """The results section: verdicts at the chosen threshold, the sweep, the cost per file, the closest calls."""
     sections = ["## Speech detection (issue 13.11): `bench/vad.py`\n",
                 f"Written by `.venv/bin/python -m bench.vad` ({time.strftime('%Y-%m-%d')}; {len(corpus)} corpus files, "
                 f"{len(synthetic)} generated; one thread). A candidate judges a file speech when the energy rule finds a voiced "
                 "region and the candidate finds at least the given seconds of speech in the cleaned recording; silero counts "
                 f"32-ms chunks with p(speech) ≥ {CHOSEN_P} (`FeatureConfig.vad_threshold`).\n"]
     sections.append(report(corpus, synthetic, CHOSEN_S) + "\n")
-    sections.append("**Threshold sweep** (files; corpus = every file of the three corpora, non-voice = generated `reject` inputs, "
-                    "speech = generated `keep` inputs):\n")
-    sections.append("| at least … s of speech | candidate | corpus files rejected | non-voice accepted | speech rejected |\n|---|---|---|---|---|")
-    keep, rej = synthetic["expected"] == "keep", synthetic["expected"] == "reject"
-    for min_s in MIN_SPEECH_S:
-        for c, col in [("voicing", "voicing_s")] + [(f"silero, chunks p ≥ {q}", f"silero_s_{q}") for q in P_SPEECH]:
-            vc = corpus["energy"] & (corpus[col] >= min_s) if len(corpus) else pd.Series(dtype=bool)
-            vs = synthetic["energy"] & (synthetic[col].fillna(0) >= min_s)
-            sections.append(f"| {min_s} | {c} | {int((~vc).sum())} of {len(corpus)} | {int(vs[rej].sum())} of {int(rej.sum())} | {int((~vs[keep]).sum())} of {int(keep.sum())} |")
+    sections += sweep(corpus, synthetic)
     sections.append("")
     if len(corpus):
         sections.append("**Cost per file**, in-process, one thread, median over every file (decode not included):\n")
@@ -314,15 +331,34 @@ def main(argv=None) -> int:
         ok = synthetic[synthetic["expected"] == "reject"]
         worst = ok.nlargest(5, col)
         sections.append(f"Most {c} seconds among the generated non-voice inputs: " + ", ".join(f"`{r.name}` {getattr(r, col):.2f} s" for r in worst.itertuples()) + "\n")
-    text = "\n".join(sections)
-    print(text)
-    old = args.out.read_text() if args.out.exists() else ""
+    return "\n".join(sections)
+
+
+def write_section(out: Path, text: str) -> None:
+    """Put ``text`` between the markers in ``out``, replacing what they held, or append it with them."""
+    old = out.read_text() if out.exists() else ""
     block = f"{BEGIN}\n{text}\n{END}\n"
     if BEGIN in old and END in old:
         new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) + 1 :]
     else:
         new = old.rstrip("\n") + "\n\n" + block
-    args.out.write_text(new)
+    out.write_text(new)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)  # one thread, like each featurize worker
+    threadpool_limits(1)
+    cfg = FeatureConfig()
+    files, have_data = corpus_files(args.limit)
+    corpus = measure_corpus(files, cfg, args.cache, args.limit, args.jit_sample)
+    synthetic = measure_generated(files, cfg, have_data)
+    text = markdown(corpus, synthetic)
+    print(text)
+    write_section(args.out, text)
     print(f"bench.vad: section written to {args.out}")
     return 0
 

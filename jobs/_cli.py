@@ -1,6 +1,7 @@
-"""What every job shares: exit codes, one-line errors, logs or progress bars, output locks, signals."""
+"""What every job shares: its parser and compute arguments, exit codes, one-line errors, logs or progress bars, signals."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import gc
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from voiceclf import safeio
+from voiceclf import parallel, safeio
 
 # Exit codes, the same for every job (README "Exit codes"): cron and Airflow act on them.
 OK = 0  # the batch ran (rows with per-file errors included)
@@ -40,6 +41,55 @@ NEXT_STEP = {
     "server": "start it (`make server`) or unset MLFLOW_TRACKING_URI to use the local store",
     "weights": "`make setup` installs them",
 }
+
+
+def parser(job: str, doc: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``python -m jobs.<job>``: its description is the second paragraph of the job's docstring
+    ``doc`` (the first is its one line), so the module and its --help say the same."""
+    paragraphs = (doc or "").split("\n\n")  # python -OO strips docstrings: no description then
+    return argparse.ArgumentParser(prog=f"python -m jobs.{job}", description=paragraphs[1] if len(paragraphs) > 1 else None, epilog=epilog)
+
+
+def comma_list(cast=str, choices: tuple[str, ...] | None = None):
+    """An argparse ``type``: ``"a,b"`` → ``[cast("a"), cast("b")]``; with ``choices``, one or more of them, each once."""
+    def parse(text: str) -> list:
+        try:
+            values = [cast(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {cast.__name__}, got {text!r}") from None
+        if choices is not None and (not values or set(values) - set(choices) or len(set(values)) != len(values)):
+            raise argparse.ArgumentTypeError(f"expected one or more of {', '.join(choices)} separated by commas, got {text!r}")
+        return values
+    return parse
+
+
+def add_compute_args(p: argparse.ArgumentParser, *, workers: str, device: str | None = None, cluster: bool = True) -> None:
+    """Where a job runs, declared once for every job: ``--jobs`` (``workers`` says what they do), ``--backend`` and
+    ``--scheduler`` (``cluster``), ``--device`` (when ``device`` says where it is used). :func:`compute` checks them."""
+    g = p.add_argument_group("where it runs")
+    g.add_argument("--jobs", type=int, default=-1, help=f"{workers} (-1 = all cores, else a count >= 1; default %(default)s)")
+    if device is not None:
+        g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help=f"{device}: auto = CUDA when torch sees a GPU, else the CPU (default %(default)s)")
+    if cluster:
+        g.add_argument("--backend", choices=parallel.BACKENDS, default="loky", help="joblib backend: local processes (loky), "
+                       "threads, or the workers of a Dask cluster (default %(default)s)")
+        g.add_argument("--scheduler", metavar="ADDR", help="Dask scheduler address for --backend dask, e.g. tcp://host:8786")
+
+
+def compute(args: argparse.Namespace) -> dict:
+    """The compute arguments of :func:`add_compute_args` as a flow's keywords, checked by the library's own rule
+    (``parallel.check``) before any work: what it refuses ends the job with exit 2, named by its flag."""
+    kw = {"jobs": args.jobs}
+    if hasattr(args, "device"):
+        kw["device"] = args.device
+    if hasattr(args, "backend"):
+        kw.update(backend=args.backend, scheduler=args.scheduler)
+    try:
+        parallel.check(kw["jobs"], kw.get("backend", "loky"), kw.get("scheduler"))
+    except parallel.EngineError as e:  # "jobs must be ..." → "--jobs must be ..."
+        raise JobError(f"--{e}", USAGE) from None
+    return kw
 
 
 def one_line(e: Exception | str) -> str:
@@ -165,14 +215,14 @@ def _error_table() -> list[tuple[tuple[type, ...], int]]:
     """The one exception → exit-code table of every job (README "Exit codes"), first match wins. Imported when an error
     is met: a job that never opens the tracking store (featurize) does not import MLflow for its error class, and
     none of its errors can then be a TrackingError."""
-    from voiceclf import corpus, parallel, pipeline, shards
+    from voiceclf import corpus, parallel, pipeline, report_files, shards
     from voiceclf.config import ConfigError, DataError, DeviceError
 
     table = [
         ((safeio.LockedError,), LOCKED),
         ((corpus.CorpusError, shards.ShardError, ConfigError, DataError, DeviceError, parallel.EngineError, safeio.UnsafeOutputError,
           pipeline.OutputError, pipeline.GridError), USAGE),
-        ((pipeline.ModelError, pipeline.TrainError), FAILURE),
+        ((pipeline.ModelError, pipeline.TrainError, report_files.ReportNotWritten), FAILURE),
     ]
     if (tracking := sys.modules.get("voiceclf.tracking")) is not None:
         table.append(((tracking.TrackingError,), FAILURE))
@@ -203,13 +253,6 @@ def store_failure(e: BaseException) -> str | None:
 
     found = store_error(e)
     return None if found is None else str(found)
-
-
-@contextlib.contextmanager
-def output_lock(target: str | Path, wait: bool = False):
-    """:func:`voiceclf.safeio.lock` on ``target``; a second run on the same output exits with LOCKED (:func:`job_error`)."""
-    with safeio.lock(target, wait=wait):
-        yield
 
 
 class Reporter:

@@ -7,7 +7,7 @@ import sys
 COMMANDS = {
     "featurize": "audio folders → Parquet feature shards",
     "train": "grid search over the model families, tracked in MLflow; registers the champion",
-    "score": "label every file of a folder into a CSV report with the registered model",
+    "score": "label every file of one or more folders into a CSV report with the registered model",
     "demo": "the whole job on a synthetic corpus (no data, no server)",
 }
 

@@ -1,8 +1,9 @@
 """demo: the whole job on its embedded default — no data, no server, nothing to start by hand.
 
 Generates a synthetic corpus of training speakers and a separate folder of recordings by unseen
-speakers (plus one planted bad file), featurizes, trains a small grid into the embedded MLflow
-store, registers the champion, scores the recordings and reports how accurate it was.
+speakers (plus one planted bad file), featurizes both feature sets, trains the grid of jobs/grid.toml
+(every point for --epochs) into the MLflow store (the embedded SQLite one unless MLFLOW_TRACKING_URI names
+another), registers the champion, scores the recordings and reports how accurate it was.
 
     python -m jobs.demo [--workdir demo] [--speakers 24] [--clips 20] [--experiment voiceclf-demo] [--model-name voiceclf-demo]
 
@@ -21,20 +22,22 @@ from rich.markup import escape
 
 from jobs import _cli, featurize, train
 from jobs._cli import JobError
-from voiceclf import pipeline, safeio, synth, tracking
+from voiceclf import pipeline, report_files, synth, tracking
 from voiceclf.config import REPO_ROOT
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.split("\n\n")[1])
+    p = _cli.parser("demo", __doc__,
+                    epilog="Exit codes: 0 ok, 1 failure (also: accuracy on the unseen speakers below 0.9), 2 bad arguments, "
+                    "3 WORKDIR's features are locked by another run, 130 interrupted.")
     p.add_argument("--workdir", type=Path, default=REPO_ROOT / "demo", help="where corpus, features and report go (default %(default)s)")
     p.add_argument("--speakers", type=int, default=24, help="training speakers, half female (default %(default)s)")
     p.add_argument("--clips", type=int, default=20, help="clips per training speaker (default %(default)s)")
     p.add_argument("--epochs", type=int, default=8, help="epochs of every point of the demo grid (default %(default)s; the best epoch is kept)")
-    p.add_argument("--jobs", type=int, default=-1, help="parallel workers (default all cores)")
     p.add_argument("--experiment", default=tracking.DEMO_NAME, help="MLflow experiment of the demo's runs (default %(default)s)")
     p.add_argument("--model-name", default=tracking.DEMO_NAME,
                    help=f"registered model the demo's champion goes to (default %(default)s; {tracking.MODEL_NAME} is what `make score` uses)")
+    _cli.add_compute_args(p, workers="parallel workers", cluster=False)
     return p.parse_args(argv)
 
 
@@ -51,6 +54,7 @@ def make_recordings(folder: Path, seed: int = 1) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging()
+    compute = _cli.compute(args)
     t0 = time.perf_counter()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -63,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
     # no augmentation: the synthetic voices are clean, and the demo should take a minute
     with _cli.progress_bars() as on_progress:
         for summary in pipeline.featurize_dir([work / "corpus"], work / "features", ["mfcc_pitch", "speaker_embedding"],
-                                              variants=0, jobs=args.jobs, on_progress=on_progress):
+                                              variants=0, **compute, on_progress=on_progress):
             featurize.report(summary)
     step("3/5 train the grid of jobs/grid.toml over both families and register the champion")
     grids = pipeline.read_grid(train.DEFAULT_GRID, {"epochs": [args.epochs]})
     with _cli.progress_bars() as on_progress:
         trained = pipeline.train_grid([work / "features"], grids, experiment=args.experiment, model_name=args.model_name, run_label="demo",
-                                      jobs=args.jobs, on_progress=on_progress)
+                                      **compute, on_progress=on_progress)
     train.show_table(trained.table)
     model_uri = tracking.champion_uri(args.model_name)
     _cli.console.print(escape(f"registered {args.model_name} version {trained.version} ({trained.winner.point.name}); champion: {trained.promoted} "
@@ -77,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     step("4/5 score the recordings of unseen speakers")
     report_path = work / "report.csv"
     with _cli.progress_bars() as on_progress:
-        scored = pipeline.score_dirs([work / "recordings"], model_uri=model_uri, jobs=args.jobs, on_progress=on_progress)
-    safeio.write_csv(scored.report, report_path, float_format="%.6g")
+        scored = pipeline.score_dirs([work / "recordings"], model_uri=model_uri, **compute, on_progress=on_progress)
+    report_files.write(scored.report, report_path)  # as the score job writes its report
 
     step("5/5 check the report against the synthetic labels")
     report = scored.report

@@ -1,5 +1,12 @@
 """featurize: audio folders → Parquet feature shards, in parallel.
 
+Turn labelled audio folders into Parquet feature shards (one row per window: 1 s for mfcc_pitch and mfcc_deltas,
+1.6 s for speaker_embedding). Accepted layouts: AudioMNIST (<root>/<NN>/*.wav + audioMNIST_meta.txt), label folders
+(<root>/female/**, <root>/male/**), or a manifest CSV (path,label[,speaker][,corpus]; corpus defaults to the
+manifest folder's name). Incremental: files already in OUT (by sha256) are skipped; first, the rows of OUT from
+these sources are brought in line with them (a moved or relabelled file takes its new path and label, a deleted one
+is dropped).
+
     python -m jobs.featurize SRC [SRC ...] --out DIR [--jobs N] [--feature-set NAME]
 """
 from __future__ import annotations
@@ -11,34 +18,19 @@ from rich.markup import escape
 
 from jobs import _cli
 from jobs._cli import JobError, log
-from voiceclf import parallel, pipeline, shards
+from voiceclf import corpus, parallel, pipeline, shards
 from voiceclf.config import FEATURE_SETS, FeatureConfig
 
 
-def _feature_sets(text: str) -> list[str]:
-    sets = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in sets if v not in FEATURE_SETS]
-    if bad or not sets or len(set(sets)) != len(sets):
-        raise argparse.ArgumentTypeError(f"expected one or more of {', '.join(FEATURE_SETS)} separated by commas, got {text!r}")
-    return sets
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m jobs.featurize",
-        description="Turn labelled audio folders into Parquet feature shards (one row per window: 1 s for mfcc_pitch and "
-        "mfcc_deltas, 1.6 s for speaker_embedding). "
-        "Accepted layouts: AudioMNIST (<root>/<NN>/*.wav + audioMNIST_meta.txt), label folders "
-        "(<root>/female/**, <root>/male/**), or a manifest CSV (path,label[,speaker][,corpus]; corpus defaults to the manifest folder's name). "
-        "Incremental: files already in OUT (by sha256) are skipped; first, the rows of OUT from these sources are brought "
-        "in line with them (a moved or relabelled file takes its new path and label, a deleted one is dropped).",
+    p = _cli.parser(
+        "featurize", __doc__,
         epilog="Exit codes: 0 ok (per-file errors are listed in OUT/errors.csv), 1 failure, 2 bad arguments or inputs, "
         "3 OUT is locked by another run, 4 file errors with --fail-on-error, 130 interrupted.",
     )
     p.add_argument("sources", nargs="+", metavar="SRC", help="corpus root folder or manifest .csv (several allowed)")
     p.add_argument("--out", required=True, type=Path, help="output folder for part-*.parquet and errors.csv")
-    p.add_argument("--jobs", type=int, default=-1, help="parallel workers (-1 = all cores; default %(default)s)")
-    p.add_argument("--feature-set", type=_feature_sets, default=[FeatureConfig.feature_set], metavar="SET[,SET]",
+    p.add_argument("--feature-set", type=_cli.comma_list(choices=FEATURE_SETS), default=[FeatureConfig.feature_set], metavar="SET[,SET]",
                    help="mfcc_pitch / mfcc_deltas: the CNN's 3x98x12 MFC images (third channel pitch bands or delta-deltas); "
                    "speaker_embedding: 256-d embeddings of a pretrained speaker encoder, for the embedding head. One set writes "
                    "its shards into OUT; several (comma-separated, e.g. mfcc_pitch,speaker_embedding: both model families) "
@@ -51,39 +43,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allow-outside-paths", action="store_true", help="accept manifest paths that are absolute or lead out "
                    "of the manifest's folder (../x.wav); refused by default, as they are more often a mistake")
     p.add_argument("--fail-on-error", action="store_true", help="exit 4 when any file could not be featurized")
-    p.add_argument("--backend", choices=parallel.BACKENDS, default="loky", help="joblib backend (default %(default)s)")
-    p.add_argument("--scheduler", help="Dask scheduler address for --backend dask, e.g. tcp://host:8786")
     p.add_argument("--wait", action="store_true", help="if another run holds OUT, wait for it instead of exiting 3")
     p.add_argument("-v", "--verbose", action="store_true")
+    _cli.add_compute_args(p, workers="parallel workers")
     args = p.parse_args(argv)
     if args.variants < 0:
         p.error("--variants must be >= 0")
     if args.shard_rows < 1:
         p.error("--shard-rows must be >= 1")
-    if args.jobs == 0:
-        p.error("--jobs must be -1 (all cores) or >= 1")
-    if args.backend == "dask" and not args.scheduler:
-        p.error("--backend dask needs --scheduler ADDR (e.g. tcp://host:8786)")
     return args
 
 
-def _few(names: list[str], limit: int = 3) -> str:
+def _few(names: list[str]) -> str:
     """' (a, b, c, ... and N more)': a few names for a log line, or nothing."""
-    if not names:
-        return ""
-    return " (" + ", ".join(names[:limit]) + (f", ... and {len(names) - limit} more" if len(names) > limit else "") + ")"
+    return f" ({corpus.listing(names, limit=3)})" if names else ""
 
 
 def run(args: argparse.Namespace) -> int:
     _cli.setup_logging(args.verbose)
+    compute = _cli.compute(args)
     # the first feature set's workers start while this process lists and checks the sources
     parallel.prestart(args.jobs, parallel.WORKER_PRELOAD[FeatureConfig.for_feature_set(args.feature_set[0]).family], args.backend)
     try:
-        with _cli.progress_bars() as on_progress:
+        with _cli.progress_bars() as on_progress:  # library errors (a held lock, an unwritable OUT, ...): exit codes of _cli's one table
             summaries = pipeline.featurize_dir(
-                args.sources, args.out, args.feature_set, variants=args.variants, shard_rows=args.shard_rows, jobs=args.jobs,
-                backend=args.backend, scheduler=args.scheduler, wait=args.wait, allow_unlabelled=args.allow_unlabelled,
-                allow_outside_paths=args.allow_outside_paths, on_progress=on_progress)
+                args.sources, args.out, args.feature_set, variants=args.variants, shard_rows=args.shard_rows, **compute,
+                wait=args.wait, allow_unlabelled=args.allow_unlabelled, allow_outside_paths=args.allow_outside_paths, on_progress=on_progress)
     except OSError as e:
         if e.errno not in _cli.DISK_FULL:
             raise

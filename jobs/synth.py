@@ -1,5 +1,9 @@
 """synth: write a deterministic synthetic voice corpus in the AudioMNIST layout.
 
+Write a synthetic corpus of adult female and male voices for tests and demos: DIR/<NN>/<digit>_<NN>_<take>.wav
+(16-bit PCM, 16 kHz) and DIR/audioMNIST_meta.txt with each speaker's gender. Speakers alternate female (odd id) /
+male (even id). The same arguments always give byte-identical files.
+
     python -m jobs.synth --out DIR --speakers N --clips K --seed S [--first-speaker M]
 """
 from __future__ import annotations
@@ -9,16 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+from jobs import _cli
 from voiceclf import synth
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m jobs.synth",
-        description="Write a synthetic corpus of adult female and male voices for tests and demos: "
-        "DIR/<NN>/<digit>_<NN>_<take>.wav (16-bit PCM, 16 kHz) and DIR/audioMNIST_meta.txt with each "
-        "speaker's gender. Speakers alternate female (odd id) / male (even id). The same arguments "
-        "always give byte-identical files.",
+    p = _cli.parser(
+        "synth", __doc__,
         epilog="Exit codes: 0 ok, 2 bad arguments or an unwritable DIR.",
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="corpus root folder (created if missing)")

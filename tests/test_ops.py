@@ -1,5 +1,7 @@
-"""Operations: a real tracking server end to end, a real Dask cluster, locks, signals."""
+"""Operations: a real tracking server end to end, a real Dask cluster, locks, signals, the compute arguments."""
+import importlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -164,7 +166,7 @@ def test_library_errors_map_to_the_readme_exit_codes_through_one_table(capsys):
     """Every job ends through _cli.main_wrapper's one table: a held lock is 3 in each (demo said 1), bad inputs 2,
     an unusable model or store 1, and what is not a library error stays an internal error (1)."""
     from jobs import _cli
-    from voiceclf import pipeline, safeio
+    from voiceclf import parallel, pipeline, report_files, safeio
 
     def exit_code(job: str, error: Exception) -> int:
         def run():
@@ -176,10 +178,61 @@ def test_library_errors_map_to_the_readme_exit_codes_through_one_table(capsys):
 
     cases = [(safeio.LockedError(Path("out"), "123"), _cli.LOCKED), (pipeline.GridError("bad grid"), _cli.USAGE),
              (pipeline.OutputError("not writable"), _cli.USAGE), (pipeline.ModelError("cannot run"), _cli.FAILURE),
-             (pipeline.TrainError("every grid point failed"), _cli.FAILURE), (tracking.TrackingError("no such model"), _cli.FAILURE)]
+             (pipeline.TrainError("every grid point failed"), _cli.FAILURE), (tracking.TrackingError("no such model"), _cli.FAILURE),
+             (parallel.EngineError("backend dask needs a scheduler address"), _cli.USAGE),
+             (report_files.ReportNotWritten("cannot write r.csv: No space left on device; kept in /tmp/x.csv"), _cli.FAILURE)]
     for job in ("featurize", "train", "score", "demo"):
         for error, code in cases:
             assert exit_code(job, error) == code, (job, error)
             assert f"voiceclf {job}: error:" in capsys.readouterr().err
     assert "rerun with --wait" in (capsys.readouterr(), exit_code("demo", safeio.LockedError(Path("out"), "123")), capsys.readouterr().err)[2]
     assert exit_code("score", KeyError("bug")) == _cli.FAILURE and "internal error" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- compute arguments
+def test_the_library_checks_jobs_backend_and_scheduler_as_scikit_learn_checks_params():
+    from voiceclf import parallel
+
+    for ok in ({}, {"jobs": 1}, {"jobs": 8, "backend": "threading"}, {"backend": "dask", "scheduler": "tcp://h:8786"}):
+        parallel.check(**ok)
+    for bad, said in (({"jobs": 0}, "jobs must be -1 (all cores) or >= 1, got 0"), ({"jobs": -2}, "got -2"), ({"jobs": True}, "got True"),
+                      ({"jobs": 2.0}, "got 2.0"), ({"backend": "spark"}, "backend must be one of loky, threading, dask, got 'spark'"),
+                      ({"backend": "dask"}, "backend dask needs a scheduler address")):
+        with pytest.raises(parallel.EngineError, match=re.escape(said)):
+            parallel.check(**bad)
+    with pytest.raises(parallel.EngineError, match="jobs must be"):  # its own entry points check too: a library caller gets the same
+        parallel.imap(abs, [1], n_jobs=0)
+
+
+@pytest.mark.parametrize("job", ["featurize", "train", "score", "demo"])
+def test_every_job_takes_the_same_compute_arguments_and_refuses_bad_ones_in_one_line_before_any_work(job, tmp_path):
+    from jobs import _cli
+
+    module = importlib.import_module(f"jobs.{job}")
+    first = {"featurize": [tmp_path / "nothing", "--out", tmp_path / "f"], "train": ["--features", tmp_path / "nothing"],
+             "score": [tmp_path / "nothing", "--out", tmp_path / "r.csv"], "demo": ["--workdir", tmp_path / "demo"]}[job]
+    args = module.parse_args([*map(str, first), "--jobs", "3"])
+    assert _cli.compute(args)["jobs"] == 3
+    cases = [(["--jobs", "0"], "--jobs must be -1 (all cores) or >= 1, got 0")]
+    if job != "demo":  # the demo runs on this machine's cores only
+        cases.append((["--backend", "dask"], "--backend dask needs a scheduler address (e.g. tcp://host:8786)"))
+    for extra, said in cases:
+        out = run_job(job, *first, *extra)
+        assert (out.returncode, out.stderr.strip()) == (_cli.USAGE, f"voiceclf {job}: error: {said}")
+    assert not (tmp_path / "f").exists() and not (tmp_path / "demo").exists()  # nothing was made before the refusal
+
+
+def test_score_takes_its_reports_lock_in_the_library_as_featurize_does(tmp_path):
+    """Another process holding the report (report_files.reserved, as a running score does): the job exits 3 before any work."""
+    out = tmp_path / "report.csv"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom voiceclf import report_files\n"
+                               f"with report_files.reserved({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = run_job("score", tmp_path / "no-such-inbox", "--out", out)
+        assert second.returncode == 3 and f"locked by a running job (pid {holder.pid})" in second.stderr and "--wait" in second.stderr, second.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not out.exists()

@@ -1,11 +1,14 @@
-"""The scheduling examples: jobs/cron/voiceclf.crontab and jobs/airflow/voiceclf_dag.py.
+"""The scheduling examples: jobs/cron/voiceclf.crontab and jobs/airflow/voiceclf_dag.py, run as their schedulers run them.
 
-Fast and offline: the crontab is checked line by line, the DAG file is read with `ast` (Airflow is not
-installed here; `make airflow-check` loads the DAG with a real Airflow in its own venv).
+Offline: each crontab line runs under /bin/sh as cron hands it over (its environment lines, `%` undone, a fixed
+`date`), with a stand-in interpreter that records the job's arguments. The DAG is loaded and its templates rendered by
+a real Airflow when one is installed in its own venv (`.airflow-venv`, or $AIRFLOW_VENV: `make airflow-check` installs
+it and runs these tests), and always by plain Jinja; its rendered commands then run under bash, the same stand-in.
 """
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -57,25 +60,69 @@ def entries() -> list[tuple[list[str], str]]:
     return cron_entries(CRONTAB.read_text())
 
 
-def test_cron_entries_parser_rejects_malformed_lines():
-    assert cron_entries("# comment\n\nSHELL=/bin/sh\n0 1 * * * echo hi\n") == [(["0", "1", "*", "*", "*"], "echo hi")]
-    with pytest.raises(AssertionError):
-        cron_entries("0 1 * * echo-missing-a-field\n")
-    assert not valid_field("60", 0, 59) and not valid_field("5-2", 0, 23) and not valid_field("mon", 0, 7)
-    assert valid_field("*/15", 0, 59) and valid_field("1,3-5", 0, 7)
+def cron_env(text: str) -> dict[str, str]:
+    """The crontab's VAR=value lines: the environment cron gives every command (with HOME, LOGNAME, SHELL of its own)."""
+    env = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if ENV_LINE.match(line) and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            env[key.strip()] = value.strip()
+    return env
 
 
-def test_crontab_has_the_nightly_score_and_weekly_featurize_train(entries):
-    assert len(entries) >= 2
-    score = [(f, c) for f, c in entries if "-m jobs.score " in c]
-    weekly = [(f, c) for f, c in entries if "-m jobs.featurize " in c]
-    assert len(score) == 1 and len(weekly) == 1
-    (sf, sc), (wf, wc) = score[0], weekly[0]
-    assert sf[2:] == ["*", "*", "*"], "score runs every night"
-    assert wf[2:4] == ["*", "*"] and wf[4] != "*", "featurize + train run once a week"
-    # train only after a successful featurize of both families' feature sets, on the features it wrote
-    assert re.search(r"jobs\.featurize /\S+ --out (/\S+) --feature-set mfcc_pitch,speaker_embedding && \.venv/bin/python -m jobs\.train --features \1\b", wc), wc
-    assert re.search(r"jobs\.score /\S+ --out /\S*report-\$\(date \+\\%F\)\.csv", sc), sc
+def as_cron_runs(command: str) -> tuple[str, str]:
+    """(the command sh gets, its standard input), as cron makes them: an unescaped `%` ends the command and the rest,
+    with each further `%` a newline, is its input; `\%` is a plain `%`."""
+    parts = UNESCAPED_PERCENT.split(command)
+    return parts[0].replace("\\%", "%"), "\n".join(parts[1:]).replace("\\%", "%")
+
+
+def stand_in_checkout(root: Path, code: int = 0) -> tuple[Path, Path]:
+    """A checkout whose `.venv/bin/python` records its arguments (one file per job, a line each) and exits ``code``,
+    and a `date` that always says 2025-01-02: a night's run without the clock. Returns (checkout, folder of the `date`)."""
+    home, bin_dir = root / "voiceclf", root / "bin"
+    (home / ".venv" / "bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    stub = home / ".venv" / "bin" / "python"
+    stub.write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "{root}/argv-$2"\nexit {code}\n')
+    date = bin_dir / "date"
+    date.write_text('#!/bin/sh\ncase "$1" in +%F) echo 2025-01-02 ;; *) exec /bin/date "$@" ;; esac\n')
+    for f in (stub, date):
+        f.chmod(0o755)
+    return home, bin_dir
+
+
+@pytest.mark.skipif(not shutil.which("sh"), reason="no /bin/sh")
+@pytest.mark.parametrize("featurize_code", [0, 3])
+def test_crontab_lines_run_the_jobs_with_the_arguments_cron_gives_them(entries, featurize_code, tmp_path):
+    """Every line, as cron runs it, in a stand-in checkout: the nightly score writes a dated report and turns with the
+    crontab's own confidence setting; the weekly line featurizes both families' sets, then trains on what it wrote, and
+    only if featurize succeeded."""
+    text = CRONTAB.read_text()
+    home, bin_dir = stand_in_checkout(tmp_path, featurize_code)
+    logs = tmp_path / "log"
+    logs.mkdir()
+    env = cron_env(text)
+    assert env["SHELL"] == "/bin/sh" and "VOICECLF_MIN_CONFIDENCE" in env
+    env = {**env, "PATH": f"{bin_dir}:{env['PATH']}", "HOME": str(tmp_path), "LOGNAME": "voiceclf"}
+    schedules = {}
+    for fields, cmd in entries:
+        command, stdin = as_cron_runs(cmd.replace("/opt/voiceclf", str(home)).replace("/var/log/voiceclf", str(logs)))
+        assert stdin == "", f"a % cut the command: {cmd}"
+        subprocess.run([env["SHELL"], "-c", command], input=stdin, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        schedules[re.search(r"-m jobs\.(\w+)", cmd).group(1)] = fields
+    argv = {p.name.removeprefix("argv-jobs."): p.read_text().splitlines()[2:] for p in tmp_path.glob("argv-*")}
+    assert argv.pop("score") == ["/srv/voiceclf/inbox", "--out", f"{home}/reports/report-2025-01-02.csv",
+                                 "--segments", f"{home}/reports/turns-2025-01-02.csv", f"--min-confidence={env['VOICECLF_MIN_CONFIDENCE']}"]
+    assert (home / "reports").is_dir()
+    assert argv.pop("featurize") == ["/srv/voiceclf/corpus", "--out", f"{home}/features", "--feature-set", "mfcc_pitch,speaker_embedding"]
+    if featurize_code:
+        assert argv == {}, "train ran after a failed featurize"
+    else:
+        assert argv == {"train": ["--features", f"{home}/features"]}
+    assert schedules["score"][2:] == ["*", "*", "*"], "score runs every night"
+    assert schedules["featurize"][2:4] == ["*", "*"] and schedules["featurize"][4] != "*", "featurize + train run once a week"
 
 
 def test_crontab_lines_are_well_formed(entries):
@@ -180,34 +227,60 @@ def test_dag_imports_only_airflow_and_the_standard_library(dag_tree):
     assert bash_homes == {"airflow.operators.bash", "airflow.providers.standard.operators.bash"}
 
 
-def test_dag_definition(dag_tree):
-    (dag,) = calls_named(dag_tree, "DAG")
-    lit = lambda name: ast.literal_eval(kwarg(dag, name))  # noqa: E731
-    assert lit("dag_id") == "voiceclf"
-    assert lit("schedule") is None and lit("catchup") is False
-    assert kwarg(dag, "start_date") is not None and kwarg(dag, "doc_md") is not None
-    assert "voiceclf" in lit("tags")
-    assert set(lit("params")) == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path", "segments_path", "segments_format", "min_confidence"}
-    default_args = kwarg(dag, "default_args")
-    keys = [k.value for k in default_args.keys]
-    assert ast.literal_eval(default_args.values[keys.index("retries")]) == 2 and "retry_delay" in keys
-    doc = text_of(kwarg(dag, "doc_md"), dag_tree)
+# A real Airflow, in its own venv (its pins would fight the project's): loads the DAG file and renders every task's
+# templated fields with Airflow's own rendering, for the context the test gives; prints what a worker would run.
+AIRFLOW_VENV = Path(os.environ.get("AIRFLOW_VENV") or REPO / ".airflow-venv")
+AIRFLOW_SCRIPT = """
+import inspect, json, sys, warnings
+from datetime import datetime, timezone
+warnings.simplefilter("ignore")  # Airflow's deprecation chatter
+from airflow.models import DagBag
+
+folder, given = sys.argv[1], json.loads(sys.argv[2])
+bag = DagBag(dag_folder=folder, **({"include_examples": False} if "include_examples" in inspect.signature(DagBag).parameters else {}))
+dag = bag.dags.get("voiceclf")
+out = {"import_errors": {k: str(v) for k, v in bag.import_errors.items()}, "tasks": {}}
+if dag is not None:
+    run = type("DagRun", (), {"run_after": datetime(2025, 1, 3, tzinfo=timezone.utc)})()
+    # a trigger's conf updates the DAG's params, as Airflow does for a triggered run
+    ctx = {**given["ctx"], "params": {**dict(dag.params), **given["conf"]}, "dag_run": run}
+    out.update(dag_id=dag.dag_id, schedule=getattr(dag, "schedule", None), catchup=dag.catchup, max_active_runs=dag.max_active_runs,
+               params=dict(dag.params), doc_md=dag.doc_md)
+    for t in dag.tasks:
+        t.render_template_fields(ctx)
+        out["tasks"][t.task_id] = {"bash_command": t.bash_command, "env": t.env, "append_env": t.append_env, "cwd": t.cwd,
+                                   "downstream": sorted(t.downstream_task_ids), "retries": t.retries, "retry_delay_s": t.retry_delay.total_seconds()}
+print(json.dumps(out))
+"""
+
+
+def airflow_loaded(tmp_path: Path, conf: dict | None = None, **ctx) -> dict:
+    """The DAG as a real Airflow loads it, each task's fields rendered for ``ctx`` and a trigger's ``conf``."""
+    python = AIRFLOW_VENV / "bin" / "python"
+    if not python.exists():
+        pytest.skip(f"no Airflow at {AIRFLOW_VENV}: `make airflow-check` installs one and runs these tests")
+    home = tmp_path / "airflow-home"  # airflow.cfg and its database land here, not in the repo
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE.parent),
+           "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([str(python), "-c", AIRFLOW_SCRIPT, str(DAG_FILE.parent), json.dumps({"ctx": ctx, "conf": conf or {}})],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert loaded["import_errors"] == {} and "dag_id" in loaded, loaded
+    return loaded
+
+
+def test_dag_loads_in_airflow_as_featurize_then_train_then_score(tmp_path):
+    dag = airflow_loaded(tmp_path, ds="2025-01-02", var={"value": {}})
+    assert dag["dag_id"] == "voiceclf" and dag["schedule"] is None and dag["catchup"] is False and dag["max_active_runs"] == 1
+    assert set(dag["params"]) == {"data_dir", "recordings_dir", "grid_file", "features_dir", "report_path", "segments_path", "segments_format", "min_confidence"}
+    tasks = dag["tasks"]
+    assert {t: v["downstream"] for t, v in tasks.items()} == {"featurize": ["train"], "train": ["score"], "score": []}
+    for task, t in tasks.items():
+        assert t["retries"] == 2 and t["retry_delay_s"] == 600, task  # what handles a lock held by another run (exit 3)
+        assert t["append_env"] is True and not t["cwd"], task  # cwd is a template only from Airflow 2.9
+    doc = dag["doc_md"]
     assert "exit" in doc.lower() and "`3`" in doc and "retr" in doc.lower()
-
-
-def test_dag_tasks_in_order_and_chained(dag_tree):
-    ops = calls_named(dag_tree, "BashOperator")
-    ids = [ast.literal_eval(kwarg(op, "task_id")) for op in sorted(ops, key=lambda c: c.lineno)]
-    assert ids == ["featurize", "train", "score"]
-    chains = []
-    for st in ast.walk(dag_tree):
-        if isinstance(st, ast.Expr) and isinstance(st.value, ast.BinOp) and isinstance(st.value.op, ast.RShift):
-            names, node = [], st.value
-            while isinstance(node, ast.BinOp) and isinstance(node.op, ast.RShift):
-                names.insert(0, node.right.id)
-                node = node.left
-            chains.append([node.id, *names])
-    assert chains == [["featurize", "train", "score"]]
 
 
 def dag_constants(tree: ast.Module) -> dict:
@@ -281,9 +354,20 @@ def test_dag_templates_render(dag_tree):
     assert tasks["featurize"][1]["VOICECLF_DATA_DIR"] == params["data_dir"]
 
 
+def rendered_by(renderer: str, dag_tree, tmp_path: Path, params: dict, **ctx) -> dict[str, tuple[str, dict]]:
+    """task → (bash_command, env) as ``renderer`` renders them: plain Jinja on the DAG file's text, or a real Airflow
+    that loads it (``params`` then come as a trigger's conf)."""
+    if renderer == "jinja":
+        return rendered_tasks(dag_tree, params, **ctx)
+    loaded = airflow_loaded(tmp_path, conf=params, **ctx)
+    return {task: (t["bash_command"], t["env"]) for task, t in loaded["tasks"].items()}
+
+
 @pytest.mark.skipif(not shutil.which("bash"), reason="no bash")
-def test_dag_params_reach_the_jobs_as_data_never_as_shell_code(dag_tree, tmp_path):
-    """Hostile trigger-time params, through the real rendering and a real bash: each arrives as one argument, nothing runs."""
+@pytest.mark.parametrize("renderer", ["jinja", "airflow"])
+def test_dag_params_reach_the_jobs_as_data_never_as_shell_code(renderer, dag_tree, tmp_path):
+    """Hostile trigger-time params, rendered (by Airflow itself when it is installed) and run by a real bash: each
+    arrives as one argument, nothing runs."""
     marker = tmp_path / "ran"
     params = {
         "data_dir": f"demo/corpus$(touch {marker})",
@@ -300,7 +384,7 @@ def test_dag_params_reach_the_jobs_as_data_never_as_shell_code(dag_tree, tmp_pat
     stub = home / ".venv" / "bin" / "python"
     stub.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "argv-$2"\n')
     stub.chmod(0o755)
-    for task, (cmd, env) in rendered_tasks(dag_tree, params, ds="2025-01-02", var={"value": {"voiceclf_home": str(home)}}).items():
+    for task, (cmd, env) in rendered_by(renderer, dag_tree, tmp_path, params, ds="2025-01-02", var={"value": {"voiceclf_home": str(home)}}).items():
         assert env["VOICECLF_HOME"] == str(home)
         proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
-from voiceclf.parallel import BACKENDS, EngineError
+from voiceclf import parallel
 
 
 class WorkerArgs(TypedDict, total=False):
@@ -37,10 +37,7 @@ class Workers:
     scheduler: str | None = None  # the Dask scheduler's address (tcp://host:8786), for backend dask
 
     def __post_init__(self) -> None:
-        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or not (self.jobs == -1 or self.jobs >= 1):
-            raise EngineError(f"jobs must be -1 (all cores) or >= 1, got {self.jobs!r}")
-        if self.backend not in BACKENDS:
-            raise EngineError(f"unknown backend {self.backend!r}; expected one of {BACKENDS}")
+        parallel.check(self.jobs, self.backend, self.scheduler)  # the one rule, which the engine applies too
 
 
 @dataclass(frozen=True)

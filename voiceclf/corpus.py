@@ -41,7 +41,7 @@ _MAX_LISTED = 5
 _LAYOUTS_HELP = (
     "expected one of: (1) AudioMNIST: <root>/<speaker>/<digit>_<speaker>_<take>.wav with "
     f"<root>/{AUDIOMNIST_META}; (2) label folders: <root>/female/** and <root>/male/**; "
-    "(3) a manifest .csv with columns path,label[,speaker] (paths relative to its folder)"
+    "(3) a manifest .csv with columns path,label[,speaker][,corpus] (paths relative to its folder)"
 )
 
 
@@ -70,7 +70,8 @@ def normalise_label(value: object) -> str | None:
     return _LABEL_ALIASES.get(value.strip().lower())
 
 
-def _listing(items: list, limit: int = _MAX_LISTED) -> str:
+def listing(items: list, limit: int = _MAX_LISTED) -> str:
+    """``"a, b, c, ... and N more"``: the first ``limit`` items of a list for a message, and how many more there are."""
     shown = ", ".join(str(i) for i in items[:limit])
     return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
 
@@ -166,7 +167,7 @@ def _refuse_stray_audio(root: Path, where: str) -> None:
     stray = [f.name for f in sorted(root.iterdir()) if f.is_file() and audio.sniff(f)]
     if stray:
         raise CorpusError(
-            f"audio file(s) {_listing(stray)} in {root} lie outside {where}, so they have "
+            f"audio file(s) {listing(stray)} in {root} lie outside {where}, so they have "
             "no label; move them into a sub-folder or remove them"
         )
 
@@ -188,7 +189,7 @@ def _audiomnist(root: Path) -> pd.DataFrame:
     missing = [s for s in speakers if s not in meta]
     if missing:
         raise CorpusError(
-            f"speaker folder(s) {_listing([repr(s) for s in missing])} in {root} have no entry "
+            f"speaker folder(s) {listing([repr(s) for s in missing])} in {root} have no entry "
             f"in {meta_path}"
         )
     labels: dict[str, str] = {}
@@ -224,7 +225,7 @@ def _label_folders(root: Path, label_dirs: dict[str, Path]) -> pd.DataFrame:
     others = [d.name for d in _subdirs(root) if d not in label_dirs.values()]
     if others:
         raise CorpusError(
-            f"unknown label folder(s) {_listing([repr(o) for o in others])} in {root}; "
+            f"unknown label folder(s) {listing([repr(o) for o in others])} in {root}; "
             f"expected only {' and '.join(d + '/' for d in LABELS)}"
         )
     _refuse_stray_audio(root, "the label folders female/ and male/")
@@ -300,16 +301,16 @@ def _manifest(csv_path: Path, require_labels: bool, allow_outside_paths: bool = 
     problems = []
     if bad_label:
         problems.append(
-            f"unknown label(s), expected female/f/woman or male/m/man: {_listing(bad_label)}"
+            f"unknown label(s), expected female/f/woman or male/m/man: {listing(bad_label)}"
         )
     if bad_path:
-        problems.append(f"missing file(s), relative to {folder}: {_listing(bad_path)}")
+        problems.append(f"missing file(s), relative to {folder}: {listing(bad_path)}")
     if outside:
         problems.append(
-            f"path(s) absolute or outside {folder}: {_listing(outside)}; paths are relative to the manifest's folder"
+            f"path(s) absolute or outside {folder}: {listing(outside)}; paths are relative to the manifest's folder"
         )
     if twice:
-        problems.append(f"file(s) listed twice with different labels: {_listing(twice)}")
+        problems.append(f"file(s) listed twice with different labels: {listing(twice)}")
     if problems:
         err = CorpusError(f"{csv_path}: " + "; ".join(problems))
         err.outside_paths = bool(outside)

@@ -28,7 +28,34 @@ WORKER_PRELOAD = {"cnn": ("voiceclf.file_windows",), "embedding_head": ("voicecl
 
 
 class EngineError(RuntimeError):
-    """The parallel engine cannot be started (e.g. the Dask scheduler is unreachable)."""
+    """The parallel engine cannot be started: settings it cannot run (:func:`check`) or an unreachable Dask scheduler."""
+
+
+def check(jobs: int = -1, backend: str = "loky", scheduler: str | None = None) -> None:
+    """Refuse compute settings no engine can run, naming what was expected and what was received (as scikit-learn
+    validates an estimator's parameters). Every entry point here calls it; a flow calls it first, before any work.
+    A message starts with the parameter's name, so a command line can put its flag's ``--`` in front.
+
+    Parameters
+    ----------
+    jobs : int
+        Worker processes: -1 for one per core, else a count >= 1. (joblib reads -2 as "all cores but one"; the
+        flows size their batches and threads from ``jobs`` and do not, so it is refused.)
+    backend : str
+        One of :data:`BACKENDS`.
+    scheduler : str or None
+        The Dask scheduler's address, needed by the ``dask`` backend (e.g. ``tcp://host:8786``).
+
+    Raises
+    ------
+    EngineError
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not (jobs == -1 or jobs >= 1):
+        raise EngineError(f"jobs must be -1 (all cores) or >= 1, got {jobs!r}")
+    if backend not in BACKENDS:
+        raise EngineError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "dask" and not scheduler:
+        raise EngineError("backend dask needs a scheduler address (e.g. tcp://host:8786)")
 
 
 @contextlib.contextmanager
@@ -41,8 +68,7 @@ def engine(backend: str = "loky", scheduler: str | None = None, timeout_s: float
     does the CNN's feature set and then the embeddings, would be restarted mid-run. Workers started with
     other ``preload`` are a new pool.
     """
-    if backend not in BACKENDS:
-        raise EngineError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    check(backend=backend, scheduler=scheduler)
     if backend != "threading":
         warm_jit_cache()
     if backend != "dask":
@@ -50,8 +76,6 @@ def engine(backend: str = "loky", scheduler: str | None = None, timeout_s: float
         with joblib.parallel_config(backend=backend, **_local_workers(backend, preload)):
             yield None
         return
-    if not scheduler:
-        raise EngineError("the dask backend needs a scheduler address (e.g. tcp://host:8786)")
     try:
         from distributed import Client
     except ImportError:
@@ -86,6 +110,7 @@ def prestart(n_jobs: int = -1, preload: tuple[str, ...] = (), backend: str = "lo
     ``PR_SET_PDEATHSIG``); an engine with the same ``preload`` keeps them (loky reuses an executor whose
     arguments are the same), an engine with another preload replaces them. Nothing for other backends or one job.
     """
+    check(n_jobs)
     n = joblib.effective_n_jobs(n_jobs)
     if backend != "loky" or _prestarted or n <= 1:
         return
@@ -189,5 +214,6 @@ def imap(fn: Callable, tasks: Iterable, n_jobs: int = -1, **kwargs) -> Iterator:
     one completes, whether or not its result was taken yet: the parent holds what its loop has not
     consumed, a few results when the loop keeps up (featurize's shard writes, score's model once loaded).
     """
+    check(n_jobs)
     par = joblib.Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="2*n_jobs")
     return par(joblib.delayed(fn)(t, **kwargs) for t in tasks)

@@ -123,7 +123,8 @@ def summary(points, run_ids, results, winner, corpora) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _fmt(v) -> str:
+def cell(v) -> str:
+    """A grid table's value as text: missing (None, NaN) empty, a float to 4 decimals (the job's table and the run's description)."""
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
@@ -135,7 +136,7 @@ def grid_markdown(table: pd.DataFrame, corpora: list[str], holdout: str | None, 
              + ("`xval_score` (each training corpus left out in turn)." if xval else "`val_score` (one training corpus)."), "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in table[cols].itertuples(index=False):
-        lines.append("| " + " | ".join(("**★**" if v == "*" else _fmt(v)) for v in row) + " |")
+        lines.append("| " + " | ".join(("**★**" if v == "*" else cell(v)) for v in row) + " |")
     return "\n".join(lines)
 
 
