@@ -69,8 +69,10 @@ def test_compute_arguments_are_checked_once_for_every_flow(tmp_path):
     for bad in (0, -2, True, 1.5):
         with pytest.raises(EngineError, match="jobs must be -1"):
             Workers(jobs=bad)
-    with pytest.raises(EngineError, match="unknown backend 'spark'"):
+    with pytest.raises(EngineError, match="backend must be one of .*, got 'spark'"):
         Compute(backend="spark")
+    with pytest.raises(EngineError, match="dask needs a scheduler"):  # the engine's own rule, applied before any work
+        Workers(backend="dask")
     from voiceclf import pipeline
 
     with pytest.raises(TypeError, match="device"):  # featurize runs no model: it takes no device
