@@ -47,7 +47,7 @@ $(STAMP): pyproject.toml Makefile
 
 # One pytest worker per core (pytest-xdist); --dist loadfile keeps a file's tests on one worker, so its
 # module fixtures (a Dask cluster, a locked inbox) start once. At most 4 workers: each builds the session
-# fixtures (corpus, features, a champion) and holds ~1.5 GB. A single test: $(PY) -m pytest tests/x.py -k name
+# fixtures (corpus, features, a champion) and holds ~1.5 GB. A single test: $(PY) -m pytest tests/jobs/test_score.py -k name
 test: setup
 	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
@@ -88,7 +88,7 @@ bench: setup
 # it: the DAG's commands as Airflow renders them, run by bash (`make test` runs them too once that venv exists).
 airflow-check: setup
 	bash jobs/airflow/check.sh
-	$(PY) -m pytest -q -p no:cacheprovider -n 0 tests/test_scheduling.py
+	$(PY) -m pytest -q -p no:cacheprovider -n 0 tests/operations/test_scheduling.py
 
 clean:
 	rm -rf features reports demo report.csv bench/work

@@ -1,6 +1,12 @@
 """Shared fixtures: a small synthetic corpus, its features, and a temporary SQLite tracking store.
 
-Everything is generated here: tests never need ../shared (a user's clone does not have it).
+Everything is generated here: tests never need ../shared (a user's clone does not have it). Tests are grouped by layer:
+
+- ``library/``: one file per library module (``test_<module>.py``), through its functions; a few also run a job to
+  see the module's effect where users see it (a calibration map in the report, turns in a segments file);
+- ``jobs/``: each job's contract end to end, as its command line and the MLflow store show it;
+- ``operations/``: how it runs in the world: tracking servers, Dask clusters, cron and Airflow, signals and locks,
+  GPUs, hostile files, links, disks and registries, and the benchmark's own checks.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ __all__ = ["BlockHighpass", "HIGHPASS_KNOWN", "clean", "highpass_sos", "sosfilt"
 
 
 #: butter(4, 50 Hz, "highpass", fs 16 kHz, output="sos") and its sosfilt_zi, as scipy.signal gives them (every
-#: digit: ``repr`` round-trips a float exactly; tests/test_audio.py checks them against scipy.signal).
+#: digit: ``repr`` round-trips a float exactly; tests/library/test_audio.py checks them against scipy.signal).
 HIGHPASS_KNOWN = {
     (16000, 50.0, 4): (
         [[0.9746715011476549, -1.9493430022953098, 0.9746715011476549, 1.0, -1.9639893509038986, 0.9643680015329213],

@@ -143,7 +143,7 @@ def log_spectra(track: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> tupl
     The math of ``librosa.stft`` (periodic Hann, ``center=False``) → ``|.|**2`` → filterbank →
     ``librosa.power_to_db(ref=1, amin=1e-10)``, written as framing views and ``scipy.fft.rfft`` in float32:
     librosa's call overhead and float64 FFT were most of a short clip's cost. Equality with the librosa
-    calls is tested (``tests/test_core.py``).
+    calls is tested (``tests/library/test_features.py``).
     """
     track = np.asarray(track, dtype=np.float32)
     # librosa.effects.preemphasis, with its default initial state: lfilter's zi = 2 y[0] - y[1], added as is
@@ -222,7 +222,7 @@ def _band_power(x: np.ndarray, n_fft: int, hop: int, basis: np.ndarray) -> np.nd
     phase, comes from one batched matrix product (float32: products of g terms, as accurate as the float32 FFT).
     A frame (n_fft samples from a block boundary) is the tail of one row and the head of the next: float64 sums
     within rows give it, rotated to the frame's own phase. About two thirds of the FFTs' time on the shared corpora
-    (tested equal to the FFT path, ``tests/test_core.py``). Each piece is computed alone, so the result does
+    (tested equal to the FFT path, ``tests/library/test_features.py``). Each piece is computed alone, so the result does
     not depend on anything but ``x``.
     """
     n_frames = 1 + (len(x) - n_fft) // hop

@@ -143,7 +143,7 @@ def logits_of(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 
     batches of ``batch_size`` windows (memory stays bounded), returned on the CPU.
 
     Batches of 128 windows stay in cache: the CNN ran ~1.8x faster per window on one CPU thread than in batches
-    of 512, with the same bits (tests/test_score.py)."""
+    of 512, with the same bits (tests/jobs/test_score.py)."""
     model.eval()
     device = device_of(model)
     x = torch.as_tensor(x)

@@ -77,7 +77,7 @@ def viterbi2(p_male: np.ndarray, switch_p: float) -> np.ndarray:
     """The most likely state path (0 female, 1 male) of a two-state HMM whose per-window posteriors are ``p_male``
     and whose state changes with probability ``switch_p`` between windows, from a uniform start.
 
-    What ``librosa.sequence.viterbi_discriminative`` computes (tests/test_turns.py checks they agree), written out
+    What ``librosa.sequence.viterbi_discriminative`` computes (tests/library/test_turns.py checks they agree), written out
     for two states because score's parent does not otherwise import librosa: its import and numba compilation
     cost ~2.4 s per job, against ~1 µs per window here.
     """

@@ -9,7 +9,7 @@ lives in the module of its idea:
 - ``logged_model``: log a model as pt2 with its weights and FeatureConfig, and load it back safely.
 """
 from voiceclf.tracking.datasets import ShardDataset
-from voiceclf.tracking.logged_model import WEIGHTS_FILE, LoadedModel, _one_line, load, log_model
+from voiceclf.tracking.logged_model import WEIGHTS_FILE, LoadedModel, load, log_model
 from voiceclf.tracking.registry import (URI_FORMS, champion_uri, register_champion, register_version, registered_config,
                                         registered_version)
 from voiceclf.tracking.runs import GridRuns
@@ -25,4 +25,3 @@ __all__ = [
     "log_model", "register_champion", "register_version", "registered_config", "registered_version", "run_context_tags",
     "store_error", "store_errors",
 ]
-# _one_line is imported for tests/test_reliability.py, which checks how a load failure reads in one line.

@@ -5,7 +5,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 # _parse_model_uri is private: MLflow 3 has no public parser of models:/ URIs. It is the one MLflow's own
 # get_model_name_and_version and models:/ artifact repository use, so a URI is read here exactly as MLflow
-# downloads it; tests/test_registry.py pins every form, so a change in MLflow shows there.
+# downloads it; tests/library/test_registry.py pins every form, so a change in MLflow shows there.
 from mlflow.store.artifact.utils.models import _parse_model_uri, get_model_name_and_version
 from mlflow.tracking import MlflowClient
 from mlflow.utils.uri import is_models_uri

@@ -1,7 +1,7 @@
-"""Issue #13: what a rerun, a crash or a damaged file must not do to the training data.
+"""The training data across reruns, crashes and damage: what featurize and train must not do to the shards.
 
 Shards keep a file's recording and its variants together; a rerun reconciles the shards with what
-is on disk now; damaged shards are named, never read as data; manifests are unambiguous.
+is on disk now; damaged shards are named, never read as data. (Manifests: tests/jobs/test_manifests.py.)
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _assert_files_whole(per_shard: list[dict[str, set[int]]], variants: int) -> 
             assert values == set(range(variants + 1)), f"{h[:12]}: variant values {sorted(values)} in its shard"
 
 
-# -- 6: a file's recording and variants live in one shard ------------------------------
+# -- a file's recording and variants live in one shard ------------------------------
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
@@ -75,7 +75,7 @@ def test_featurize_small_shards_keep_files_whole(small_corpus, tmp_path):
     _assert_files_whole(per_shard, 2)
 
 
-# -- 8: a damaged shard is named, never trained on -------------------------------------
+# -- a damaged shard is named, never trained on -------------------------------------
 def _zero_middle_of_features(path) -> None:
     """Zero 64 bytes in the middle of the features column's pages (not its header, not the footer)."""
     md = pq.read_metadata(path)
@@ -140,7 +140,7 @@ def test_featurize_refuses_a_damaged_shard_and_says_how_to_rebuild(damaged, smal
     assert rows["path"].nunique() == 6 and len(x) == len(rows)
 
 
-# -- 7: a rerun brings the shards in line with the sources ----------------------------
+# -- a rerun brings the shards in line with the sources ----------------------------
 def _label_folders(small_corpus, root):
     """The small corpus as label folders (<root>/<label>/<speaker>/*.wav), plus a file that is not audio."""
     import json
@@ -205,61 +205,3 @@ def test_rerun_leaves_other_sources_alone(small_corpus, tmp_path):
     assert rows["path"].nunique() == 6
 
 
-# -- 9: a manifest says one thing about each file, and about files of its own folder ---
-def _wav(path, seconds: float = 1.2) -> None:
-    import soundfile as sf
-
-    from conftest import voice_clip
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, voice_clip(seconds), 16000, subtype="PCM_16")
-
-
-def test_manifest_file_listed_with_two_labels_is_refused(tmp_path):
-    from voiceclf import corpus
-
-    for f in ("a.wav", "b.wav"):
-        _wav(tmp_path / "m" / f)
-    m = tmp_path / "m" / "list.csv"
-    m.write_text("path,label\na.wav,female\nb.wav,male\n./a.wav,male\n")
-    with pytest.raises(corpus.CorpusError, match="listed twice with different labels") as ei:
-        corpus.discover(m)
-    assert "'a.wav' (line 2: female, line 4: male)" in str(ei.value)
-    proc = run_job("featurize", m, "--out", tmp_path / "out", "--variants", "0", "--jobs", "1")
-    last = _one_line_naming(proc, "list.csv")
-    assert "line 2" in last and "line 4" in last and "b.wav" not in last
-    assert not (tmp_path / "out").exists() or not shards.part_paths(tmp_path / "out")
-
-
-def test_manifest_file_listed_twice_with_one_label_is_one_row(tmp_path):
-    from voiceclf import corpus
-
-    for f in ("a.wav", "b.wav"):
-        _wav(tmp_path / "m" / f)
-    (tmp_path / "m" / "sub").mkdir()
-    m = tmp_path / "m" / "list.csv"
-    m.write_text("path,label,speaker\na.wav,f,s1\nb.wav,male,s2\nsub/../a.wav,female,s1\n")
-    df = corpus.discover(m)
-    assert list(df["path"]) == ["a.wav", "b.wav"] and list(df["label"]) == ["female", "male"]
-
-
-def test_manifest_paths_outside_its_folder_are_refused_unless_allowed(tmp_path):
-    from voiceclf import corpus
-
-    _wav(tmp_path / "m" / "in.wav")
-    _wav(tmp_path / "elsewhere.wav", seconds=1.3)  # another content: one content under two paths is one row and a duplicate
-    m = tmp_path / "m" / "list.csv"
-    m.write_text(f"path,label\nin.wav,female\n../elsewhere.wav,male\n{tmp_path / 'm' / 'in.wav'},female\n")
-    with pytest.raises(corpus.CorpusError, match="outside") as ei:
-        corpus.discover(m)
-    assert "line 3: '../elsewhere.wav'" in str(ei.value) and f"line 4: '{tmp_path / 'm' / 'in.wav'}'" in str(ei.value)
-    df = corpus.discover(m, allow_outside_paths=True)
-    assert list(df["path"]) == ["../elsewhere.wav", "in.wav"]  # the absolute line is in.wav again: one row
-
-    out = tmp_path / "out"
-    proc = run_job("featurize", m, "--out", out, "--variants", "0", "--jobs", "1")
-    last = _one_line_naming(proc, "list.csv")
-    assert "'../elsewhere.wav'" in last and "line 4" in last and "--allow-outside-paths" in last
-    run_job("featurize", m, "--out", out, "--variants", "0", "--jobs", "1", "--allow-outside-paths", check=True)
-    rows, _, _ = shards.read(out, with_features=False)
-    assert set(rows["path"]) == {"../elsewhere.wav", "in.wav"}

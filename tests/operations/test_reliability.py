@@ -1,14 +1,13 @@
-"""Reliability III (issue 20): planted links, odd file names, duplicate content, crafted headers, full disks."""
+"""Hostile surroundings: planted links, odd file names, duplicate content, crafted headers, full disks and broken stores."""
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, run_job, voice_clip
+from conftest import run_job, voice_clip
 from test_security import one_line_failure, register
 from voiceclf import safeio
 
@@ -379,13 +378,13 @@ def test_the_refusal_of_a_pickle_does_not_advise_allowing_pickles(state_dict, mo
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
 
-    from voiceclf import tracking
+    from voiceclf.tracking import logged_model
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     with pytest.raises(MlflowException) as ei:  # MLflow's own refusal, as a tampered archive gets it
         mlflow.pytorch._load_by_pickle_check(state_dict)
     assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" in str(ei.value.message)
-    line = tracking._one_line(ei.value)
+    line = logged_model._one_line(ei.value)
     assert "MLFLOW_ALLOW_PICKLE" not in line and "pickle" in line and "never loads pickles" in line, line
 
 

@@ -6,7 +6,6 @@ import soundfile as sf
 
 from conftest import run_job
 from voiceclf import conversation, synth, turn_formats, turns
-from voiceclf.config import FeatureConfig
 
 WINDOW_S, HOP_S = 1.0, 0.5
 

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from voiceclf import synth
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SR = 16000
 
 

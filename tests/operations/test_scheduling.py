@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CRONTAB = REPO / "jobs" / "cron" / "voiceclf.crontab"
 DAG_FILE = REPO / "jobs" / "airflow" / "voiceclf_dag.py"
 
