@@ -42,11 +42,7 @@ def champion_test_score(current: tracking.LoadedModel, data: dict[str, Data], sp
     if not results:
         raise tracking.TrackingError("none of the held-out files gave windows with the champion's feature config")
     x = np.concatenate([r.windows.features for r in results])
-    rep = lambda v: np.repeat(np.asarray(v, dtype=object), [r.n_windows for r in results])  # noqa: E731
-    rows = pd.DataFrame({"source": rep([r.item.source for r in results]), "path": rep([r.item.path for r in results]),
-                         "corpus": rep([r.item.corpus for r in results]), "speaker": rep([r.item.speaker for r in results]),
-                         "label": rep([r.item.label for r in results]), "variant": 0})
-    te = Data.from_shards(rows, x, current.cfg)
+    te = Data.from_shards(pd.DataFrame(file_windows.window_rows(results)), x, current.cfg)
     return evaluate(recalibrated(file_level(p_male(current.module, te.x), te), current.calibration), "test")["test_score"]
 
 

@@ -18,9 +18,12 @@ from voiceclf.config import FeatureConfig
 
 @dataclass(frozen=True)
 class Windows:
-    """The model input cut from one recording.
+    """The windows cut from one recording, and what each holds.
 
-    features : (n, 3, n_frames, n_mfcc) float32, channels first.
+    features : (n, *shape) float32, what the model reads per window: the CNN's MFC images (n, 3, 98, 12), channels
+        first; for the embedding set, the encoder's mel frames (n, 160, 40) while a worker still holds them
+        (voiceclf.embedding.mel_windows), then the embeddings (n, 256) it makes of them (embed_all) before the
+        result leaves the worker.
     offsets_s : (n,) start of each window in the original recording, in seconds.
     speech_s : (n,) seconds of real (not padded) speech inside each window.
     regions_s : (k, 2) the recording's voiced regions [start, end), in seconds, which the windows were cut

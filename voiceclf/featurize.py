@@ -53,7 +53,7 @@ class FeaturizeSummary:
         return self.todo / max(self.seconds, 1e-9)
 
 
-def discover(sources: Sequence[str | os.PathLike], allow_unlabelled: bool = False, allow_outside_paths: bool = False) -> list[file_windows.Item]:
+def listed_items(sources: Sequence[str | os.PathLike], allow_unlabelled: bool = False, allow_outside_paths: bool = False) -> list[file_windows.Item]:
     """Every file of every source as an Item; speaker ids are made unique across corpora."""
     items: list[file_windows.Item] = []
     for src in corpus.unique_sources(sources):
@@ -105,7 +105,7 @@ def featurize_dir(
     ``scheduler``: where the files are read (:class:`voiceclf.compute.Workers`).
     """
     w = Workers(**workers)
-    items = _not_inside(discover(sources, allow_unlabelled, allow_outside_paths), Path(out))
+    items = _not_inside(listed_items(sources, allow_unlabelled, allow_outside_paths), Path(out))
     cfgs = [FeatureConfig.for_feature_set(fs) for fs in feature_sets]
     for cfg in cfgs:  # the speech detector and encoder these features name, checked before any work
         check_weights(cfg)

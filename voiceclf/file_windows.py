@@ -50,6 +50,9 @@ class Item:
 
 @dataclass
 class Result:
+    """What a worker made of one file: its windows (model input, :class:`voiceclf.features.Windows`), or an error
+    code and message and no windows."""
+
     item: Item
     windows: features.Windows | None = None
     source_sample_rate: int | None = None
@@ -60,6 +63,26 @@ class Result:
     @property
     def n_windows(self) -> int:
         return 0 if self.windows is None else len(self.windows)
+
+
+def window_rows(results: list[Result]) -> dict[str, np.ndarray]:
+    """One row per window of ``results`` (files with windows), as columns: the shard schema's columns but the features
+    (the file's fields repeated over its windows, the window's index, offset and speech seconds)."""
+    counts = [r.n_windows for r in results]
+    rep = lambda values: np.repeat(np.asarray(values, dtype=object), counts)  # noqa: E731
+    return {
+        "path": rep([r.item.path for r in results]),
+        "source": rep([r.item.source for r in results]),
+        "corpus": rep([r.item.corpus for r in results]),
+        "sha256": rep([r.item.sha256 for r in results]),
+        "speaker": rep([r.item.speaker for r in results]),
+        "label": rep([r.item.label for r in results]),
+        "window": np.concatenate([np.arange(c, dtype=np.int32) for c in counts]),
+        "offset_s": np.concatenate([r.windows.offsets_s for r in results]),
+        "speech_s": np.concatenate([r.windows.speech_s for r in results]),
+        "source_sample_rate": np.repeat([r.source_sample_rate for r in results], counts).astype(np.int32),
+        "variant": np.repeat([r.item.variant for r in results], counts).astype(np.int8),
+    }
 
 
 def not_a_regular_file(path: str) -> str | None:

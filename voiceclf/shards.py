@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from voiceclf import safeio
-from voiceclf.file_windows import Item, Result
+from voiceclf.file_windows import Item, Result, window_rows
 from voiceclf.config import FeatureConfig
 
 CONFIG_KEY = b"voiceclf.feature_config"
@@ -143,21 +143,7 @@ class ShardWriter:
             self.errors = []
 
     def _write(self, results: list[Result]) -> Path:
-        counts = [r.n_windows for r in results]
-        rep = lambda values: np.repeat(np.asarray(values, dtype=object), counts)  # noqa: E731
-        columns = {
-            "path": rep([r.item.path for r in results]),
-            "source": rep([r.item.source for r in results]),
-            "corpus": rep([r.item.corpus for r in results]),
-            "sha256": rep([r.item.sha256 for r in results]),
-            "speaker": rep([r.item.speaker for r in results]),
-            "label": rep([r.item.label for r in results]),
-            "window": np.concatenate([np.arange(c, dtype=np.int32) for c in counts]),
-            "offset_s": np.concatenate([r.windows.offsets_s for r in results]),
-            "speech_s": np.concatenate([r.windows.speech_s for r in results]),
-            "source_sample_rate": np.repeat([r.source_sample_rate for r in results], counts).astype(np.int32),
-            "variant": np.repeat([r.item.variant for r in results], counts).astype(np.int8),
-        }
+        columns = window_rows(results)
         arrays = [pa.array(columns[f.name], type=f.type) for f in self.schema if f.name != "features"]
         # One chunk per file, each a view of that file's own array: no concatenated copy of a shard's features
         # (29 MB at 2,048 windows) in the parent, which holds the buffered results already.
