@@ -21,10 +21,6 @@ from voiceclf.progress import OnProgress, Progress, quiet
 log = logging.getLogger("voiceclf")
 
 
-class OutputError(ValueError):
-    """An output folder cannot be used: not creatable, not writable, or holding other features."""
-
-
 
 
 #: Augmented variants of each labelled file that the featurize job makes by default: the best setting in
@@ -77,9 +73,9 @@ def prepare_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"cannot create output folder {out}: {e.strerror}") from None
+        raise safeio.OutputError(f"cannot create output folder {out}: {e.strerror}") from None
     if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {out} is not writable")
+        raise safeio.OutputError(f"output folder {out} is not writable")
 
 
 def featurize_dir(
@@ -214,9 +210,9 @@ def _featurize_set(items: list[file_windows.Item], cfg: FeatureConfig, out: Path
         try:
             existing = shards.dir_config(out)
         except ValueError as e:  # ShardError, ConfigError
-            raise OutputError(f"{out}: {e}") from None
+            raise safeio.OutputError(f"{out}: {e}") from None
         if existing is not None and existing != cfg:
-            raise OutputError(f"{out} holds features made with another config ({existing.feature_set}); use another output folder")
+            raise safeio.OutputError(f"{out} holds features made with another config ({existing.feature_set}); use another output folder")
         _hash_for_skipping(items, out)
         changed = shards.reconcile(out, items)
         known_twins = shards.pop_errors(out, DUPLICATE, {it.source for it in items})  # derived again below

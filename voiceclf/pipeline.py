@@ -9,9 +9,10 @@ Turning those into exit codes, progress bars and one-line messages is the jobs' 
 here prints.
 """
 from voiceclf.extract import ModelError
-from voiceclf.featurize import VARIANTS, FeaturizeSummary, OutputError, featurize_dir
+from voiceclf.featurize import VARIANTS, FeaturizeSummary, featurize_dir
 from voiceclf.grid import GridError, TrainError, TrainSummary, read_grid, train_grid
 from voiceclf.progress import OnProgress, Progress
+from voiceclf.safeio import OutputError
 from voiceclf.scoring import ScoreResult, score_dirs
 
 __all__ = ["featurize_dir", "read_grid", "train_grid", "score_dirs", "FeaturizeSummary", "TrainSummary", "ScoreResult", "Progress",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from voiceclf import safeio, turn_formats
-from voiceclf.featurize import OutputError
+from voiceclf.safeio import OutputError
 
 #: Free bytes an output's disk must have before any work: a disk already full is found before a long batch, not after.
 MIN_FREE_BYTES = 1 << 20

@@ -25,6 +25,11 @@ if TYPE_CHECKING:  # pandas only where a table is written: a featurize worker re
     import pandas as pd
 
 
+class OutputError(ValueError):
+    """An output cannot be used: a folder not creatable or not writable or holding other features, a report path that
+    is a folder, unwritable, on a full disk, or the same file as another output."""
+
+
 class LockedError(RuntimeError):
     """Another process holds the lock on the same output."""
 
