@@ -88,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
 
 def show_table(table: pd.DataFrame) -> None:
     if not _cli.interactive():
-        log.info("grid search (winner marked *):\n%s", table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        # a log record is one line (a name with a newline stays on one), so the table is one record per row, aligned
+        log.info("grid search (winner marked *; scores are speaker-balanced accuracy, mean over corpora):")
+        for line in table.to_string(index=False, float_format=lambda v: f"{v:.4f}").splitlines():
+            log.info("  %s", line)
         return
     from rich.table import Table
 

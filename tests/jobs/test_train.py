@@ -389,6 +389,12 @@ def test_a_train_job_without_a_terminal_logs_epochs_before_any_training_ends(fea
     ended = [i for i, line in enumerate(lines) if re.search(r"train: [1-9]\d*/\d+ trainings", line)]
     assert epoch and ended and epoch[0] < ended[0], "\n".join(lines[-40:])
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ", lines[epoch[0]])  # timestamped, as cron keeps it
+    # the ranked grid as one timestamped record per row (a record is one line), its columns aligned
+    table = [line.split(" voiceclf INFO   ", 1)[1] for line in lines if " voiceclf INFO   " in line]
+    assert "\\n" not in proc.stderr and len(table) >= 2, "\n".join(lines[-20:])
+    header, rows = table[0], table[1:]
+    assert "point" in header and "val_score" in header and len({len(r) for r in table}) == 1, table
+    assert sum(r.lstrip().startswith("*") for r in rows) == 1, table  # the winner, marked
 
 
 def test_the_epoch_relay_says_it_is_still_training_when_no_epoch_ends():
