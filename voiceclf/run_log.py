@@ -56,15 +56,20 @@ FAMILY_SHORT = {"cnn": "cnn", "embedding_head": "head"}
 
 
 def run_names(points: Sequence[tr.GridPoint]) -> list[str]:
-    """Names for the grid points' runs that tell them apart at the width of the UI's run table: the family first,
-    then only what varies within it (the feature set if it has several, then each hyperparameter whose values
-    differ), e.g. ``cnn``, ``head hidden=0``, ``head hidden=64``. Names that would still be equal get ``#2``..."""
-    fields = [f.name for f in dataclasses.fields(points[0])] if points else []
+    """Names for the grid points' runs that tell them apart at the width of the UI's run table: the family first
+    (``head pooled`` for the embedding head's lbfgs solver), then only what varies among the points trained alike
+    (the feature set if it has several, then each hyperparameter whose values differ), e.g. ``cnn``,
+    ``head hidden=0``, ``head hidden=64``, ``head pooled``. Names that would still be equal get ``#2``..."""
+    fields = [f.name for f in dataclasses.fields(points[0]) if f.name != "solver"] if points else []
+
+    def kind(pt: tr.GridPoint) -> tuple[str, bool]:  # an lbfgs point shares none of the epoch settings it ignores
+        return pt.family, pt.solver == "lbfgs"
+
     names = []
     for pt in points:
-        kin = [q for q in points if q.family == pt.family]
+        kin = [q for q in points if kind(q) == kind(pt)]
         varied = [k for k in fields if len({getattr(q, k) for q in kin}) > 1]
-        parts = [FAMILY_SHORT.get(pt.family, pt.family)]
+        parts = [FAMILY_SHORT.get(pt.family, pt.family) + (" pooled" if kind(pt)[1] else "")]
         parts += [f"{getattr(pt, k)}" if k == "feature_set" else f"{k}={getattr(pt, k):g}" if isinstance(getattr(pt, k), float)
                   else f"{k}={getattr(pt, k)}" for k in varied]
         names.append(" ".join(parts))

@@ -38,6 +38,12 @@ def test_run_names_tell_points_and_grids_apart_at_table_width(champion):
     lrs = run_log.run_names([tr.GridPoint(lr=1e-3), tr.GridPoint(lr=3e-4), tr.GridPoint("mfcc_deltas", lr=1e-3)])
     assert lrs == ["cnn mfcc_pitch lr=0.001", "cnn mfcc_pitch lr=0.0003", "cnn mfcc_deltas lr=0.001"]
     assert len(set(run_log.run_names([tr.GridPoint(), tr.GridPoint()]))) == 2  # equal points still get two names
+    # the default grid's pooled (lbfgs) point ignores the epoch settings, so they tell no adam point apart from it
+    from voiceclf import grid, points as pts
+
+    g = grid.read_grid(REPO / "jobs" / "grid.toml")
+    default = pts.expand(g["embedding_head"], "speaker_embedding") + pts.expand(g["cnn"], "mfcc_pitch")
+    assert sorted(run_log.run_names(default)) == ["cnn", "head hidden=0", "head hidden=64", "head pooled"]
     when = time.mktime((2026, 12, 5, 11, 8, 0, 0, 0, -1))
     assert run_log.grid_run_name(["corpus"], 3, "demo", when) == "demo 12-05 11:08 corpus · 3 pts"
     assert run_log.grid_run_name(["a", "b"], 1, when=when) == "12-05 11:08 a+b · 1 pt"
