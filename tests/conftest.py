@@ -25,6 +25,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def refused_naming(proc: subprocess.CompletedProcess, name: str) -> str:
+    """A job's refusal of its arguments or data: exit 2, no traceback, its last line an error naming ``name``."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert "error:" in last and name in last, last
+    return last
+
+
 def run_job(job: str, *args, env: dict | None = None, timeout: float = 600, check: bool = False, process: bool = False,
             cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run ``jobs.<job> ARGS`` from ``cwd`` (the repo root) as a user would, with no terminal (plain log lines), and

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_job
+from conftest import refused_naming, run_job
 from voiceclf import file_windows, shards, synth
 from voiceclf.config import FeatureConfig
 
@@ -111,27 +111,19 @@ def damaged(small_corpus, tmp_path_factory):
     return out
 
 
-def _one_line_naming(proc, name: str) -> str:
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
-    assert "error:" in last and name in last, last
-    return last
-
-
 @pytest.mark.parametrize("kind", ["zeroed", "truncated"])
 def test_train_refuses_a_damaged_shard(damaged, kind, tmp_path):
     out, name = damaged[kind]
     proc = run_job("train", "--features", out, "--epochs", "1", "--jobs", "1", "--no-register",
                    env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
-    _one_line_naming(proc, name)
+    refused_naming(proc, name)
 
 
 @pytest.mark.parametrize("kind", ["zeroed", "truncated"])
 def test_featurize_refuses_a_damaged_shard_and_says_how_to_rebuild(damaged, small_corpus, kind):
     out, name = damaged[kind]
     proc = run_job("featurize", small_corpus, "--out", out, "--variants", "0", "--jobs", "1")
-    last = _one_line_naming(proc, name)
+    last = refused_naming(proc, name)
     assert "delete it and rerun featurize" in last
     # as it says: without the shard, a rerun featurizes its files again and the folder reads whole
     (out / name).unlink()

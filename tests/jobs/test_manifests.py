@@ -6,17 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_job
+from conftest import refused_naming, run_job
 from voiceclf import shards
-
-
-def _one_line_naming(proc, name: str) -> str:
-    """A featurize job's refusal: exit 2, no traceback, its last line an error naming ``name``."""
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
-    assert "error:" in last and name in last, last
-    return last
 
 
 # -- a manifest says one thing about each file, and about files of its own folder ---
@@ -40,7 +31,7 @@ def test_manifest_file_listed_with_two_labels_is_refused(tmp_path):
         corpus.discover(m)
     assert "'a.wav' (line 2: female, line 4: male)" in str(ei.value)
     proc = run_job("featurize", m, "--out", tmp_path / "out", "--variants", "0", "--jobs", "1")
-    last = _one_line_naming(proc, "list.csv")
+    last = refused_naming(proc, "list.csv")
     assert "line 2" in last and "line 4" in last and "b.wav" not in last
     assert not (tmp_path / "out").exists() or not shards.part_paths(tmp_path / "out")
 
@@ -72,7 +63,7 @@ def test_manifest_paths_outside_its_folder_are_refused_unless_allowed(tmp_path):
 
     out = tmp_path / "out"
     proc = run_job("featurize", m, "--out", out, "--variants", "0", "--jobs", "1")
-    last = _one_line_naming(proc, "list.csv")
+    last = refused_naming(proc, "list.csv")
     assert "'../elsewhere.wav'" in last and "line 4" in last and "--allow-outside-paths" in last
     run_job("featurize", m, "--out", out, "--variants", "0", "--jobs", "1", "--allow-outside-paths", check=True)
     rows, _, _ = shards.read(out, with_features=False)
