@@ -113,7 +113,9 @@ def expand(values: Mapping[str, list], feature_set: str) -> list[GridPoint]:
     points = [GridPoint(feature_set=feature_set, **dict(zip(keys, combo))) for combo in itertools.product(*(values[k] for k in keys))]
     out: list[GridPoint] = []
     for p in points:  # an lbfgs point is a logistic regression: hidden layers and the epoch settings do not apply
-        if p.solver == "lbfgs":
+        if family == "cnn":  # the CNN has no hidden width or C: an override of them for every family (--hidden) adds no CNN point
+            p = dataclasses.replace(p, hidden=GridPoint.hidden, C=GridPoint.C)
+        elif p.solver == "lbfgs":
             if p.hidden:
                 continue
             p = dataclasses.replace(p, **{k: getattr(GridPoint, k) for k in _LBFGS_IGNORES})

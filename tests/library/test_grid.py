@@ -51,6 +51,9 @@ def test_check_grid_makes_lists_of_each_type_and_expand_uses_it():
     assert [p.epochs for p in expand({"epochs": [2, 3]}, "mfcc_pitch")] == [2, 3]
     with pytest.raises(GridError, match="epochs takes int"):
         expand({"epochs": ["2"]}, "mfcc_pitch")
+    # an override for every family (--hidden 0,64) adds no CNN point: the CNN has no hidden width (it trained twice)
+    assert len(expand({"hidden": [0, 64], "C": [1e-3, 1e-2], "lr": [1e-3, 3e-4]}, "mfcc_pitch")) == 2
+    assert len(expand({"hidden": [0, 64]}, "speaker_embedding")) == 2
 
 
 def test_read_grid_checks_the_file_and_the_overrides(tmp_path):
