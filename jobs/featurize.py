@@ -3,7 +3,8 @@
 Turn labelled audio folders into Parquet feature shards (one row per window: 1 s for mfcc_pitch and mfcc_deltas,
 1.6 s for speaker_embedding). Accepted layouts: AudioMNIST (<root>/<NN>/*.wav + audioMNIST_meta.txt), label folders
 (<root>/female/**, <root>/male/**), or a manifest CSV (path,label[,speaker][,corpus]; corpus defaults to the
-manifest folder's name). Incremental: files already in OUT (by sha256) are skipped; first, the rows of OUT from
+manifest folder's name). Incremental: a file already in OUT (same source, path and sha256) is skipped, and a copy of
+another file's content gets an errors.csv row `duplicate` naming it; first, the rows of OUT from
 these sources are brought in line with them (a moved or relabelled file takes its new path and label, a deleted one
 is dropped).
 

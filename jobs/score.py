@@ -1,7 +1,8 @@
 """score: label every file of one or more directories into a CSV report with the registered model.
 
-Label every file under DIR (recursively) as female or male with a registered model; one report row per file (status
-ok / no_speech / error), written atomically.
+Label every file under DIR (recursively) with a registered model: female, male, mixed (both sexes speak; --segments
+says who speaks when) or uncertain (below --min-confidence), with the probability of that label and the seconds of
+speech per sex. One report row per file (status ok / no_speech / error), written atomically.
 
     python -m jobs.score DIR [DIR ...] --out report.csv [--model-uri models:/voiceclf@champion]
 """
