@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -99,11 +98,11 @@ def frames(truth: list, step_s: float = STEP_S) -> tuple[np.ndarray, np.ndarray]
     return np.concatenate(t), np.concatenate(y)
 
 
-def label_at(times: np.ndarray, starts: np.ndarray, ends: np.ndarray, labels: np.ndarray, centres: np.ndarray | None = None) -> np.ndarray:
+def label_at(times: np.ndarray, starts: np.ndarray, ends: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Label at each time (-1 where no segment covers it); overlapping segments: the one whose centre is nearest."""
     out = np.full(len(times), -1)
     best = np.full(len(times), np.inf)
-    centres = (starts + ends) / 2 if centres is None else centres
+    centres = (starts + ends) / 2
     for s, e, lab, c in zip(starts, ends, labels, centres):
         i0, i1 = np.searchsorted(times, [s, e])
         d = np.abs(times[i0:i1] - c)
@@ -124,7 +123,7 @@ def evaluate(truth: list, segs: pd.DataFrame) -> dict:
     given_share = segs.attrs.get("share")
     segs = segs.sort_values("start_s")
     lab = (segs["label"].values == "male").astype(int)
-    got = label_at(t, segs["start_s"].values, segs["end_s"].values, lab, segs["centre"].values if "centre" in segs else None)
+    got = label_at(t, segs["start_s"].values, segs["end_s"].values, lab)
     covered = got >= 0
     true_share = float(np.mean(y == 0))
     share = float(np.mean(got[covered] == 0)) if given_share is None else given_share
@@ -184,7 +183,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def single_speaker(model, files: pd.DataFrame, switch_p: float = turns.SWITCH_P) -> dict:
+def single_speaker(model, files: pd.DataFrame) -> dict:
     """Every recording of the held-out corpus alone: accuracy of the file label before (mean p_male) and with
     ``mixed`` (a single voice called mixed is wrong), speaker-balanced (mean over the sexes)."""
     from voiceclf import file_windows, score
@@ -243,9 +242,7 @@ def run(runner: Runner, workdir: Path, *, features: Path | None = None, tracking
     convs = wd / "convs"
     shutil.rmtree(convs, ignore_errors=True)
     truth = build(convs, files, n)
-    t0 = time.perf_counter()
     wins = scored_windows(convs, list(truth), model)
-    windows_s = time.perf_counter() - t0
     by_p = {sp: compare(truth, wins, model.cfg.window_s, sp) for sp in SWITCH_PS}
     per_file = by_p[turns.SWITCH_P]
     log("conversations: single speakers")
@@ -263,7 +260,7 @@ def run(runner: Runner, workdir: Path, *, features: Path | None = None, tracking
     hour_eval["share_err"] = abs(row["female_share"] - hour_eval["true_share"])
     return {"model": f"{model.uri} (version {model.version}, {model.cfg.feature_set}, trained without {HELD_OUT})", "n": n,
             "per_file": per_file, "summary": summary(per_file), "sweep": {sp: summary(df) for sp, df in by_p.items()},
-            "single": single, "e2e": e2e, "hour": e2e_hour, "hour_eval": hour_eval, "hour_min": hour_min, "windows_s": windows_s,
+            "single": single, "e2e": e2e, "hour": e2e_hour, "hour_eval": hour_eval, "hour_min": hour_min,
             "audio_s": sum(t[-1][1] for t in truth.values())}
 
 

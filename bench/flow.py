@@ -20,9 +20,9 @@ FEATURE_SETS = ("mfcc_pitch", "speaker_embedding")
 
 def default_grids() -> dict[str, dict[str, list]]:
     """The training's own default grid (the file ``jobs.train`` reads when no --grid is given), not a copy."""
-    from jobs.train import DEFAULT_GRID
+    from bench import loco
 
-    return pipeline.read_grid(DEFAULT_GRID)
+    return loco.read()
 
 
 def run(sources: list[Path], scratch: Path, *, grids: dict[str, dict[str, list]] | None = None, variants: int = pipeline.VARIANTS,

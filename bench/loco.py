@@ -19,13 +19,13 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from voiceclf import grid, safeio
-from voiceclf.config import REPO_ROOT
+from jobs.train import DEFAULT_GRID
 from voiceclf.dataset import Data, all_speakers, load_data
 from voiceclf.metrics import per_speaker, speaker_balanced
 from voiceclf.points import FAMILIES, GridPoint
 from voiceclf.train import PointResult, best
 
-GRID_FILE = REPO_ROOT / "jobs" / "grid.toml"
+GRID_FILE = DEFAULT_GRID  # the train job's own file, not a path written again
 PYIN_FMIN, PYIN_FMAX = 60.0, 400.0
 QUICK_EPOCHS = 2  # bench.run --quick and --quick here: every family's epochs
 

@@ -86,16 +86,19 @@ def run(args: argparse.Namespace) -> int:
     return _cli.OK
 
 
+TABLE_TITLE = "grid search (winner marked *; scores are speaker-balanced accuracy, mean over corpora)"
+
+
 def show_table(table: pd.DataFrame) -> None:
     if not _cli.interactive():
         # a log record is one line (a name with a newline stays on one), so the table is one record per row, aligned
-        log.info("grid search (winner marked *; scores are speaker-balanced accuracy, mean over corpora):")
+        log.info("%s:", TABLE_TITLE)
         for line in table.to_string(index=False, float_format=lambda v: f"{v:.4f}").splitlines():
             log.info("  %s", line)
         return
     from rich.table import Table
 
-    t = Table(title="grid search (winner marked *; scores are speaker-balanced accuracy, mean over corpora)")
+    t = Table(title=TABLE_TITLE)
     for c in table.columns:
         t.add_column(c)
     for row in table.itertuples(index=False):

@@ -25,6 +25,41 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def one_line_failure(proc: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The job exited ``code`` with a one-line error and no traceback; returns that line."""
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def register(uri: str, pickled=None) -> str:
+    """Log a model and make it voiceclf@champion in the store at ``uri``; returns its artifact folder. The model is a
+    genuine pt2 one (an untrained GenderCNN), or ``pickled`` (a torch module) logged as a pickle, as a hostile
+    registry would hold it."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from voiceclf import tracking
+    from voiceclf.config import FeatureConfig
+    from voiceclf.model import GenderCNN
+
+    tracking.connect(uri)
+    run_id = MlflowClient().create_run(tracking.experiment_id()).info.run_id
+    cfg = FeatureConfig()
+    if pickled is None:
+        model_uri = tracking.log_model(run_id, GenderCNN(), cfg, np.zeros((2, *cfg.shape), np.float32))
+    else:
+        with mlflow.start_run(run_id=run_id):
+            model_uri = mlflow.pytorch.log_model(pickled, name="model", serialization_format="pickle", pip_requirements=[],
+                                                 metadata={"feature_config": cfg.to_dict()}).model_uri
+    tracking.register_champion(model_uri, run_id, {}, cfg)
+    model_id = model_uri.rsplit("/", 1)[-1]
+    (folder,) = Path(uri.removeprefix("sqlite:///")).parent.glob(f"artifacts/**/{model_id}/artifacts")
+    return str(folder)
+
+
 def refused_naming(proc: subprocess.CompletedProcess, name: str) -> str:
     """A job's refusal of its arguments or data: exit 2, no traceback, its last line an error naming ``name``."""
     assert proc.returncode == 2, proc.stderr[-3000:]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from voiceclf import file_windows
-from voiceclf.config import LABELS
+from voiceclf.config import LABELS, FeatureConfig
 
 if TYPE_CHECKING:
     from voiceclf import tracking
@@ -22,28 +22,32 @@ def champion_test_score(current: tracking.LoadedModel, data: dict[str, Data], sp
     Its own feature config decides its input: the windows of a matching feature set when this
     run has them, else the held-out files featurized again with its config.
     """
-    from voiceclf import tracking
     from voiceclf.calibration import recalibrated
-    from voiceclf.dataset import Data
     from voiceclf.metrics import evaluate, file_level
     from voiceclf.model import p_male
-    from voiceclf.splits import parts_of
+    from voiceclf.splits import split_masks
 
-    held_out = {s: parts_of(d, split)["test"] for s, d in data.items()}
-    match = [s for s, d in data.items() if d.cfg == current.cfg]
-    if match:
-        te = held_out[match[0]]
-        return evaluate(recalibrated(file_level(p_male(current.module, te.x), te), current.calibration), "test")["test_score"]
-    te = next(iter(held_out.values()))
+    match = [d for d in data.values() if d.cfg == current.cfg]
+    d = match[0] if match else next(iter(data.values()))
+    te = d.subset(split_masks(d, split)["test"])  # the held-out speakers' windows, of the one feature set used
+    if not match:  # the champion reads another feature set: its test files, featurized with the champion's config
+        te = _featurized_like(te, current.cfg)
+    return evaluate(recalibrated(file_level(p_male(current.module, te.x), te), current.calibration), "test")["test_score"]
+
+
+def _featurized_like(te: Data, cfg: FeatureConfig) -> Data:
+    """The files of ``te`` (a Data), featurized again with ``cfg``, as a Data."""
+    from voiceclf import tracking
+    from voiceclf.dataset import Data
+
     files = pd.DataFrame({"file": te.file, "speaker": te.speaker, "corpus": te.corpus, "y": te.y}).drop_duplicates("file")
     items = [file_windows.Item(path=os.path.basename(f), source=os.path.dirname(f), corpus=c, speaker=s, label=LABELS[y])
              for f, s, c, y in files[["file", "speaker", "corpus", "y"]].itertuples(index=False)]
-    results = [r for r in file_windows.featurize_batch(items, current.cfg) if r.n_windows]
+    results = [r for r in file_windows.featurize_batch(items, cfg) if r.n_windows]
     if not results:
         raise tracking.TrackingError("none of the held-out files gave windows with the champion's feature config")
     x = np.concatenate([r.windows.features for r in results])
-    te = Data.from_shards(pd.DataFrame(file_windows.window_rows(results)), x, current.cfg)
-    return evaluate(recalibrated(file_level(p_male(current.module, te.x), te), current.calibration), "test")["test_score"]
+    return Data.from_shards(pd.DataFrame(file_windows.window_rows(results)), x, cfg)
 
 
 def decide_promotion(winner: tr.PointResult, data: dict, split: dict, force: bool, model_name: str = "voiceclf") -> tuple[bool, str]:

@@ -378,7 +378,7 @@ def speech_track(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> SpeechT
 
 
 def no_windows(cfg: FeatureConfig, shape: tuple[int, ...] | None = None) -> Windows:
-    return Windows(np.zeros((0, *(shape or cfg.shape)), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
+    return Windows(np.zeros((0, *(shape or cfg.shape)), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 2)))
 
 
 def extract(y: np.ndarray, cfg: FeatureConfig = FeatureConfig()) -> Windows:

@@ -248,6 +248,7 @@ class _PointRuns(GridWatcher):
 
         n = len(plan.points)
         self.plan, self.names, self.ids, self.ended_s, self.model_uris = plan, run_log.run_names(plan.points), [None] * n, [0.0] * n, {}
+        self._of_set: dict[str, dict] = {}  # what every point of a feature set logs about its data, worked out once
         sizes = {f"split_{s}_speakers": len(plan.split[s]) for s in ("train", "val", "test")}
         self.common = {"seed": plan.seed, "holdout_corpus": plan.holdout_corpus or "", "corpora": ",".join(plan.corpora), "device": plan.device,
                        "selection": "xval_score (leave each training corpus out in turn)" if plan.xsplits else "val_score (one corpus: speaker split only)",
@@ -263,12 +264,20 @@ class _PointRuns(GridWatcher):
         if self.system_metrics and plan.device != "cpu" and not self.runs.gpu_metrics:
             log.warning("system metrics: no GPU figures (install nvidia-ml-py for NVIDIA GPUs: pip install nvidia-ml-py); CPU and memory only")
 
+    def data_of(self, feature_set: str) -> dict:
+        """A feature set's data as its points' runs log it: fingerprint, shard folders, split profiles, schema."""
+        if feature_set not in self._of_set:
+            d = self.plan.data[feature_set]
+            self._of_set[feature_set] = {"fingerprint": d.fingerprint(), "sources": sorted({str(p) for p in self.plan.dirs_of[feature_set]}),
+                                         "profiles": run_log.dataset_profiles(d, self.plan.split), "columns": shards.schema(d.cfg)}
+        return self._of_set[feature_set]
+
     def open(self, i: int, start_s: float) -> str:
         if self.ids[i] is None:
             from voiceclf.points import point_params
 
             pt, d = self.plan.points[i], self.plan.data[self.plan.points[i].feature_set]
-            self.ids[i] = self.runs.child(self.names[i], {**point_params(pt), **self.common, "data_fingerprint": d.fingerprint(),
+            self.ids[i] = self.runs.child(self.names[i], {**point_params(pt), **self.common, "data_fingerprint": self.data_of(pt.feature_set)["fingerprint"],
                                                           **{f"feature.{k}": v for k, v in d.cfg.to_dict().items()}},
                                           tags={**self.point_tags, "voiceclf.point": pt.name}, start_time_s=start_s)
         return self.ids[i]
@@ -290,8 +299,8 @@ class _PointRuns(GridWatcher):
             return
         d = self.plan.data[pt.feature_set]
         self.model_uris[rid] = run_log.log_point(self.runs, rid, res, d, self.plan.split)
-        self.runs.log_datasets(rid, pt.feature_set, sorted({str(p) for p in self.plan.dirs_of[pt.feature_set]}), d.fingerprint(),
-                               run_log.dataset_profiles(d, self.plan.split), columns=shards.schema(d.cfg))
+        of = self.data_of(pt.feature_set)
+        self.runs.log_datasets(rid, pt.feature_set, of["sources"], of["fingerprint"], of["profiles"], columns=of["columns"])
         self.runs.finish(rid, end_time_s=self.ended_s[i])
 
 

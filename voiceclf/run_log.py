@@ -22,21 +22,22 @@ if TYPE_CHECKING:
 def dataset_profiles(data: tr.Data, split: dict) -> dict[str, dict]:
     """Per split (as MLflow dataset contexts): ``profile`` (what the UI's Dataset drawer shows: speakers, recordings
     and hours of speech in all and per corpus and sex) and ``tags`` (the same counts as numbers, one tag each)."""
-    from voiceclf import train as tr
+    from voiceclf.splits import split_masks
 
+    masks = split_masks(data, split)  # the windows' labels only: the features are never copied for a profile
+    every = pd.DataFrame({"file": data.file, "speaker": data.speaker, "corpus": data.corpus, "sex": np.asarray(LABELS)[data.y],
+                          "speech_s": data.speech_s if data.speech_s is not None else np.nan, "real": data.variant == 0})
     out = {}
     for s, ctx in (("train", "training"), ("val", "validation"), ("test", "test")):
-        part = tr.parts_of(data, split)[s]
-        real = part.variant == 0
-        windows = pd.DataFrame({"file": part.file, "speaker": part.speaker, "corpus": part.corpus, "sex": [LABELS[v] for v in part.y],
-                                "speech_s": part.speech_s if part.speech_s is not None else np.nan})[real]
-        tags = {"windows": int(len(part.y)), "speakers_digest": hashlib.sha256("\n".join(split[s]).encode()).hexdigest()[:16]}
+        part = every[masks[s]]
+        windows = part[part["real"]]
+        tags = {"windows": int(len(part)), "speakers_digest": hashlib.sha256("\n".join(split[s]).encode()).hexdigest()[:16]}
 
         def counts(g: pd.DataFrame) -> dict:
             return {"speakers": int(g["speaker"].nunique()), "recordings": int(g["file"].nunique()),
-                    **({} if part.speech_s is None else {"hours": round(float(g["speech_s"].sum()) / 3600, 3)})}
+                    **({} if data.speech_s is None else {"hours": round(float(g["speech_s"].sum()) / 3600, 3)})}
 
-        profile = {**counts(windows), "windows": int(len(part.y)), "augmented_windows": int((~real).sum())}
+        profile = {**counts(windows), "windows": int(len(part)), "augmented_windows": int((~part["real"]).sum())}
         for (c, sex), g in windows.groupby(["corpus", "sex"]):
             n = counts(g)
             tags.update({f"{c}.{sex}.{k}": v for k, v in n.items()})

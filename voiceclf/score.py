@@ -17,10 +17,6 @@ REPORT_COLUMNS = ["path", "label", "p_male", "confidence", "duration_s", "window
 SEGMENT_COLUMNS = ["path", "start_s", "end_s", "label", "p_male"]
 
 
-def label_of(p: float, threshold: float) -> str:
-    return LABELS[int(p >= threshold)]
-
-
 def score_results(results: list[Result], model, *, threshold: float, model_uri: str, model_version: str, window_s: float,
                   calibration: Calibration = IDENTITY, min_confidence: float = 0.0) -> tuple[list[dict], list[dict]]:
     """Report rows (one per file) and segment rows (one per speech turn) for a batch of featurized files.

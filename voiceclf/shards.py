@@ -202,15 +202,6 @@ def dir_config(out_dir: str | Path) -> FeatureConfig | None:
     return configs.pop() if configs else None
 
 
-def done_hashes(out_dir: str | Path) -> set[str]:
-    """sha256 of every file already accounted for (in a shard or in errors.csv)."""
-    hashes: set[str] = set()
-    for p in part_paths(out_dir):
-        hashes.update(_read_table(p, columns=["sha256"]).column("sha256").unique().to_pylist())
-    hashes.update(h for h in read_errors(out_dir).get("sha256", []) if h)
-    return hashes
-
-
 def pop_errors(out_dir: str | Path, code: str, sources: set[str]) -> set[tuple[str, str, str]]:
     """Remove the errors.csv rows with error ``code`` of ``sources``; returns their (source, path, sha256) keys.
 

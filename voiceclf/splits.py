@@ -76,7 +76,12 @@ def cross_corpus_splits(split: dict[str, list], speakers: pd.DataFrame) -> dict[
     return out
 
 
-def parts_of(data: Data, split: dict[str, list]) -> dict[str, Data]:
-    """The split's windows: augmented variants in training only."""
+def split_masks(data: Data, split: dict[str, list]) -> dict[str, np.ndarray]:
+    """Which of ``data``'s windows each split holds: augmented variants in training only."""
     real = data.variant == 0
-    return {s: data.subset(np.isin(data.speaker, split[s]) & (real | (s == "train"))) for s in SPLITS}
+    return {s: np.isin(data.speaker, split[s]) & (real | (s == "train")) for s in SPLITS}
+
+
+def parts_of(data: Data, split: dict[str, list]) -> dict[str, Data]:
+    """The split's windows (:func:`split_masks`), features included."""
+    return {s: data.subset(mask) for s, mask in split_masks(data, split).items()}

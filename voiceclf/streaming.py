@@ -51,10 +51,6 @@ MAX_WINDOWS = 1200
 #: Seconds of audio decoded per block, and the longest stretch of speech track computed in one piece.
 BLOCK_S = 30.0
 GROUP_S = 30.0
-#: Mel windows a scored long file lets wait for the speaker encoder (one batch of embedding.embed): each group's few
-#: dozen go at once. Batches of 256 measured no faster per window (3.9 CPU s per 15 min of a conversation either way)
-#: and raised the worker's peak on the one-hour bench file from 558 to 675 MiB.
-EMBED_EVERY = 1
 
 
 def is_long(path: str | os.PathLike, threshold_s: float = STREAM_ABOVE_S) -> bool:
@@ -237,9 +233,10 @@ def windows(path: str | os.PathLike, cfg: FeatureConfig = FeatureConfig(), *, bl
         track.feed(piece)
     track.finish()
     feats = collected.result()
-    offsets_s, speech_s = features.SpeechTrack(np.zeros(0, np.float32), iv, layout.lead, layout.n).timing(cfg)
+    sp = features.SpeechTrack(np.zeros(0, np.float32), iv, layout.lead, layout.n)  # the track's layout, without its samples
+    offsets_s, speech_s = sp.timing(cfg)
     keep = layout.keep
-    return Windows(feats.astype(np.float32, copy=False), offsets_s[keep], speech_s[keep], iv.astype(np.float64) / cfg.sample_rate), sv
+    return Windows(feats.astype(np.float32, copy=False), offsets_s[keep], speech_s[keep], sp.regions_s(cfg)), sv
 
 
 @dataclass(frozen=True)
@@ -328,15 +325,16 @@ class _CnnWindows:
 
 
 class _MelWindows:
-    """The speaker encoder's mel windows of the kept windows, or (``embed``) their embeddings, each group's embedded as
-    soon as it is computed (every ``EMBED_EVERY`` windows), so they never pile up in the worker."""
+    """The speaker encoder's mel windows of the kept windows, or (``embed``) their embeddings, each group's few dozen
+    embedded as soon as they are computed (one batch of embedding.embed), so they never pile up in the worker. Batches
+    of 256 measured no faster per window (3.9 CPU s per 15 min of a conversation either way) and raised the worker's
+    peak on the one-hour bench file from 558 to 675 MiB."""
 
     SHAPE = (160, 40)  # embedding.FRAMES_PER_WINDOW, N_MELS
 
     def __init__(self, cfg: FeatureConfig, scale: np.float32, embed: bool) -> None:
         self.cfg, self.scale, self.embed = cfg, scale, embed
         self.out: list[np.ndarray] = []
-        self.waiting: list[np.ndarray] = []  # mel windows to embed (``embed``)
 
     def add(self, seg: np.ndarray, first_frames: np.ndarray) -> None:
         from voiceclf import embedding  # librosa's mel: only this feature set needs it
@@ -345,20 +343,10 @@ class _MelWindows:
         mels = [mel[f : f + self.SHAPE[0]] for f in first_frames]
         if not self.embed:
             self.out.extend(mels)
-            return
-        self.waiting.extend(mels)
-        if len(self.waiting) >= EMBED_EVERY:
-            self._embed_waiting()
-
-    def _embed_waiting(self) -> None:
-        from voiceclf import embedding
-
-        if self.waiting:
-            self.out.extend(embedding.embed(np.stack(self.waiting) * self.scale, self.cfg))
-            self.waiting.clear()
+        elif mels:
+            self.out.extend(embedding.embed(np.stack(mels) * self.scale, self.cfg))
 
     def result(self) -> np.ndarray:
         """(n, 256) embeddings, or (n, 160, 40) mel windows at the encoder's input level."""
-        self._embed_waiting()
         out = self.out
         return np.stack(out) * (1 if self.embed else self.scale) if out else np.zeros((0, *self.SHAPE), np.float32)

@@ -166,8 +166,6 @@ def turns_of(p_male: np.ndarray, offsets_s: np.ndarray, regions_s: np.ndarray, *
     Returns the turns (sorted, non-overlapping, covering every voiced region) and
     ``{"female_s", "male_s", "female_share"}``: seconds of the turns of each sex (``female_share`` is NaN without speech).
     """
-    if regions_s is None:  # windows cut without their regions: the union of the windows' spans stands in
-        regions_s = union(np.asarray(offsets_s, np.float64), window_s)
     regions_s = np.asarray(regions_s, dtype=np.float64).reshape(-1, 2)
     p = np.asarray(p_male, np.float64)
     if len(p) == 0 or len(regions_s) == 0:
@@ -186,17 +184,6 @@ def turns_of(p_male: np.ndarray, offsets_s: np.ndarray, regions_s: np.ndarray, *
             else:
                 turns.append(Turn(s, e, label, pm))
     return turns, seconds_by_sex([(t.start_s, t.end_s, t.label) for t in turns])
-
-
-def union(starts_s: np.ndarray, length_s: float) -> np.ndarray:
-    """The union of the spans [start, start + length) as sorted, disjoint (k, 2) regions, in seconds."""
-    out: list[list[float]] = []
-    for s in np.sort(starts_s):
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], s + length_s)
-        else:
-            out.append([float(s), float(s) + length_s])
-    return np.array(out, np.float64).reshape(-1, 2)
 
 
 def seconds_by_sex(pieces) -> dict[str, float]:

@@ -422,17 +422,16 @@ def _put_note(epoch: int, notes) -> None:
 def test_speaker_windows_caps_an_epoch_and_patience_stops_training(features):
     """speaker_windows: an epoch draws that many windows per training speaker (never more than there are);
     patience: training stops once that many epochs in a row did not beat the kept one."""
-    import dataclasses as dc
 
     data, _ = dataset.load_data([features])
     d = data["mfcc_pitch"]
     n_spk = len(np.unique(d.speaker))
     point = GridPoint(epochs=12, patience=2, speaker_windows=4)
     assert tr.windows_per_epoch(d, point) == 4 * n_spk < len(d.y)
-    assert tr.windows_per_epoch(d, dc.replace(point, speaker_windows=10**6)) == tr.windows_per_epoch(d, GridPoint()) == len(d.y)
+    assert tr.windows_per_epoch(d, dataclasses.replace(point, speaker_windows=10**6)) == tr.windows_per_epoch(d, GridPoint()) == len(d.y)
     assert "spk_win=4 patience=2" in point.name and "spk_win" not in GridPoint().name  # old names unchanged
     split = splits.split_speakers(dataset.all_speakers(data), seed=0)
-    res = tr.train_point(dc.replace(point, lr=3e-2), d, split, seed=0, threads=1)  # a high rate: val_score stalls early
+    res = tr.train_point(dataclasses.replace(point, lr=3e-2), d, split, seed=0, threads=1)  # a high rate: val_score stalls early
     assert res.error is None, res.error
     assert len(res.history) == 12 or len(res.history) == res.best_epoch + 2, (len(res.history), res.best_epoch)
     assert len(res.history) < 12, "expected an early stop on synthetic speakers"

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import run_job, voice_clip
-from test_security import one_line_failure, register
+from conftest import one_line_failure, register, run_job, voice_clip
 from voiceclf import safeio
 
 
@@ -17,7 +16,7 @@ def pt2_store(tmp_path_factory):
     """A store whose champion is a genuine (untrained) pt2 model."""
     folder = tmp_path_factory.mktemp("pt2store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    register(uri, "pt2")
+    register(uri)
     return uri
 
 

@@ -5,25 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
-from conftest import REPO, run_job, voice_clip
+from conftest import REPO, one_line_failure, register, run_job, voice_clip
 from voiceclf import tracking
-from voiceclf.config import FeatureConfig
-from voiceclf.model import GenderCNN
-
-
-def one_line_failure(proc: subprocess.CompletedProcess, code: int = 1) -> str:
-    """The job exited ``code`` with a one-line error and no traceback; returns that line."""
-    assert proc.returncode == code, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    return errors[0]
 
 
 # ----------------------------------------------------------------------------- models in the registry
@@ -38,30 +25,12 @@ class OpensAFile(torch.nn.Module):
         return (open, (self.marker, "w"))
 
 
-def register(uri: str, kind: str, marker: str = "") -> str:
-    """Log a model of ``kind`` (pt2: an untrained GenderCNN; pickle: OpensAFile) and make it voiceclf@champion; returns its artifact folder."""
-    tracking.connect(uri)
-    client = MlflowClient()
-    run_id = client.create_run(tracking.experiment_id()).info.run_id
-    cfg = FeatureConfig()
-    if kind == "pt2":
-        model_uri = tracking.log_model(run_id, GenderCNN(), cfg, np.zeros((2, *cfg.shape), np.float32))
-    else:
-        with mlflow.start_run(run_id=run_id):
-            model_uri = mlflow.pytorch.log_model(OpensAFile(marker), name="model", serialization_format="pickle", pip_requirements=[],
-                                                 metadata={"feature_config": cfg.to_dict()}).model_uri
-    tracking.register_champion(model_uri, run_id, {}, cfg)
-    model_id = model_uri.rsplit("/", 1)[-1]
-    (folder,) = Path(uri.removeprefix("sqlite:///")).parent.glob(f"artifacts/**/{model_id}/artifacts")
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def pt2_store(tmp_path_factory):
     """A store whose champion (version 1) is a genuine pt2 model; returns (uri, its artifact folder)."""
     folder = tmp_path_factory.mktemp("pt2store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    return uri, register(uri, "pt2")
+    return uri, register(uri)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +45,7 @@ def inbox(tmp_path_factory):
 def test_a_pickled_champion_is_refused_before_it_is_unpickled(inbox, tmp_path):
     marker = tmp_path / "unpickled"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    register(uri, "pickle", str(marker))
+    register(uri, OpensAFile(str(marker)))
     proc = run_job("score", inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
     line = one_line_failure(proc)
     assert "not in pt2 format" in line and "model.pth" in line, line
@@ -108,7 +77,7 @@ def test_an_unsupported_tracking_uri_is_one_line(inbox, tmp_path):
 
 def test_a_truncated_model_archive_is_one_line(inbox, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    folder = register(uri, "pt2")
+    folder = register(uri)
     archive = os.path.join(folder, "data", "model.pt2")
     os.truncate(archive, os.path.getsize(archive) // 2)
     proc = run_job("score", inbox, "--out", tmp_path / "r.csv", env={"MLFLOW_TRACKING_URI": uri})
